@@ -1,0 +1,40 @@
+# Dojo — see README.md. Every target sets up what it needs.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test serve lint browser-deps
+
+install: $(STAMP)
+
+# Reinstall only when pyproject.toml changes, so a second `make install` takes seconds.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+demo: install
+	$(PY) manage.py migrate --noinput -v 0
+	$(PY) manage.py dojo_demo
+
+# Browser tests need Debian's chromium; install it when missing (never `playwright install`).
+browser-deps:
+	@command -v chromium >/dev/null 2>&1 || (command -v apt-get >/dev/null 2>&1 && \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || \
+		echo "chromium could not be installed: browser tests will be skipped")
+	@command -v bwrap >/dev/null 2>&1 || (command -v apt-get >/dev/null 2>&1 && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null 2>&1 || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null) || \
+		echo "bubblewrap could not be installed: the sandbox falls back to weaker isolation")
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+test: install browser-deps lint
+	$(VENV)/bin/pytest
+
+serve: install
+	$(PY) manage.py migrate --noinput -v 0
+	$(PY) manage.py dojo_serve

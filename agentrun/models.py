@@ -1,0 +1,84 @@
+from django.db import models
+from django.urls import reverse
+
+
+class AgentRun(models.Model):
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        COMPLETED = "completed", "Completed"
+        FAILED = "failed", "Failed"
+        STOPPED = "stopped", "Stopped"
+
+    TERMINAL = (Status.COMPLETED, Status.FAILED, Status.STOPPED)
+
+    domain = models.ForeignKey("domains.Domain", on_delete=models.CASCADE, related_name="runs")
+    backend = models.CharField(max_length=20, help_text="builtin or claude")
+    model = models.CharField(max_length=100, blank=True)
+    prompt = models.TextField(blank=True, help_text="PROGRAM.md as it was when the run started.")
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.QUEUED)
+    max_turns = models.PositiveIntegerField(null=True, blank=True)
+    max_experiments = models.PositiveIntegerField(null=True, blank=True)
+    budget_usd = models.FloatField(null=True, blank=True)
+    max_minutes = models.FloatField(null=True, blank=True)
+    seed = models.IntegerField(default=0)
+    cost_usd = models.FloatField(default=0)
+    turns = models.PositiveIntegerField(default=0)
+    stop_requested = models.BooleanField(default=False)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    queue_task_id = models.CharField(max_length=64, blank=True)
+    worker_pid = models.IntegerField(null=True, blank=True)
+    error = models.TextField(blank=True)
+    result = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [
+            # The reaper looks for running runs with an old heartbeat.
+            models.Index(fields=["status", "heartbeat_at"], name="run_status_heartbeat_idx"),
+            models.Index(fields=["domain", "-created_at"], name="run_domain_created_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"run #{self.pk} ({self.backend}, {self.status})"
+
+    def get_absolute_url(self) -> str:
+        return reverse("agentrun:detail", args=[self.pk])
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in self.TERMINAL
+
+
+class AgentEvent(models.Model):
+    class Type(models.TextChoices):
+        TEXT = "text", "Text"
+        TOOL_CALL = "tool_call", "Tool call"
+        TOOL_RESULT = "tool_result", "Tool result"
+        EXPERIMENT = "experiment", "Experiment"
+        KNOWLEDGE = "knowledge", "Knowledge"
+        ERROR = "error", "Error"
+        RESULT = "result", "Result"
+        FINALIZED = "finalized", "Finalized"
+
+    run = models.ForeignKey(AgentRun, on_delete=models.CASCADE, related_name="events")
+    seq = models.PositiveIntegerField()
+    type = models.CharField(max_length=20, choices=Type.choices)
+    data = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["run", "seq"]
+        constraints = [
+            models.UniqueConstraint(fields=["run", "seq"], name="event_unique_seq"),
+        ]
+        # The unique constraint's index also serves "events of a run after a seq".
+
+    def __str__(self) -> str:
+        return f"{self.run_id}:{self.seq} {self.type}"
+
+    def get_absolute_url(self) -> str:
+        return self.run.get_absolute_url() + f"#event-{self.seq}"

@@ -1,0 +1,56 @@
+from django.http import HttpRequest, HttpResponse
+from ninja import NinjaAPI
+from ninja.errors import AuthenticationError, ValidationError
+from ninja.security import django_auth
+
+from dojo_site.auth import BearerTokenAuth
+from dojo_site.errors import DojoError
+
+# Every endpoint needs a logged-in session (with CSRF) or an API token.
+api = NinjaAPI(
+    title="Dojo API",
+    version="1",
+    auth=[BearerTokenAuth(), django_auth],
+    urls_namespace="api",
+)
+
+
+@api.exception_handler(DojoError)
+def dojo_error(request: HttpRequest, exc: DojoError) -> HttpResponse:
+    return api.create_response(request, {"detail": str(exc)}, status=exc.status_code)
+
+
+@api.exception_handler(ValidationError)
+def validation_error(request: HttpRequest, exc: ValidationError) -> HttpResponse:
+    return api.create_response(request, {"detail": exc.errors}, status=422)
+
+
+@api.exception_handler(AuthenticationError)
+def authentication_error(request: HttpRequest, exc: AuthenticationError) -> HttpResponse:
+    return api.create_response(
+        request, {"detail": "Authentication required: log in or send 'Authorization: Bearer <token>'."}, status=401
+    )
+
+
+@api.get("/health", tags=["health"])
+def health(request: HttpRequest) -> dict:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1")
+    return {"status": "ok"}
+
+
+def _add_routers() -> None:
+    from agentrun.api import router as runs_router
+    from domains.api import router as domains_router
+    from experiments.api import router as experiments_router
+    from knowledge.api import router as knowledge_router
+
+    api.add_router("/", domains_router)
+    api.add_router("/", experiments_router)
+    api.add_router("/", knowledge_router)
+    api.add_router("/", runs_router)
+
+
+_add_routers()

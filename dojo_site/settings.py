@@ -1,0 +1,242 @@
+"""Dojo settings: one file, driven by environment variables with local defaults.
+
+Every variable is listed with its meaning in .env.example.
+"""
+
+import os
+import secrets
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def env_str(name: str, default: str) -> str:
+    return os.environ.get(name, default)
+
+
+def env_bool(name: str, default: bool) -> bool:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    if value.lower() in ("1", "true", "yes", "on"):
+        return True
+    if value.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ImproperlyConfigured(f"{name} must be a boolean (true/false), got {value!r}")
+
+
+def env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name} must be an integer, got {value!r}") from None
+
+
+def env_float(name: str, default: float) -> float:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    try:
+        return float(value)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name} must be a number, got {value!r}") from None
+
+
+DOJO_HOME = Path(env_str("DOJO_HOME", str(BASE_DIR / "var"))).resolve()
+DOJO_HOME.mkdir(parents=True, exist_ok=True)
+
+
+def _secret_key() -> str:
+    """Use SECRET_KEY when set; otherwise generate one once and keep it under DOJO_HOME."""
+    if os.environ.get("SECRET_KEY"):
+        return os.environ["SECRET_KEY"]
+    key_file = DOJO_HOME / "secret_key"
+    if not key_file.exists():
+        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_urlsafe(50))
+    return key_file.read_text().strip()
+
+
+SECRET_KEY = _secret_key()
+DEBUG = env_bool("DEBUG", True)
+ALLOWED_HOSTS = [h.strip() for h in env_str("ALLOWED_HOSTS", "127.0.0.1,localhost,testserver").split(",") if h.strip()]
+CSRF_TRUSTED_ORIGINS = [o.strip() for o in env_str("CSRF_TRUSTED_ORIGINS", "").split(",") if o.strip()]
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django_htmx",
+    "django_q",
+    "dojo_site",
+    "domains",
+    "experiments",
+    "knowledge",
+    "agentrun",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_htmx.middleware.HtmxMiddleware",
+]
+
+ROOT_URLCONF = "dojo_site.urls"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+WSGI_APPLICATION = "dojo_site.wsgi.application"
+ASGI_APPLICATION = "dojo_site.asgi.application"
+
+
+def _database_from_url(url: str) -> dict:
+    """Parse DATABASE_URL: sqlite:///path or postgres://user:pass@host:port/name."""
+    parsed = urlparse(url)
+    if parsed.scheme == "sqlite":
+        # sqlite:///relative/file or sqlite:////absolute/file
+        path = unquote(parsed.path)[1:]
+        return _sqlite_database(Path(path).resolve())
+    if parsed.scheme in ("postgres", "postgresql"):
+        return {
+            "ENGINE": "django.db.backends.postgresql",
+            "NAME": unquote(parsed.path.lstrip("/")),
+            "USER": unquote(parsed.username or ""),
+            "PASSWORD": unquote(parsed.password or ""),
+            "HOST": parsed.hostname or "",
+            "PORT": str(parsed.port or ""),
+            "CONN_MAX_AGE": 60,
+            "CONN_HEALTH_CHECKS": True,
+        }
+    raise ImproperlyConfigured(f"DATABASE_URL scheme {parsed.scheme!r} is not supported (use sqlite or postgres)")
+
+
+def _sqlite_database(path: Path) -> dict:
+    return {
+        "ENGINE": "django.db.backends.sqlite3",
+        "NAME": path,
+        "OPTIONS": {
+            # IMMEDIATE takes the write lock at BEGIN, so concurrent writers (web + workers)
+            # wait on the busy timeout instead of failing at once (reference/stack.md §4).
+            "transaction_mode": "IMMEDIATE",
+            "timeout": 20,
+            "init_command": (
+                "PRAGMA journal_mode=WAL;"
+                "PRAGMA synchronous=NORMAL;"
+                "PRAGMA temp_store=MEMORY;"
+                "PRAGMA cache_size=-20000;"
+            ),
+        },
+        # A file-based test DB so qcluster workers, live_server threads and subprocesses see it.
+        "TEST": {"NAME": str(path.parent / f"test_{path.name}")},
+    }
+
+
+DATABASE_URL = env_str("DATABASE_URL", "")
+DATABASES = {
+    "default": _database_from_url(DATABASE_URL) if DATABASE_URL else _sqlite_database(DOJO_HOME / "dojo.sqlite3")
+}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+CACHES = {
+    "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+    # django-q2 keeps cluster stats in a cache every process must see.
+    "djangoq": {
+        "BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
+        "LOCATION": str(DOJO_HOME / "qcache"),
+    },
+}
+
+# The longest a background agent run may take; django-q2's timeout sits above it and retry above that,
+# so a run is never re-delivered while it is still running (reference/stack.md §2.3).
+DOJO_RUN_MAX_SECONDS = env_int("DOJO_RUN_MAX_SECONDS", 6 * 3600)
+Q_CLUSTER = {
+    "name": "dojo",
+    "orm": "default",
+    "workers": env_int("DOJO_Q_WORKERS", 2),
+    "timeout": DOJO_RUN_MAX_SECONDS + 300,
+    "retry": DOJO_RUN_MAX_SECONDS + 600,
+    "max_attempts": 1,
+    "ack_failures": True,
+    "queue_limit": 2,
+    "bulk": 1,
+    "poll": 0.2,
+    "save_limit": 250,
+    "catch_up": False,
+    "cache": "djangoq",
+}
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+]
+
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "domains:list"
+LOGOUT_REDIRECT_URL = "login"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STATIC_ROOT = DOJO_HOME / "staticfiles"
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "root": {"handlers": ["console"], "level": env_str("DOJO_LOG_LEVEL", "WARNING")},
+}
+
+# --- Dojo's own settings -------------------------------------------------------------------
+# Which agent runs when none is named.
+DOJO_DEFAULT_BACKEND = env_str("DOJO_DEFAULT_BACKEND", "builtin")
+# Share of the machine's CPUs one experiment (and the researcher's parallelism) may use.
+DOJO_CPU_SHARE = env_float("DOJO_CPU_SHARE", 1.0)
+# Per-experiment defaults; a task's config may override each.
+DOJO_TRAIN_TIMEOUT_SECONDS = env_int("DOJO_TRAIN_TIMEOUT_SECONDS", 600)
+DOJO_TRAIN_MEMORY_MB = env_int("DOJO_TRAIN_MEMORY_MB", 8192)
+# Model used for one-shot tool generation and end-of-run summaries through the Claude Agent SDK.
+DOJO_TOOLGEN_MODEL = env_str("DOJO_TOOLGEN_MODEL", "claude-sonnet-4-5")
+DOJO_CLAUDE_MODEL = env_str("DOJO_CLAUDE_MODEL", "claude-sonnet-4-5")
+# Path to a `claude` executable; empty uses the SDK's bundled CLI.
+DOJO_CLAUDE_CLI_PATH = env_str("DOJO_CLAUDE_CLI_PATH", "")
+# Let the Claude agent use built-in tools beyond Read/Glob/Grep (Write, Edit, Bash).
+DOJO_CLAUDE_ALLOW_WRITE_TOOLS = env_bool("DOJO_CLAUDE_ALLOW_WRITE_TOOLS", False)
+# "db" (default) or "mlflow" (also needs MLFLOW_TRACKING_URI).
+DOJO_TRACKING = env_str("DOJO_TRACKING", "db")
+MLFLOW_TRACKING_URI = env_str("MLFLOW_TRACKING_URI", "")
+# Seconds without a heartbeat after which the reaper marks a run failed ("worker lost").
+DOJO_HEARTBEAT_TIMEOUT_SECONDS = env_int("DOJO_HEARTBEAT_TIMEOUT_SECONDS", 120)
+# Similarity (0..1) above which a new knowledge atom is linked to an existing one.
+DOJO_KNOWLEDGE_SIMILARITY = env_float("DOJO_KNOWLEDGE_SIMILARITY", 0.6)

@@ -1,0 +1,172 @@
+from django.conf import settings
+from django.db import models
+from django.urls import reverse
+
+
+class Domain(models.Model):
+    class Status(models.TextChoices):
+        ACTIVE = "active", "Active"
+        PAUSED = "paused", "Paused"
+        ARCHIVED = "archived", "Archived"
+
+    name = models.CharField(
+        max_length=100, unique=True, help_text="Short unique name, used by the CLI (--domain NAME)."
+    )
+    description = models.TextField(blank=True)
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.ACTIVE)
+    workspace_path = models.CharField(
+        max_length=500, help_text="Absolute path of the user's data/repository folder."
+    )
+    git_url = models.CharField(max_length=500, blank=True, help_text="Optional git source of the workspace.")
+    git_ref = models.CharField(max_length=200, blank=True)
+    workspace_python = models.CharField(
+        max_length=500, blank=True, help_text="Interpreter for the trainer; empty means Dojo's own."
+    )
+    env_vars = models.JSONField(
+        default=dict, blank=True, help_text="Extra environment variables given to the trainer."
+    )
+    program_path = models.CharField(max_length=500, help_text="Absolute path of PROGRAM.md.")
+    setup_path = models.CharField(max_length=500, help_text="Absolute path of SETUP.md.")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def get_absolute_url(self) -> str:
+        return reverse("domains:detail", args=[self.pk])
+
+
+class Task(models.Model):
+    class TaskType(models.TextChoices):
+        REGRESSION = "regression", "Regression"
+        BINARY = "binary", "Binary classification"
+        MULTICLASS = "multiclass", "Multiclass classification"
+
+    class Direction(models.TextChoices):
+        MINIMIZE = "minimize", "Minimize"
+        MAXIMIZE = "maximize", "Maximize"
+
+    domain = models.OneToOneField(Domain, on_delete=models.CASCADE, related_name="task")
+    task_type = models.CharField(max_length=20, choices=TaskType.choices)
+    primary_metric = models.CharField(max_length=50)
+    direction = models.CharField(max_length=10, choices=Direction.choices)
+    expected_metrics = models.JSONField(default=list, help_text="Exactly the keys evaluate must return.")
+    config = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="data_path, target_column, id_columns, test_ratio, seed, holdout_ratio, limits…",
+    )
+    contract_version = models.PositiveIntegerField(default=1)
+    frozen_at = models.DateTimeField(null=True, blank=True)
+    fingerprint = models.CharField(
+        max_length=64, blank=True, help_text="sha256 over the frozen tool code and contract version."
+    )
+    data_fingerprint = models.CharField(max_length=64, blank=True, help_text="sha256 of the snapshot.")
+    snapshot_path = models.CharField(max_length=500, blank=True)
+    snapshot_info = models.JSONField(default=dict, blank=True, help_text="Shapes, dtypes and sizes.")
+    unfrozen_at = models.DateTimeField(null=True, blank=True)
+    unfreeze_reason = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"{self.domain.name} ({self.task_type})"
+
+    def get_absolute_url(self) -> str:
+        return reverse("domains:detail", args=[self.domain_id]) + "#task"
+
+    @property
+    def is_frozen(self) -> bool:
+        return self.frozen_at is not None
+
+
+class TaskTool(models.Model):
+    """One version of a contract tool. Saving new code adds a row; old versions are kept."""
+
+    class Name(models.TextChoices):
+        LOAD_DATA = "load_data", "load_data"
+        EVALUATE = "evaluate", "evaluate"
+
+    class Origin(models.TextChoices):
+        TEMPLATE = "template", "Template"
+        CLAUDE = "claude", "Claude"
+        HUMAN = "human", "Human"
+
+    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="tools")
+    name = models.CharField(max_length=20, choices=Name.choices)
+    version = models.PositiveIntegerField(default=1)
+    is_current = models.BooleanField(default=True)
+    code = models.TextField()
+    code_sha256 = models.CharField(max_length=64)
+    entrypoint = models.CharField(max_length=100)
+    origin = models.CharField(max_length=20, choices=Origin.choices)
+    verified_ok = models.BooleanField(null=True, help_text="None until verified.")
+    verification_errors = models.JSONField(default=list, blank=True)
+    verification_sample = models.JSONField(default=dict, blank=True)
+    verification_seconds = models.FloatField(null=True, blank=True)
+    verified_at = models.DateTimeField(null=True, blank=True)
+    verified_code_sha256 = models.CharField(
+        max_length=64, blank=True, help_text="The code the verification ran on; freeze needs it to match."
+    )
+    raw_reply = models.TextField(blank=True, help_text="Generator's raw reply, kept for the user.")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["task", "name", "-version"]
+        constraints = [
+            models.UniqueConstraint(fields=["task", "name", "version"], name="tasktool_unique_version"),
+            models.UniqueConstraint(
+                fields=["task", "name"],
+                condition=models.Q(is_current=True),
+                name="tasktool_one_current",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} v{self.version} ({self.task.domain.name})"
+
+    def get_absolute_url(self) -> str:
+        return self.task.get_absolute_url()
+
+    @property
+    def is_verified(self) -> bool:
+        """Verified with the code it has now (editing after verification needs a new one)."""
+        return bool(self.verified_ok) and self.verified_code_sha256 == self.code_sha256
+
+
+class ApiToken(models.Model):
+    """A bearer token for the API. Only its sha256 is stored; the plain token is shown once."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens")
+    name = models.CharField(max_length=100, blank=True)
+    token_hash = models.CharField(max_length=64, unique=True, editable=False)
+    prefix = models.CharField(max_length=12, editable=False, help_text="First characters, to recognise it.")
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.prefix}… ({self.user})"
+
+    def get_absolute_url(self) -> str:
+        return reverse("admin:domains_apitoken_change", args=[self.pk])
+
+
+class CurrentDomain(models.Model):
+    """The CLI's "current domain" (dojo_domain use NAME): one row, shared by every terminal."""
+
+    domain = models.ForeignKey(Domain, on_delete=models.CASCADE)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"current: {self.domain.name}"
+
+    def get_absolute_url(self) -> str:
+        return self.domain.get_absolute_url()

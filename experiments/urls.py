@@ -1,0 +1,8 @@
+from django.urls import path
+
+from experiments import views  # noqa: F401
+
+app_name = "experiments"
+
+urlpatterns: list = [
+]

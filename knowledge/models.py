@@ -1,0 +1,76 @@
+from django.conf import settings
+from django.db import models
+from django.urls import reverse
+
+
+class KnowledgeAtom(models.Model):
+    class Status(models.TextChoices):
+        ACTIVE = "active", "Active"
+        SUPERSEDED = "superseded", "Superseded"
+        RETRACTED = "retracted", "Retracted"
+
+    domain = models.ForeignKey(
+        "domains.Domain", null=True, blank=True, on_delete=models.CASCADE, related_name="atoms",
+        help_text="Null means global knowledge.",
+    )
+    context = models.TextField(help_text="When this applies.")
+    claim = models.TextField(help_text="What was found.")
+    action = models.TextField(blank=True, help_text="What to do about it.")
+    confidence = models.FloatField(default=0.5)
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.ACTIVE)
+    version = models.PositiveIntegerField(default=1)
+    supersedes = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="superseded_by"
+    )
+    evidence = models.ManyToManyField("experiments.Experiment", through="Evidence", related_name="atoms")
+    related = models.ManyToManyField("self", blank=True, symmetrical=True)
+    created_by_run = models.ForeignKey(
+        "agentrun.AgentRun", null=True, blank=True, on_delete=models.SET_NULL, related_name="atoms"
+    )
+    created_by_user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="atoms"
+    )
+    contradictions = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-confidence", "-created_at"]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(confidence__gte=0) & models.Q(confidence__lte=1),
+                name="atom_confidence_range",
+            ),
+        ]
+        indexes = [
+            # Runs start from a domain's active atoms.
+            models.Index(fields=["domain", "status"], name="atom_domain_status_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.claim[:80]} (v{self.version})"
+
+    def get_absolute_url(self) -> str:
+        return reverse("knowledge:detail", args=[self.pk])
+
+
+class Evidence(models.Model):
+    class Stance(models.TextChoices):
+        SUPPORTS = "supports", "Supports"
+        CONTRADICTS = "contradicts", "Contradicts"
+
+    atom = models.ForeignKey(KnowledgeAtom, on_delete=models.CASCADE, related_name="evidence_links")
+    experiment = models.ForeignKey("experiments.Experiment", on_delete=models.CASCADE)
+    stance = models.CharField(max_length=20, choices=Stance.choices, default=Stance.SUPPORTS)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["atom", "experiment"], name="evidence_unique_pair"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.experiment_id} {self.stance} atom {self.atom_id}"
+
+    def get_absolute_url(self) -> str:
+        return self.atom.get_absolute_url()

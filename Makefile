@@ -3,6 +3,13 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+ADDR ?= 127.0.0.1:8000
+
+# Settings come from the environment (see .env.example); a local .env is loaded when present.
+ifneq (,$(wildcard .env))
+include .env
+export $(shell sed -n 's/^\([A-Za-z_][A-Za-z0-9_]*\)=.*/\1/p' .env)
+endif
 
 .PHONY: install demo test serve lint browser-deps
 
@@ -35,6 +42,7 @@ lint: install
 test: install browser-deps lint
 	$(VENV)/bin/pytest
 
+# runserver and qcluster together; Ctrl-C stops both. `make serve ADDR=0.0.0.0:8000` to listen wider.
 serve: install
 	$(PY) manage.py migrate --noinput -v 0
-	$(PY) manage.py dojo_serve
+	$(PY) manage.py dojo_serve $(ADDR)

@@ -1,5 +1,25 @@
+import logging
+
 from django.apps import AppConfig
+
+logger = logging.getLogger(__name__)
 
 
 class AgentrunConfig(AppConfig):
     name = "agentrun"
+
+    def ready(self) -> None:
+        from django_q.signals import post_spawn
+
+        post_spawn.connect(_reap_on_worker_start, dispatch_uid="agentrun-reap-on-spawn")
+
+
+def _reap_on_worker_start(sender: object, proc_name: str = "", **kwargs: object) -> None:
+    """When qcluster starts a worker, fail the runs a dead worker left behind (a restart after a
+    crash or kill -9). The Schedule made by migration 0002 repeats this every minute."""
+    from agentrun.services import run_reap
+
+    try:
+        run_reap()
+    except Exception:  # never keep a worker from starting
+        logger.exception("reaper failed at worker start")

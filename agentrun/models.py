@@ -82,3 +82,42 @@ class AgentEvent(models.Model):
 
     def get_absolute_url(self) -> str:
         return self.run.get_absolute_url() + f"#event-{self.seq}"
+
+    def summary(self) -> str:
+        """One readable line for the terminal and the live page."""
+        d = self.data or {}
+        if self.type == self.Type.TEXT:
+            return str(d.get("text", ""))
+        if self.type == self.Type.TOOL_CALL:
+            args = d.get("arguments") or {}
+            if d.get("name") == "run_experiment":
+                return f"run_experiment: {str(args.get('hypothesis', ''))[:200]}"
+            brief = ", ".join(f"{k}={str(v)[:40]}" for k, v in args.items() if k != "code")
+            return f"{d.get('name')}({brief[:200]})"
+        if self.type == self.Type.TOOL_RESULT:
+            if d.get("ok"):
+                return f"{d.get('name')} ok ({d.get('seconds', 0)} s)"
+            return f"{d.get('name')} error: {str((d.get('result') or {}).get('error', ''))[:300]}"
+        if self.type == self.Type.EXPERIMENT:
+            if d.get("state") == "completed":
+                value = d.get("primary_value")
+                shown = f"{value:.6g}" if isinstance(value, int | float) else "-"
+                return f"experiment #{d.get('experiment_id')}: {d.get('primary_metric')}={shown}" + (
+                    "  ★ best so far" if d.get("is_best") else ""
+                )
+            return f"experiment #{d.get('experiment_id')} {d.get('state')}: {str(d.get('error', ''))[:200]}"
+        if self.type == self.Type.KNOWLEDGE:
+            return (
+                f"knowledge #{d.get('atom_id')} {d.get('outcome')}: {str(d.get('claim', ''))[:200]} "
+                f"(confidence {d.get('confidence')})"
+            )
+        if self.type == self.Type.ERROR:
+            return str(d.get("error", ""))
+        if self.type == self.Type.RESULT:
+            best = d.get("best_value")
+            best_text = f", best #{d.get('best_experiment_id')} {d.get('primary_metric')}={best:.6g}" if isinstance(best, int | float) else ""
+            return (
+                f"{d.get('status')}: {d.get('experiments', 0)} experiments{best_text}, "
+                f"${d.get('cost_usd', 0):.4f}, {d.get('turns', 0)} turns — {d.get('reason', '')}"
+            )
+        return f"finalized ({d.get('status', '')})"

@@ -1,8 +1,17 @@
 from django.urls import path
 
-from agentrun import views  # noqa: F401
+from agentrun import views
 
 app_name = "agentrun"
 
-urlpatterns: list = [
+urlpatterns = [
+    # Every run, newest first.
+    path("", views.run_list, name="list"),
+    # A domain's runs with the start form: the domain page's Runs tab (htmx) or a page of its own.
+    path("domain/<int:domain_id>/", views.run_domain_list, name="domain_list"),
+    path("domain/<int:domain_id>/start/", views.run_start_view, name="start"),
+    # The live run page, the partial it polls (events after a cursor), and the stop button.
+    path("<int:pk>/", views.run_detail, name="detail"),
+    path("<int:pk>/poll/", views.run_poll, name="poll"),
+    path("<int:pk>/stop/", views.run_stop, name="stop"),
 ]

@@ -52,19 +52,23 @@ DOJO_HOME = Path(env_str("DOJO_HOME", str(BASE_DIR / "var"))).resolve()
 DOJO_HOME.mkdir(parents=True, exist_ok=True)
 
 
-def _secret_key() -> str:
-    """Use SECRET_KEY when set; otherwise generate one once and keep it under DOJO_HOME."""
+def secret_key_load(home: Path) -> str:
+    """Use SECRET_KEY when set; otherwise generate one once and keep it in home/secret_key (0600)."""
     if os.environ.get("SECRET_KEY"):
         return os.environ["SECRET_KEY"]
-    key_file = DOJO_HOME / "secret_key"
-    if not key_file.exists():
+    key_file = home / "secret_key"
+    try:
+        # O_EXCL: when two processes start at once, one writes and the other reads its key.
         fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        pass
+    else:
         with os.fdopen(fd, "w") as handle:
             handle.write(secrets.token_urlsafe(50))
     return key_file.read_text().strip()
 
 
-SECRET_KEY = _secret_key()
+SECRET_KEY = secret_key_load(DOJO_HOME)
 DEBUG = env_bool("DEBUG", True)
 ALLOWED_HOSTS = [h.strip() for h in env_str("ALLOWED_HOSTS", "127.0.0.1,localhost,testserver").split(",") if h.strip()]
 CSRF_TRUSTED_ORIGINS = [o.strip() for o in env_str("CSRF_TRUSTED_ORIGINS", "").split(",") if o.strip()]
@@ -117,14 +121,19 @@ WSGI_APPLICATION = "dojo_site.wsgi.application"
 ASGI_APPLICATION = "dojo_site.asgi.application"
 
 
-def _database_from_url(url: str) -> dict:
-    """Parse DATABASE_URL: sqlite:///path or postgres://user:pass@host:port/name."""
+def database_from_url(url: str) -> dict:
+    """Parse DATABASE_URL: sqlite:///relative/path, sqlite:////absolute/path or
+    postgres://user:pass@host:port/name (postgresql:// too; needs `pip install .[postgres]`)."""
     parsed = urlparse(url)
     if parsed.scheme == "sqlite":
         # sqlite:///relative/file or sqlite:////absolute/file
         path = unquote(parsed.path)[1:]
+        if not path:
+            raise ImproperlyConfigured("DATABASE_URL sqlite:/// needs a file path, e.g. sqlite:///var/dojo.sqlite3")
         return _sqlite_database(Path(path).resolve())
     if parsed.scheme in ("postgres", "postgresql"):
+        if not parsed.path.lstrip("/"):
+            raise ImproperlyConfigured("DATABASE_URL for postgres needs a database name: postgres://user:pass@host:5432/dojo")
         return {
             "ENGINE": "django.db.backends.postgresql",
             "NAME": unquote(parsed.path.lstrip("/")),
@@ -154,14 +163,16 @@ def _sqlite_database(path: Path) -> dict:
                 "PRAGMA cache_size=-20000;"
             ),
         },
-        # A file-based test DB so qcluster workers, live_server threads and subprocesses see it.
-        "TEST": {"NAME": str(path.parent / f"test_{path.name}")},
+        # A file-based test DB so qcluster workers, live_server threads and subprocesses see it
+        # (pass them DATABASE_URL=sqlite:///<connection NAME>). The pid keeps two test runs on one
+        # checkout (CI and a developer, or several developers) from deleting each other's DB.
+        "TEST": {"NAME": str(path.parent / f"test_{os.getpid()}_{path.name}")},
     }
 
 
 DATABASE_URL = env_str("DATABASE_URL", "")
 DATABASES = {
-    "default": _database_from_url(DATABASE_URL) if DATABASE_URL else _sqlite_database(DOJO_HOME / "dojo.sqlite3")
+    "default": database_from_url(DATABASE_URL) if DATABASE_URL else _sqlite_database(DOJO_HOME / "dojo.sqlite3")
 }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 

@@ -1,1 +1,158 @@
-from django.contrib import admin  # noqa: F401
+from django.contrib import admin, messages
+from django.http import HttpRequest
+from django.urls import reverse
+from django.utils.html import format_html
+
+from domains.models import ApiToken, CurrentDomain, Domain, Task, TaskTool
+from domains.services import token_revoke
+
+
+@admin.register(Domain)
+class DomainAdmin(admin.ModelAdmin):
+    list_display = ["name", "status", "task_type", "task_frozen", "workspace_path", "created_at"]
+    list_filter = ["status", "task__task_type", ("task__frozen_at", admin.EmptyFieldListFilter)]
+    search_fields = ["name", "description", "workspace_path"]
+    list_select_related = ["task"]
+    readonly_fields = ["workspace_path", "program_path", "setup_path", "task_link", "created_at", "updated_at"]
+    fields = [
+        "name", "description", "status", "workspace_path", "program_path", "setup_path",
+        "workspace_python", "env_vars", "git_url", "git_ref", "task_link", "created_at", "updated_at",
+    ]
+
+    # A domain comes with its task and files; only domain_create makes all three (web form, CLI, API).
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    @admin.display(description="task type", ordering="task__task_type")
+    def task_type(self, obj: Domain) -> str:
+        task = obj.task_or_none
+        return task.task_type if task else "-"
+
+    @admin.display(description="frozen", boolean=True)
+    def task_frozen(self, obj: Domain) -> bool | None:
+        task = obj.task_or_none
+        return task.is_frozen if task else None
+
+    @admin.display(description="task")
+    def task_link(self, obj: Domain) -> str:
+        task = obj.task_or_none
+        if task is None:
+            return "-"
+        return format_html('<a href="{}">{}</a>', reverse("admin:domains_task_change", args=[task.pk]), task)
+
+
+class TaskToolInline(admin.TabularInline):
+    model = TaskTool
+    fields = ["name", "version", "is_current", "origin", "verified_ok", "verified_at", "created_at"]
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+    show_change_link = True
+
+    def has_add_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
+
+
+# Written by generation / verification / freeze, never by hand.
+TASK_MACHINE_FIELDS = [
+    "domain", "contract_version", "frozen_at", "fingerprint", "data_fingerprint", "snapshot_path",
+    "snapshot_info", "unfrozen_at", "unfreeze_reason", "created_at", "updated_at",
+]
+
+
+@admin.register(Task)
+class TaskAdmin(admin.ModelAdmin):
+    list_display = ["domain", "task_type", "primary_metric", "direction", "is_frozen", "contract_version", "updated_at"]
+    list_filter = ["task_type", "direction", ("frozen_at", admin.EmptyFieldListFilter)]
+    search_fields = ["domain__name"]
+    list_select_related = ["domain"]
+    inlines = [TaskToolInline]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Task | None = None) -> list[str]:
+        # A frozen contract changes only by unfreezing (which the task pages do), never by an edit.
+        if obj is not None and obj.is_frozen:
+            return TASK_MACHINE_FIELDS + ["task_type", "primary_metric", "direction", "expected_metrics", "config"]
+        return TASK_MACHINE_FIELDS
+
+    @admin.display(description="frozen", boolean=True, ordering="frozen_at")
+    def is_frozen(self, obj: Task) -> bool:
+        return obj.is_frozen
+
+
+TOOL_MACHINE_FIELDS = [
+    "task", "name", "version", "is_current", "code_sha256", "entrypoint", "origin", "verified_ok",
+    "verification_errors", "verification_sample", "verification_seconds", "verified_at",
+    "verified_code_sha256", "raw_reply", "created_at",
+]
+
+
+@admin.register(TaskTool)
+class TaskToolAdmin(admin.ModelAdmin):
+    list_display = ["__str__", "task", "name", "version", "is_current", "origin", "verified_ok", "verified_at", "created_at"]
+    list_filter = ["name", "origin", "is_current", "verified_ok"]
+    search_fields = ["task__domain__name", "code"]
+    list_select_related = ["task__domain"]
+
+    # Tool versions come from generation or import (which keep old versions); an edit here would
+    # change code in place behind the version history, so the code is shown, not edited.
+    readonly_fields = TOOL_MACHINE_FIELDS + ["code"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+
+@admin.register(ApiToken)
+class ApiTokenAdmin(admin.ModelAdmin):
+    list_display = ["prefix", "name", "user", "created_at", "last_used_at", "revoked_at", "is_active"]
+    list_filter = [("revoked_at", admin.EmptyFieldListFilter), "created_at"]
+    search_fields = ["name", "prefix", "user__username"]
+    list_select_related = ["user"]
+    actions = ["revoke_selected"]
+
+    def get_fields(self, request: HttpRequest, obj: ApiToken | None = None) -> list[str]:
+        if obj is None:
+            return ["user", "name"]
+        return ["user", "name", "prefix", "created_at", "last_used_at", "revoked_at"]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: ApiToken | None = None) -> list[str]:
+        if obj is None:
+            return []
+        return ["user", "prefix", "created_at", "last_used_at", "revoked_at"]
+
+    def save_model(self, request: HttpRequest, obj: ApiToken, form, change: bool) -> None:
+        if change:
+            super().save_model(request, obj, form, change)
+            return
+        plain = obj.set_new_token()
+        super().save_model(request, obj, form, change)
+        # The only time the plain token exists: show it once, as dojo_token create prints it once.
+        messages.warning(
+            request,
+            f"New API token for {obj.user}: {plain} — copy it now, it will not be shown again. "
+            "Send it as 'Authorization: Bearer <token>'.",
+        )
+
+    @admin.display(description="active", boolean=True, ordering="revoked_at")
+    def is_active(self, obj: ApiToken) -> bool:
+        return obj.is_active
+
+    @admin.action(description="Revoke the selected tokens")
+    def revoke_selected(self, request: HttpRequest, queryset) -> None:
+        tokens = list(queryset.filter(revoked_at__isnull=True))
+        for token in tokens:
+            token_revoke(token=token)
+        self.message_user(request, f"Revoked {len(tokens)} token(s).", messages.SUCCESS)
+
+
+@admin.register(CurrentDomain)
+class CurrentDomainAdmin(admin.ModelAdmin):
+    list_display = ["domain", "updated_at"]
+    list_select_related = ["domain"]
+    readonly_fields = ["updated_at"]
+
+    # One row: `dojo_domain use NAME` writes it; the admin may repoint it.
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return not CurrentDomain.objects.exists()

@@ -70,3 +70,116 @@ def task_type_get(name: str) -> TaskType:
         raise KeyError(
             f"unknown task type {name!r}; choose one of: {', '.join(TASK_TYPES)}"
         ) from None
+
+
+# --- Predictions -----------------------------------------------------------------------------
+# This file imports only the standard library at module level (numpy inside the functions), so the
+# sandboxed evaluator and verifier scripts can load it by path without Django or the project.
+
+PROBABILITY_TOLERANCE = 1e-4  # how far a multiclass row may sum from 1 (float error, not slack)
+
+
+def prediction_check(
+    task_type: str, y_pred: object, *, n_rows: int, n_classes: int | None = None
+) -> tuple[object, str | None]:
+    """Return (y_pred as a float64 numpy array, None) when y_pred fits the task type, otherwise
+    (None, a one-line message saying what was expected and what was seen)."""
+    import numpy as np
+
+    spec = task_type_get(task_type)
+    if y_pred is None:
+        return None, f"train() returned None; expected {spec.train_output}"
+    if isinstance(y_pred, (str, bytes, dict)):
+        return None, f"train() returned a {type(y_pred).__name__}; expected {spec.train_output}"
+    try:
+        array = np.asarray(y_pred)
+    except Exception as exc:  # ragged lists and the like
+        return None, f"y_pred could not be read as an array ({exc}); expected {spec.train_output}"
+    if array.dtype == object:
+        try:
+            array = array.astype(np.float64)
+        except (TypeError, ValueError):
+            return None, f"y_pred has non-numeric values (dtype object); expected {spec.train_output}"
+    if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
+        return None, f"y_pred has dtype {array.dtype}; expected numbers ({spec.train_output})"
+
+    if task_type == "multiclass":
+        if array.ndim != 2:
+            return None, (
+                f"y_pred has shape {array.shape}; expected ({n_rows}, {n_classes or 'n_classes'}): "
+                "one row of class probabilities per row of X_test"
+            )
+        if array.shape[0] != n_rows:
+            return None, f"y_pred has {array.shape[0]} rows; expected {n_rows} (one per row of X_test)"
+        if n_classes is not None and array.shape[1] != n_classes:
+            return None, (
+                f"y_pred has {array.shape[1]} columns; expected {n_classes} "
+                "(one per class, in sorted class order)"
+            )
+    else:
+        if array.ndim != 1:
+            hint = " (for binary, pass predict_proba(X)[:, 1])" if task_type == "binary" else ""
+            return None, f"y_pred has shape {array.shape}; expected ({n_rows},): {spec.train_output}{hint}"
+        if array.shape[0] != n_rows:
+            return None, f"y_pred has {array.shape[0]} values; expected {n_rows} (one per row of X_test)"
+
+    array = array.astype(np.float64, copy=False)
+    finite = np.isfinite(array)
+    if not finite.all():
+        bad = int((~finite).sum())
+        first = int(np.argwhere(~finite)[0][0])
+        return None, f"y_pred has {bad} non-finite value(s) (NaN or inf), the first at row {first}"
+    if spec.is_classification and array.size:
+        low, high = float(array.min()), float(array.max())
+        if low < 0.0 or high > 1.0:
+            return None, f"y_pred must be probabilities in [0, 1]; got values from {low:g} to {high:g}"
+    if task_type == "multiclass" and array.shape[0]:
+        sums = array.sum(axis=1)
+        off = np.abs(sums - 1.0) > PROBABILITY_TOLERANCE
+        if off.any():
+            row = int(np.argwhere(off)[0][0])
+            return None, (
+                f"each y_pred row must sum to 1; {int(off.sum())} row(s) do not, "
+                f"the first is row {row} summing to {float(sums[row]):.6g}"
+            )
+    return array, None
+
+
+def contract_text(
+    task_type: str, *, primary_metric: str | None = None, direction: str | None = None
+) -> str:
+    """The contract as shown to agents and users: what train() gets and returns, how it is scored."""
+    spec = task_type_get(task_type)
+    primary = primary_metric or spec.primary_metric
+    way = direction or spec.metric_directions.get(primary, spec.direction)
+    classes = (
+        "Class labels may be strings; classes are ordered by sorting the labels "
+        "(the positive class of a binary task is the larger label).\n"
+        if spec.is_classification
+        else ""
+    )
+    return (
+        f"Task type: {spec.label} (contract version {CONTRACT_VERSION}).\n"
+        "You write only:\n"
+        "    def train(X_train, y_train, X_test, *, artifacts_dir) -> y_pred\n"
+        f"y_pred: {spec.train_output}.\n"
+        f"{classes}"
+        "X_train / X_test are exactly what the frozen load_data returned (a pandas DataFrame keeps "
+        "its columns and dtypes, categoricals included; numpy arrays stay arrays).\n"
+        f"The frozen evaluate reports exactly: {', '.join(spec.metrics)}.\n"
+        f"Primary metric: {primary} ({way}).\n"
+        "Metrics come from a part of the test rows; another part is a private holdout you never see.\n"
+        "load_data, evaluate and the test labels are outside your reach; files you write to "
+        "artifacts_dir are kept."
+    )
+
+
+def tools_fingerprint(*, load_data: str, evaluate: str, contract_version: int = CONTRACT_VERSION) -> str:
+    """sha256 over both tools' code and the contract version: what freeze stores on the task and
+    every experiment checks before it runs."""
+    import hashlib
+
+    digest = hashlib.sha256(f"dojo-contract:{contract_version}\n".encode())
+    for name, code in (("load_data", load_data), ("evaluate", evaluate)):
+        digest.update(f"{name}:{hashlib.sha256(code.encode()).hexdigest()}\n".encode())
+    return digest.hexdigest()

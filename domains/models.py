@@ -1,6 +1,10 @@
+from pathlib import Path
+
 from django.conf import settings
 from django.db import models
 from django.urls import reverse
+
+from dojo_site.auth import token_generate, token_hash
 
 
 class Domain(models.Model):
@@ -38,6 +42,49 @@ class Domain(models.Model):
 
     def get_absolute_url(self) -> str:
         return reverse("domains:detail", args=[self.pk])
+
+    @property
+    def workspace(self) -> Path:
+        return Path(self.workspace_path)
+
+    def file_path(self, which: str) -> Path:
+        """PROGRAM.md for "program", SETUP.md for "setup"."""
+        if which == "program":
+            return Path(self.program_path)
+        if which == "setup":
+            return Path(self.setup_path)
+        raise ValueError(f"unknown domain file {which!r}; expected 'program' or 'setup'")
+
+    @property
+    def task_or_none(self) -> "Task | None":
+        try:
+            return self.task
+        except Task.DoesNotExist:
+            return None
+
+    def summary(self) -> dict:
+        """Plain data for `--json` output and logs."""
+        task = self.task_or_none
+        return {
+            "id": self.pk,
+            "name": self.name,
+            "description": self.description,
+            "status": self.status,
+            "workspace_path": self.workspace_path,
+            "program_path": self.program_path,
+            "setup_path": self.setup_path,
+            "created_at": self.created_at.isoformat() if self.created_at else None,
+            "task": None if task is None else {
+                "task_type": task.task_type,
+                "primary_metric": task.primary_metric,
+                "direction": task.direction,
+                "expected_metrics": task.expected_metrics,
+                "config": task.config,
+                "frozen": task.is_frozen,
+                "frozen_at": task.frozen_at.isoformat() if task.frozen_at else None,
+                "fingerprint": task.fingerprint,
+            },
+        }
 
 
 class Task(models.Model):
@@ -157,6 +204,17 @@ class ApiToken(models.Model):
 
     def get_absolute_url(self) -> str:
         return reverse("admin:domains_apitoken_change", args=[self.pk])
+
+    @property
+    def is_active(self) -> bool:
+        return self.revoked_at is None
+
+    def set_new_token(self) -> str:
+        """Give this row a fresh token; return the plain token (only its hash is kept)."""
+        plain = token_generate()
+        self.token_hash = token_hash(plain)
+        self.prefix = plain[:12]
+        return plain
 
 
 class CurrentDomain(models.Model):

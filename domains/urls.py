@@ -1,8 +1,17 @@
 from django.urls import path
 
-from domains import views  # noqa: F401
+from domains import views
 
 app_name = "domains"
 
 urlpatterns: list = [
+    # Domains: list, create, the domain page and its PROGRAM.md / SETUP.md editors.
+    path("", views.domain_list, name="list"),
+    path("new/", views.domain_new, name="new"),
+    path("<int:pk>/", views.domain_detail, name="detail"),
+    path("<int:pk>/files/<str:which>/", views.domain_file, name="file"),
+    # The task: its panel (the Task tab) and one POST per action (generate, verify, freeze,
+    # unfreeze, import, config, tool), each answering with the refreshed panel.
+    path("<int:pk>/task/", views.task_panel, name="task"),
+    path("<int:pk>/task/<str:action>/", views.task_action, name="task_action"),
 ]

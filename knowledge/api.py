@@ -1,3 +1,171 @@
-from ninja import Router
+from datetime import datetime
+from typing import Literal
+
+from django.db.models import Prefetch, QuerySet
+from django.http import HttpRequest
+from ninja import Field, Query, Router, Schema, Status
+
+from dojo_site.errors import NotFound
+from domains.models import Domain
+from knowledge.models import Evidence, KnowledgeAtom
+from knowledge.services import SEARCH_LIMIT_MAX, atom_search, atom_write
 
 router = Router(tags=["knowledge"])
+
+AtomStatus = Literal["active", "superseded", "retracted"]
+StanceName = Literal["supports", "contradicts"]
+LIST_LIMIT_MAX = 500
+
+
+class EvidenceIn(Schema):
+    experiment_id: int
+    stance: StanceName = "supports"
+
+
+class AtomIn(Schema):
+    domain_id: int | None = Field(None, description="Null writes global knowledge.")
+    context: str = Field(..., description="When this applies.")
+    claim: str = Field(..., description="What was found.")
+    action: str = ""
+    confidence: float = Field(0.5, ge=0, le=1)
+    evidence: list[EvidenceIn] = []
+
+
+class EvidenceOut(Schema):
+    experiment_id: int
+    stance: str
+
+
+class AtomOut(Schema):
+    id: int
+    domain_id: int | None
+    domain: str | None
+    context: str
+    claim: str
+    action: str
+    confidence: float
+    status: str
+    version: int
+    supersedes_id: int | None
+    contradictions: int
+    created_by_run_id: int | None
+    created_by_user_id: int | None
+    created_at: datetime
+    updated_at: datetime
+    evidence: list[EvidenceOut]
+    url: str
+
+    @staticmethod
+    def resolve_domain(obj: KnowledgeAtom) -> str | None:
+        return obj.domain.name if obj.domain_id else None
+
+    @staticmethod
+    def resolve_evidence(obj: KnowledgeAtom) -> list[Evidence]:
+        return list(obj.evidence_links.all())
+
+    @staticmethod
+    def resolve_url(obj: KnowledgeAtom) -> str:
+        return obj.get_absolute_url()
+
+
+class AtomSearchOut(AtomOut):
+    score: float
+
+
+class AtomWriteOut(Schema):
+    outcome: Literal["created", "versioned", "contradicted"]
+    atom: AtomOut
+    matched_id: int | None = Field(None, description="The near-duplicate that decided the outcome.")
+    similarity: float
+
+
+class AtomDetailOut(AtomOut):
+    versions: list[AtomOut] = Field(..., description="Every version of this finding, newest first.")
+    related: list[AtomOut]
+
+    @staticmethod
+    def resolve_versions(obj: KnowledgeAtom) -> list[KnowledgeAtom]:
+        newer = obj.newer_versions()
+        return [*reversed(newer), obj, *obj.older_versions()]
+
+    @staticmethod
+    def resolve_related(obj: KnowledgeAtom) -> list[KnowledgeAtom]:
+        return list(_atoms().filter(related=obj).order_by("-pk"))
+
+
+class KnowledgeListQuery(Schema):
+    domain_id: int | None = None
+    status: AtomStatus | None = None
+    limit: int = Field(100, ge=1, le=LIST_LIMIT_MAX)
+    offset: int = Field(0, ge=0)
+
+
+class KnowledgeSearchQuery(Schema):
+    query: str = Field(..., min_length=1)
+    domain_id: int | None = None
+    limit: int = Field(10, ge=1, le=SEARCH_LIMIT_MAX)
+
+
+def _atoms() -> QuerySet[KnowledgeAtom]:
+    evidence = Evidence.objects.order_by("experiment_id")
+    return KnowledgeAtom.objects.select_related("domain").prefetch_related(
+        Prefetch("evidence_links", queryset=evidence)
+    )
+
+
+def _get_domain(domain_id: int | None) -> Domain | None:
+    if domain_id is None:
+        return None
+    domain = Domain.objects.filter(pk=domain_id).first()
+    if domain is None:
+        raise NotFound(f"no domain with id {domain_id}")
+    return domain
+
+
+def _get_atom(atom_id: int) -> KnowledgeAtom:
+    atom = _atoms().filter(pk=atom_id).first()
+    if atom is None:
+        raise NotFound(f"no knowledge atom with id {atom_id}")
+    return atom
+
+
+@router.get("/knowledge", response=list[AtomOut])
+def knowledge_list(request: HttpRequest, filters: Query[KnowledgeListQuery]):
+    """Atoms, most confident first; filter by domain and status."""
+    atoms = _atoms().order_by("-confidence", "-created_at", "-pk")
+    if filters.domain_id is not None:
+        atoms = atoms.filter(domain=_get_domain(filters.domain_id))
+    if filters.status is not None:
+        atoms = atoms.filter(status=filters.status)
+    return atoms[filters.offset:filters.offset + filters.limit]
+
+
+@router.get("/knowledge/search", response=list[AtomSearchOut])
+def knowledge_search(request: HttpRequest, params: Query[KnowledgeSearchQuery]):
+    """Atoms ranked for a query (active first); one domain plus global atoms, or every domain."""
+    return atom_search(query=params.query, domain=_get_domain(params.domain_id), limit=params.limit)
+
+
+@router.post("/knowledge", response={201: AtomWriteOut})
+def knowledge_create(request: HttpRequest, payload: AtomIn):
+    """Write an atom through linking: it may create, version or contradict an existing atom."""
+    result = atom_write(
+        domain=_get_domain(payload.domain_id),
+        context=payload.context,
+        claim=payload.claim,
+        action=payload.action,
+        confidence=payload.confidence,
+        evidence=[(e.experiment_id, e.stance) for e in payload.evidence],
+        user=request.user if request.user.is_authenticated else None,
+    )
+    return Status(201, {
+        "outcome": result.outcome,
+        "atom": _get_atom(result.atom.pk),
+        "matched_id": result.matched.pk if result.matched else None,
+        "similarity": result.similarity,
+    })
+
+
+@router.get("/knowledge/{atom_id}", response=AtomDetailOut)
+def knowledge_show(request: HttpRequest, atom_id: int):
+    return _get_atom(atom_id)

@@ -53,6 +53,57 @@ class KnowledgeAtom(models.Model):
     def get_absolute_url(self) -> str:
         return reverse("knowledge:detail", args=[self.pk])
 
+    def summary(self) -> dict:
+        """A JSON-ready dict for the CLI's --json output and the agent's context."""
+        return {
+            "id": self.pk,
+            "domain_id": self.domain_id,
+            "domain": self.domain.name if self.domain_id else None,
+            "context": self.context,
+            "claim": self.claim,
+            "action": self.action,
+            "confidence": self.confidence,
+            "status": self.status,
+            "version": self.version,
+            "supersedes_id": self.supersedes_id,
+            "contradictions": self.contradictions,
+            "evidence": [
+                {"experiment_id": link.experiment_id, "stance": link.stance}
+                for link in self.evidence_links.all()
+            ],
+            "created_at": self.created_at.isoformat(),
+        }
+
+    def linking_text(self) -> str:
+        """The text that decides whether two atoms say the same thing."""
+        return f"{self.context}\n{self.claim}"
+
+    def search_text(self) -> str:
+        return f"{self.context}\n{self.claim}\n{self.action}"
+
+    def older_versions(self) -> list["KnowledgeAtom"]:
+        """The versions this one replaced, newest first (follows `supersedes`)."""
+        chain: list[KnowledgeAtom] = []
+        seen = {self.pk}
+        atom = self.supersedes
+        # `seen` guards against a cycle an admin could create by hand.
+        while atom is not None and atom.pk not in seen:
+            chain.append(atom)
+            seen.add(atom.pk)
+            atom = atom.supersedes
+        return chain
+
+    def newer_versions(self) -> list["KnowledgeAtom"]:
+        """The versions that replaced this one, oldest first."""
+        chain: list[KnowledgeAtom] = []
+        seen = {self.pk}
+        atom = self.superseded_by.order_by("-version", "-pk").first()
+        while atom is not None and atom.pk not in seen:
+            chain.append(atom)
+            seen.add(atom.pk)
+            atom = atom.superseded_by.order_by("-version", "-pk").first()
+        return chain
+
 
 class Evidence(models.Model):
     class Stance(models.TextChoices):

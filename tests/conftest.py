@@ -32,3 +32,55 @@ def workspace(tmp_path):
     path = tmp_path / "workspace"
     path.mkdir()
     return path
+
+
+# --- Browser tests (Debian chromium + Playwright's sync API; reference/stack.md §5) ---------------
+
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """One headless Chromium for the session. Skips when Debian's chromium is not installed."""
+    import shutil
+
+    executable = shutil.which("chromium")
+    if not executable:
+        pytest.skip("chromium not found on PATH: install Debian's chromium (`make browser-deps` or apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        instance = playwright.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_ARGS)
+        yield instance
+        instance.close()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    new_page = context.new_page()
+    new_page.set_default_timeout(5000)
+    yield new_page
+    context.close()
+
+
+@pytest.fixture
+def logged_in_page(page, live_server, transactional_db, user):
+    """A page logged in as `user` (through the login form) against `live_server`, at the domains list.
+
+    Tests build URLs from `live_server.url`; the DB is transactional so the server thread sees rows."""
+    page.goto(f"{live_server.url}/login/")
+    page.fill("#id_username", user.username)
+    page.fill("#id_password", "pw-for-tests-only")
+    page.click("button[type=submit]")
+    page.wait_for_url(f"{live_server.url}/domains/")
+    return page

@@ -1,0 +1,65 @@
+"""Small helpers shared by the dojo_* management commands."""
+
+import argparse
+import json
+from argparse import ArgumentParser
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError
+from rich.console import Console
+
+from dojo_site.errors import DojoError, NotReady
+
+# Exit code for "the thing exists but is not ready" (e.g. the task is not frozen).
+EXIT_NOT_READY = 3
+
+
+def console_for(command: BaseCommand) -> Console:
+    """A rich console writing to the command's stdout (so call_command(stdout=…) captures it)."""
+    out = getattr(command.stdout, "_out", command.stdout)
+    return Console(file=out, width=120 if not out.isatty() else None, highlight=False, soft_wrap=True)
+
+
+def add_domain_argument(parser: ArgumentParser, *, subcommand: bool = False) -> None:
+    """--domain NAME. With subcommand=True, for a sub-parser, so `cmd ls --domain X` works as
+    well as `cmd --domain X ls` (SUPPRESS: an absent option does not reset the parent's value)."""
+    parser.add_argument(
+        "--domain",
+        default=argparse.SUPPRESS if subcommand else None,
+        help="Domain name (or id); defaults to the current domain.",
+    )
+
+
+def add_json_argument(parser: ArgumentParser, *, subcommand: bool = False) -> None:
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        default=argparse.SUPPRESS if subcommand else False,
+        help="Print machine-readable JSON.",
+    )
+
+
+def command_error(exc: DojoError) -> CommandError:
+    """One line for the user; "not ready" exits 3, everything else 1."""
+    return CommandError(str(exc), returncode=EXIT_NOT_READY if isinstance(exc, NotReady) else 1)
+
+
+def print_json(command: BaseCommand, data: Any) -> None:
+    command.stdout.write(json.dumps(data, indent=2, default=str))
+
+
+def add_actions(parser: ArgumentParser, *, domain: bool = True):
+    """Sub-commands (`ls`, `show NAME`…); each also takes --json (and --domain) after its name.
+
+    Returns `add(name, help) -> sub-parser`; the chosen one is in options["action"].
+    """
+    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    def add(name: str, help: str) -> ArgumentParser:
+        sub = actions.add_parser(name, help=help)
+        add_json_argument(sub, subcommand=True)
+        if domain:
+            add_domain_argument(sub, subcommand=True)
+        return sub
+
+    return add

@@ -1,0 +1,59 @@
+from django import forms
+
+from dojo_site.errors import DojoError
+from domains.contracts import TASK_TYPES
+from domains.models import Domain
+from domains.services import domain_name_check, workspace_check
+
+METRIC_CHOICES = [("", "the task type's default")] + [
+    (task.label, [(m, m) for m in task.metrics]) for task in TASK_TYPES.values()
+]
+
+
+class DomainForm(forms.Form):
+    """What `manage.py dojo_init` asks for."""
+
+    name = forms.CharField(max_length=100, help_text="Short and unique; the CLI's --domain NAME.")
+    task_type = forms.ChoiceField(choices=[(t.name, t.label) for t in TASK_TYPES.values()])
+    workspace = forms.CharField(
+        max_length=500, help_text="Absolute path of your data/repository folder on this machine."
+    )
+    data_path = forms.CharField(
+        max_length=500, required=False,
+        help_text="Data file relative to the workspace (CSV/Parquet), or sklearn:load_diabetes.",
+    )
+    target_column = forms.CharField(max_length=200, required=False)
+    id_columns = forms.CharField(
+        max_length=500, required=False, help_text="Comma-separated; never used as features."
+    )
+    metric = forms.ChoiceField(choices=METRIC_CHOICES, required=False, label="Primary metric")
+    description = forms.CharField(widget=forms.Textarea(attrs={"rows": 3}), required=False, label="Goal")
+
+    def clean_name(self) -> str:
+        try:
+            name = domain_name_check(self.cleaned_data["name"])
+        except DojoError as exc:
+            raise forms.ValidationError(str(exc)) from None
+        if Domain.objects.filter(name=name).exists():
+            raise forms.ValidationError(f"a domain named {name!r} already exists")
+        return name
+
+    def clean_workspace(self) -> str:
+        try:
+            return str(workspace_check(self.cleaned_data["workspace"]))
+        except DojoError as exc:
+            raise forms.ValidationError(str(exc)) from None
+
+    def clean(self) -> dict:
+        data = super().clean()
+        task_type, metric = data.get("task_type"), data.get("metric")
+        if task_type and metric and metric not in TASK_TYPES[task_type].metrics:
+            self.add_error(
+                "metric",
+                f"{metric} is not a {task_type} metric; choose one of: {', '.join(TASK_TYPES[task_type].metrics)}",
+            )
+        return data
+
+
+class DomainFileForm(forms.Form):
+    text = forms.CharField(widget=forms.Textarea(attrs={"rows": 18}), required=False, strip=False)

@@ -1,0 +1,496 @@
+"""Writing the contract tools: from SETUP.md by template or by Claude, or imported by hand.
+
+Everything here returns code as text (`GeneratedTools`); saving, verifying and freezing are in
+domains/services.py.
+
+SETUP.md format (the `dojo_init` scaffold writes it; the template generator reads it):
+
+    ## Dataset
+    - loader: load_diabetes          # a scikit-learn bundled loader, or
+    - data: data/train.csv           # a CSV or Parquet file, relative to the workspace
+    - target: price                  # the target column of that file
+    - id columns: id, uuid           # optional, dropped from X
+    ## Evaluate
+    free text (the metrics themselves come from the task type)
+
+Keys are case-insensitive, the leading dash is optional and `key = value` works too.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from django.conf import settings
+from django.utils import timezone
+
+from dojo_site.errors import InvalidInput
+from domains.contracts import CONTRACT_VERSION, TASK_TYPES, contract_text
+
+TOOL_NAMES = ("load_data", "evaluate")
+
+# scikit-learn's loaders that ship their data in the wheel (no download), with their task type.
+SKLEARN_LOADERS: dict[str, str] = {
+    "load_diabetes": "regression",
+    "load_breast_cancer": "binary",
+    "load_wine": "multiclass",
+    "load_iris": "multiclass",
+    "load_digits": "multiclass",
+}
+
+_KEY_ALIASES = {
+    "loader": "loader",
+    "sklearn_loader": "loader",
+    "dataset": "loader",
+    "data": "data",
+    "data_path": "data",
+    "data_file": "data",
+    "file": "data",
+    "path": "data",
+    "target": "target",
+    "target_column": "target",
+    "label": "target",
+    "id_columns": "id_columns",
+    "id_column": "id_columns",
+    "ids": "id_columns",
+    "drop_columns": "id_columns",
+}
+_LINE = re.compile(r"^\s*(?:[-*]\s*)?([A-Za-z][A-Za-z0-9 _-]*?)\s*[:=]\s*(.*?)\s*$")
+_HEADING = re.compile(r"^##\s+(.+?)\s*#*\s*$")
+_PLACEHOLDER = re.compile(r"^(<.*>|\(.*\)|none|n/?a|todo|tbd|-|\.\.\.|…)$", re.IGNORECASE)
+
+
+class GenerationError(InvalidInput):
+    """The tools could not be generated; the message says why and what to do."""
+
+
+@dataclass
+class SetupSpec:
+    """What SETUP.md says about the data."""
+
+    path: Path
+    text: str
+    sections: dict[str, str]
+    loader: str = ""
+    data: str = ""
+    target: str = ""
+    id_columns: list[str] = field(default_factory=list)
+
+
+@dataclass
+class GeneratedTools:
+    load_data: str
+    evaluate: str
+    origin: str  # TaskTool.Origin value
+    description: str
+    raw_reply: str = ""
+
+
+# --- SETUP.md --------------------------------------------------------------------------------
+
+SETUP_EXAMPLE = (
+    "## Dataset\n- data: data/train.csv\n- target: price\n- id columns: id\n"
+    "(or `- loader: load_diabetes`)\n## Evaluate\n<how the predictions are judged>"
+)
+
+
+def setup_parse(*, path: Path) -> SetupSpec:
+    """Read SETUP.md; raise GenerationError when it is missing, empty or lacks its sections."""
+    if not path.is_file():
+        raise GenerationError(f"SETUP.md not found at {path}; write it with a '## Dataset' and an '## Evaluate' section")
+    text = path.read_text(encoding="utf-8", errors="replace")
+    if not text.strip():
+        raise GenerationError(
+            f"SETUP.md at {path} is empty; it needs a '## Dataset' section (e.g. '- data: data/train.csv' "
+            "and '- target: price', or '- loader: load_diabetes') and an '## Evaluate' section"
+        )
+    sections: dict[str, str] = {}
+    current: str | None = None
+    for line in text.splitlines():
+        heading = _HEADING.match(line)
+        if heading:
+            current = heading.group(1).strip().lower()
+            sections.setdefault(current, "")
+        elif current is not None:
+            sections[current] += line + "\n"
+    missing = [name for name in ("dataset", "evaluate") if name not in sections]
+    if missing:
+        found = ", ".join(f"'## {name}'" for name in sections) or "no '## ' headings"
+        raise GenerationError(
+            f"SETUP.md at {path} is missing its {' and '.join(repr('## ' + m.title()) for m in missing)} "
+            f"section{'s' if len(missing) > 1 else ''} (found {found})"
+        )
+    spec = SetupSpec(path=path, text=text, sections=sections)
+    for line in sections["dataset"].splitlines():
+        match = _LINE.match(line)
+        if not match:
+            continue
+        key = _KEY_ALIASES.get(re.sub(r"[\s-]+", "_", match.group(1).strip().lower()))
+        value = match.group(2).strip().strip("`'\"").strip()
+        if not key or not value or _PLACEHOLDER.match(value):
+            continue
+        if key == "id_columns":
+            spec.id_columns = [c.strip().strip("`'\"") for c in value.split(",") if c.strip()]
+        elif key == "loader":
+            spec.loader = value.split(".")[-1].removesuffix("()")
+        else:
+            setattr(spec, key, value)
+    if not spec.loader and not spec.data:
+        # Prose such as "scikit-learn's load_wine dataset" names a loader too.
+        named = re.search(r"\b(" + "|".join(SKLEARN_LOADERS) + r")\b", sections["dataset"])
+        if named:
+            spec.loader = named.group(1)
+    return spec
+
+
+# --- Template generator ----------------------------------------------------------------------
+
+
+def template_matches(spec: SetupSpec, *, config: dict) -> bool:
+    return bool(spec.loader or spec.data or config.get("data_path"))
+
+
+def generate_from_template(*, spec: SetupSpec, task_type: str, config: dict, workspace: Path) -> GeneratedTools:
+    """Write load_data + evaluate for a scikit-learn loader or a local CSV/Parquet file.
+
+    SETUP.md wins over the task config for the data path, target and ID columns. Raise
+    GenerationError on a loader of the wrong task type, a missing file or a missing column."""
+    test_ratio = float(config.get("test_ratio", 0.2))
+    seed = int(config.get("seed", 42))
+    stratify = TASK_TYPES[task_type].is_classification
+    if spec.loader:
+        kind = SKLEARN_LOADERS.get(spec.loader)
+        if kind is None:
+            raise GenerationError(
+                f"SETUP.md names the loader {spec.loader!r}; the template knows "
+                f"{', '.join(SKLEARN_LOADERS)} (other data: '- data: FILE' and '- target: COLUMN')"
+            )
+        if kind != task_type:
+            raise GenerationError(
+                f"{spec.loader} is a {kind} dataset but this task is {task_type}; change the task type "
+                "or the loader in SETUP.md"
+            )
+        load_data = _LOADER_TEMPLATE.format(
+            loader=spec.loader, test_ratio=test_ratio, seed=seed, stratify="y" if stratify else "None"
+        )
+        description = f"scikit-learn {spec.loader}, {test_ratio:g} test split, seed {seed}"
+    else:
+        data = spec.data or str(config.get("data_path", ""))
+        target = spec.target or str(config.get("target_column", ""))
+        id_columns = spec.id_columns or list(config.get("id_columns") or [])
+        if not target:
+            raise GenerationError(
+                f"SETUP.md names the data file {data} but no target column; add '- target: COLUMN' "
+                "under '## Dataset'"
+            )
+        path = Path(data) if Path(data).is_absolute() else workspace / data
+        suffix = path.suffix.lower()
+        if suffix not in (".csv", ".parquet", ".pq"):
+            raise GenerationError(f"the data file {data} is neither .csv nor .parquet; the template reads only those")
+        if not path.is_file():
+            raise GenerationError(f"the data file {data} does not exist (looked for {path})")
+        columns = _file_columns(path)
+        missing = [c for c in [target, *id_columns] if c not in columns]
+        if missing:
+            shown = ", ".join(columns[:50]) + (", …" if len(columns) > 50 else "")
+            what = "target column" if missing[0] == target else "ID column"
+            raise GenerationError(
+                f"{what} {missing[0]!r} is not in {data}; columns found: {shown}"
+            )
+        load_data = _FILE_TEMPLATE.format(
+            data=json.dumps(data),
+            reader="pd.read_parquet" if suffix in (".parquet", ".pq") else "pd.read_csv",
+            target=json.dumps(target),
+            id_columns=json.dumps(id_columns),
+            test_ratio=test_ratio,
+            seed=seed,
+            stratify="y" if stratify else "None",
+        )
+        description = f"{data} (target {target}), {test_ratio:g} test split, seed {seed}"
+    return GeneratedTools(
+        load_data=load_data,
+        evaluate=EVALUATE_TEMPLATES[task_type],
+        origin="template",
+        description=description,
+    )
+
+
+def _file_columns(path: Path) -> list[str]:
+    import pandas as pd
+
+    try:
+        if path.suffix.lower() == ".csv":
+            return [str(c) for c in pd.read_csv(path, nrows=0).columns]
+        import pyarrow.parquet as pq
+
+        return [str(c) for c in pq.read_schema(path).names]
+    except Exception as exc:  # unreadable or malformed file: say so in one line
+        raise GenerationError(f"could not read the columns of {path.name}: {exc}") from None
+
+
+_SPLIT_HELPER = '''
+
+def _split(X, y):
+    X_train, X_test, y_train, y_test = train_test_split(
+        X, y, test_size=TEST_RATIO, random_state=SEED, stratify={stratify}
+    )
+    # Positions, not the shuffled original index, identify rows from here on.
+    return (
+        X_train.reset_index(drop=True),
+        X_test.reset_index(drop=True),
+        y_train.reset_index(drop=True),
+        y_test.reset_index(drop=True),
+    )
+'''
+
+_LOADER_TEMPLATE = (
+    '''"""load_data: scikit-learn's {loader}, split deterministically. Written by Dojo's template."""
+
+from sklearn.datasets import {loader}
+from sklearn.model_selection import train_test_split
+
+TEST_RATIO = {test_ratio}
+SEED = {seed}
+
+
+def load_data():
+    X, y = {loader}(return_X_y=True, as_frame=True)
+    return _split(X, y)
+'''
+    + _SPLIT_HELPER
+)
+
+_FILE_TEMPLATE = (
+    '''"""load_data: a local data file with a target column, split deterministically.
+Written by Dojo's template. Paths are relative to the workspace (load_data's working directory)."""
+
+import pandas as pd
+from pandas.api.types import is_object_dtype, is_string_dtype
+from sklearn.model_selection import train_test_split
+
+DATA_PATH = {data}
+TARGET = {target}
+ID_COLUMNS = {id_columns}
+TEST_RATIO = {test_ratio}
+SEED = {seed}
+
+
+def load_data():
+    df = {reader}(DATA_PATH)
+    missing = [c for c in [TARGET, *ID_COLUMNS] if c not in df.columns]
+    if missing:
+        raise ValueError(f"{{DATA_PATH}} has no column {{missing[0]!r}}; columns: {{list(df.columns)}}")
+    y = df.pop(TARGET)
+    X = df.drop(columns=ID_COLUMNS) if ID_COLUMNS else df
+    # Rows without a label cannot be trained on or scored.
+    labelled = y.notna()
+    if not labelled.all():
+        X, y = X[labelled], y[labelled]
+    # Text columns become pandas categoricals; missing values stay NaN.
+    for column in X.columns:
+        if is_object_dtype(X[column]) or is_string_dtype(X[column]):
+            X[column] = X[column].astype("category")
+    return _split(X, y)
+'''
+    + _SPLIT_HELPER
+)
+
+_EVALUATE_REGRESSION = '''"""evaluate: rmse, mae and r2 of the predicted values. Written by Dojo's template."""
+
+import numpy as np
+from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
+
+
+def evaluate(y_pred, *, X_train, X_test, y_train, y_test, artifacts_dir):
+    y_true = np.asarray(y_test, dtype=float).reshape(-1)
+    y_pred = np.asarray(y_pred, dtype=float).reshape(-1)
+    if y_pred.shape != y_true.shape:
+        raise ValueError(f"y_pred has {y_pred.shape[0]} values; expected {y_true.shape[0]}")
+    return {
+        "rmse": float(np.sqrt(mean_squared_error(y_true, y_pred))),
+        "mae": float(mean_absolute_error(y_true, y_pred)),
+        "r2": float(r2_score(y_true, y_pred)),
+    }
+'''
+
+_EVALUATE_BINARY = '''"""evaluate: roc_auc, log_loss, accuracy and f1 of positive-class probabilities.
+Written by Dojo's template. The positive class is the larger of the two sorted labels."""
+
+import numpy as np
+from sklearn.metrics import accuracy_score, f1_score, log_loss, roc_auc_score
+
+
+def evaluate(y_pred, *, X_train, X_test, y_train, y_test, artifacts_dir):
+    classes = np.unique(np.concatenate([np.asarray(y_train).ravel(), np.asarray(y_test).ravel()]))
+    y_true = (np.asarray(y_test).ravel() == classes[-1]).astype(int)
+    proba = np.asarray(y_pred, dtype=float).reshape(-1)
+    if proba.shape != y_true.shape:
+        raise ValueError(f"y_pred has {proba.shape[0]} values; expected {y_true.shape[0]}")
+    predicted = (proba >= 0.5).astype(int)
+    return {
+        "roc_auc": float(roc_auc_score(y_true, proba)),
+        "log_loss": float(log_loss(y_true, proba, labels=[0, 1])),
+        "accuracy": float(accuracy_score(y_true, predicted)),
+        "f1": float(f1_score(y_true, predicted, zero_division=0)),
+    }
+'''
+
+_EVALUATE_MULTICLASS = '''"""evaluate: log_loss, accuracy and macro_f1 of class probabilities.
+Written by Dojo's template. Columns of y_pred follow the sorted labels of y_train and y_test."""
+
+import numpy as np
+from sklearn.metrics import accuracy_score, f1_score, log_loss
+
+
+def evaluate(y_pred, *, X_train, X_test, y_train, y_test, artifacts_dir):
+    classes = np.unique(np.concatenate([np.asarray(y_train).ravel(), np.asarray(y_test).ravel()]))
+    y_true = np.asarray(y_test).ravel()
+    proba = np.asarray(y_pred, dtype=float)
+    if proba.shape != (y_true.shape[0], classes.shape[0]):
+        raise ValueError(f"y_pred has shape {proba.shape}; expected {(y_true.shape[0], classes.shape[0])}")
+    predicted = classes[proba.argmax(axis=1)]
+    return {
+        "log_loss": float(log_loss(y_true, proba, labels=classes)),
+        "accuracy": float(accuracy_score(y_true, predicted)),
+        "macro_f1": float(f1_score(y_true, predicted, average="macro", zero_division=0)),
+    }
+'''
+
+EVALUATE_TEMPLATES = {
+    "regression": _EVALUATE_REGRESSION,
+    "binary": _EVALUATE_BINARY,
+    "multiclass": _EVALUATE_MULTICLASS,
+}
+
+
+# --- Claude generator ------------------------------------------------------------------------
+
+TOOLGEN_SYSTEM_PROMPT = (
+    "You write two small Python modules for a machine-learning evaluation contract. "
+    "You reply with one JSON object and nothing else."
+)
+
+
+def toolgen_prompt(*, spec: SetupSpec, task_type: str, config: dict, workspace: Path, domain_name: str) -> str:
+    tt = TASK_TYPES[task_type]
+    hints = {
+        "data_path": spec.data or config.get("data_path", ""),
+        "target_column": spec.target or config.get("target_column", ""),
+        "id_columns": spec.id_columns or config.get("id_columns", []),
+        "test_ratio": config.get("test_ratio", 0.2),
+        "seed": config.get("seed", 42),
+    }
+    return f"""Write the frozen tools of the ML task "{domain_name}" (contract version {CONTRACT_VERSION}).
+
+SETUP.md, the source of truth about the data:
+-----
+{spec.text.strip()}
+-----
+Hints from the task configuration: {json.dumps(hints)}
+Working directory when load_data runs (relative paths resolve here): {workspace}
+
+The contract the tools serve:
+{contract_text(task_type)}
+
+Write two modules:
+1. load_data.py defining `def load_data():` returning the 4-tuple (X_train, X_test, y_train, y_test).
+   - X as a pandas DataFrame; text columns as pandas `category`; missing values stay NaN;
+     drop ID-like columns; rows without a label dropped.
+   - A deterministic split: test_size={hints["test_ratio"]}, random_state={hints["seed"]}
+     {"stratified on y" if tt.is_classification else "(not stratified)"}; reset the index of every part.
+   - No printing, no network, no writes outside artifacts.
+2. evaluate.py defining
+   `def evaluate(y_pred, *, X_train, X_test, y_train, y_test, artifacts_dir):` returning a dict with
+   exactly the keys {list(tt.metrics)} as finite floats, computed with sklearn.metrics.
+   - It must work on any subset of the test rows (it is called on a validation part and a holdout part).
+   - Classes are np.unique of y_train and y_test together (sorted); for binary tasks the positive class
+     is the larger label and y_pred is its probability; for multiclass y_pred has one column per
+     sorted class and log_loss uses labels= those classes.
+
+Reply with exactly one JSON object, no prose and no code fence:
+{{"load_data": "<the whole load_data.py source>", "evaluate": "<the whole evaluate.py source>"}}
+"""
+
+
+def generate_with_claude(*, spec: SetupSpec, task_type: str, config: dict, workspace: Path, domain_name: str) -> GeneratedTools:
+    """One completion; raise GenerationError (raw reply kept on disk) when the reply is unusable."""
+    from dojo_site.claude import claude_complete
+
+    prompt = toolgen_prompt(
+        spec=spec, task_type=task_type, config=config, workspace=workspace, domain_name=domain_name
+    )
+    completion = claude_complete(
+        prompt=prompt, system_prompt=TOOLGEN_SYSTEM_PROMPT, model=settings.DOJO_TOOLGEN_MODEL
+    )
+    try:
+        tools = parse_tools_reply(completion.text)
+    except GenerationError as exc:
+        kept = _keep_raw_reply(domain_name=domain_name, reply=completion.text)
+        raise GenerationError(f"Claude's reply is not usable: {exc}. The raw reply is kept in {kept}") from None
+    return GeneratedTools(
+        load_data=tools["load_data"],
+        evaluate=tools["evaluate"],
+        origin="claude",
+        description=f"written by {completion.model}",
+        raw_reply=completion.text,
+    )
+
+
+def parse_tools_reply(text: str) -> dict[str, str]:
+    """Parse Claude's reply strictly: one JSON object (optionally in a single ```json fence) with
+    exactly the keys load_data and evaluate, each valid Python defining that function."""
+    body = text.strip()
+    fence = re.fullmatch(r"```(?:json)?\s*\n(.*)\n```", body, flags=re.DOTALL)
+    if fence:
+        body = fence.group(1).strip()
+    if not body:
+        raise GenerationError("the reply is empty")
+    try:
+        data = json.loads(body)
+    except json.JSONDecodeError as exc:
+        raise GenerationError(f"the reply is not one JSON object ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
+    if not isinstance(data, dict):
+        raise GenerationError(f"the reply is JSON {type(data).__name__}, expected an object")
+    keys = set(data)
+    if keys != set(TOOL_NAMES):
+        raise GenerationError(
+            f"the reply has keys {sorted(keys)}, expected exactly ['evaluate', 'load_data']"
+        )
+    for name in TOOL_NAMES:
+        if not isinstance(data[name], str) or not data[name].strip():
+            raise GenerationError(f"{name} is not a non-empty string of Python code")
+        tool_code_check(name=name, code=data[name])
+    return {name: data[name] for name in TOOL_NAMES}
+
+
+def tool_code_check(*, name: str, code: str) -> None:
+    """Raise GenerationError unless `code` parses and defines the top-level function `name`."""
+    try:
+        tree = ast.parse(code, filename=f"{name}.py")
+    except SyntaxError as exc:
+        raise GenerationError(f"{name}.py line {exc.lineno}: {exc.msg}") from None
+    if not any(isinstance(node, ast.FunctionDef) and node.name == name for node in tree.body):
+        raise GenerationError(f"{name}.py does not define a top-level function {name}()")
+
+
+def _keep_raw_reply(*, domain_name: str, reply: str) -> Path:
+    folder = Path(settings.DOJO_HOME) / "toolgen"
+    folder.mkdir(parents=True, exist_ok=True)
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", domain_name)
+    path = folder / f"{safe}-{timezone.now():%Y%m%dT%H%M%S%f}.txt"
+    path.write_text(reply, encoding="utf-8")
+    return path
+
+
+def no_generator_message(*, setup_path: Path, reason: str) -> str:
+    return (
+        f"SETUP.md ({setup_path}) matches no template and Claude is not available ({reason}). "
+        "Ways forward: (1) name the data in SETUP.md's '## Dataset' section — '- loader: load_diabetes' "
+        "or '- data: data/train.csv' with '- target: COLUMN' — and run `dojo_task generate` again; "
+        "(2) write the tools yourself and run `dojo_task import --load-data FILE --evaluate FILE` "
+        "(or paste them on the task page); (3) make Claude available (set ANTHROPIC_API_KEY, or "
+        "DOJO_CLAUDE_CLI_PATH) and run `dojo_task generate --with claude`."
+    )

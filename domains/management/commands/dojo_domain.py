@@ -1,0 +1,97 @@
+from django.core.management.base import BaseCommand, CommandError
+from rich.table import Table
+
+from dojo_site.cli import (
+    add_actions,
+    add_domain_argument,
+    add_json_argument,
+    command_error,
+    console_for,
+    print_json,
+)
+from dojo_site.errors import DojoError
+from domains.models import Domain
+from domains.services import domain_current, domain_resolve, domain_use
+
+
+class Command(BaseCommand):
+    help = "List domains, show one, and choose the current domain: ls | use NAME | current | show [NAME]."
+
+    def add_arguments(self, parser) -> None:
+        add_domain_argument(parser)
+        add_json_argument(parser)
+        action = add_actions(parser)
+        action("ls", help="List every domain.")
+        use = action("use", help="Make NAME the current domain.")
+        use.add_argument("target", metavar="NAME")
+        action("current", help="Print the current domain.")
+        show = action("show", help="Show a domain (default: --domain or the current one).")
+        show.add_argument("target", metavar="NAME", nargs="?")
+
+    def handle(self, *args, **options) -> None:
+        try:
+            getattr(self, f"_{options['action']}")(options)
+        except DojoError as exc:
+            raise command_error(exc) from None
+
+    def _ls(self, options) -> None:
+        domains = list(Domain.objects.select_related("task"))
+        current = domain_current()
+        if options["json"]:
+            print_json(self, [d.summary() | {"current": d == current} for d in domains])
+            return
+        if not domains:
+            self.stdout.write("No domains yet. Create one with `manage.py dojo_init`.")
+            return
+        table = Table("", "name", "task type", "primary metric", "task", "status", "workspace")
+        for d in domains:
+            task = d.task_or_none
+            table.add_row(
+                "*" if d == current else "",
+                d.name,
+                task.task_type if task else "-",
+                f"{task.primary_metric} ({task.direction})" if task else "-",
+                ("frozen" if task.is_frozen else "not frozen") if task else "no task",
+                d.status,
+                d.workspace_path,
+            )
+        console_for(self).print(table)
+
+    def _use(self, options) -> None:
+        domain = domain_use(domain=domain_resolve(name=options["target"]))
+        if options["json"]:
+            print_json(self, domain.summary())
+        else:
+            self.stdout.write(f"Current domain: {domain.name}")
+
+    def _current(self, options) -> None:
+        domain = domain_current()
+        if domain is None:
+            raise CommandError("no current domain: run `manage.py dojo_init` or `manage.py dojo_domain use NAME`")
+        if options["json"]:
+            print_json(self, domain.summary())
+        else:
+            self.stdout.write(domain.name)
+
+    def _show(self, options) -> None:
+        domain = domain_resolve(name=options["target"] or options["domain"])
+        data = domain.summary()
+        if options["json"]:
+            print_json(self, data)
+            return
+        console = console_for(self)
+        console.print(f"[bold]{domain.name}[/] ({domain.status})", markup=True)
+        if domain.description:
+            console.print(domain.description, markup=False)
+        table = Table(show_header=False, box=None)
+        for key in ("workspace_path", "program_path", "setup_path", "created_at"):
+            table.add_row(key.replace("_", " "), str(data[key]))
+        task = data["task"]
+        if task:
+            table.add_row("task type", task["task_type"])
+            table.add_row("primary metric", f"{task['primary_metric']} ({task['direction']})")
+            table.add_row("metrics", ", ".join(task["expected_metrics"]))
+            table.add_row("frozen", task["frozen_at"] or "no")
+            for key, value in task["config"].items():
+                table.add_row(f"config.{key}", str(value))
+        console.print(table)

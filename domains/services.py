@@ -1,0 +1,812 @@
+"""Domain and task workflows. Each function is keyword-only and raises dojo_site.errors on bad input.
+
+Sections: domains (create, update, delete, current, PROGRAM.md / SETUP.md), API tokens, then the
+task and its tools (generation, verification, freezing).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+from pathlib import Path
+
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from dojo_site.errors import Conflict, InvalidInput, NotFound, NotReady
+from domains import generation, snapshot, verification
+from domains.contracts import CONTRACT_VERSION, TASK_TYPES, tools_fingerprint
+from domains.models import ApiToken, CurrentDomain, Domain, Task, TaskTool
+
+# --- Domains ---------------------------------------------------------------------------------
+
+# A name is typed on the command line (--domain NAME), so keep it shell-friendly.
+DOMAIN_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+DOMAIN_FILES = ("program", "setup")
+# Task config defaults written at creation; the task's config is the one place they live afterwards.
+DEFAULT_TEST_RATIO = 0.2
+DEFAULT_SEED = 42
+DEFAULT_HOLDOUT_RATIO = 0.5
+# A data path naming one of scikit-learn's bundled datasets ("sklearn:load_diabetes" or "load_diabetes").
+SKLEARN_LOADER_RE = re.compile(r"^(?:sklearn:)?(load_[a-z_]+)$")
+
+
+def domain_name_check(name: str) -> str:
+    """Return the stripped name; raise InvalidInput when it is not a usable domain name."""
+    name = (name or "").strip()
+    if not DOMAIN_NAME_RE.match(name):
+        raise InvalidInput(
+            f"invalid domain name {name!r}: use 1-100 letters, digits, '-', '_' or '.', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+def _task_type_checked(task_type: str):
+    try:
+        return TASK_TYPES[task_type]
+    except KeyError:
+        raise InvalidInput(
+            f"unknown task type {task_type!r}; choose one of: {', '.join(TASK_TYPES)}"
+        ) from None
+
+
+def workspace_check(workspace: str | os.PathLike) -> Path:
+    """Return the workspace as an absolute path; raise InvalidInput if it is missing or unwritable."""
+    if not str(workspace or "").strip():
+        raise InvalidInput("a workspace directory is required")
+    path = Path(workspace).expanduser().resolve()
+    if not path.exists():
+        raise InvalidInput(f"workspace does not exist: {path}")
+    if not path.is_dir():
+        raise InvalidInput(f"workspace is not a directory: {path}")
+    # os.access() says yes to root on most read-only cases; creating a file is the real test.
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".dojo-write-check-", dir=path)
+    except OSError as exc:
+        raise InvalidInput(f"workspace is not writable: {path} ({exc.strerror})") from None
+    os.close(fd)
+    os.unlink(probe)
+    return path
+
+
+def _id_columns_clean(id_columns: list[str] | str | None) -> list[str]:
+    if not id_columns:
+        return []
+    if isinstance(id_columns, str):
+        id_columns = id_columns.split(",")
+    return [c.strip() for c in id_columns if c and c.strip()]
+
+
+def _program_text(*, name: str, description: str, task_type: str, metric: str, direction: str) -> str:
+    label = TASK_TYPES[task_type].label.lower()
+    goal = description.strip() or "Describe what this research should achieve and why it matters."
+    better = "lower" if direction == "minimize" else "higher"
+    return f"""# Program: {name}
+
+The agent reads this file at the start of every run. Edit it to steer the research.
+
+## Goal
+{goal}
+
+## Target
+A {label} model scored by `{metric}` ({better} is better) on the frozen evaluation contract.
+
+## Success
+Beat the first baseline's `{metric}` clearly on validation, with a small gap to the private holdout.
+
+## Notes
+- Prefer simple, readable models before ensembles.
+- Record what worked and what did not as knowledge.
+"""
+
+
+def _setup_text(
+    *, name: str, task_type: str, metric: str, direction: str, data_path: str,
+    target_column: str, id_columns: list[str],
+) -> str:
+    """SETUP.md. The `- key: value` lines of the two sections are read by domains.generation."""
+    task = TASK_TYPES[task_type]
+    dataset = [f"- task type: {task_type}"]
+    loader = SKLEARN_LOADER_RE.match(data_path)
+    if loader:
+        dataset.append(f"- loader: {loader.group(1)}")
+    elif data_path:
+        dataset.append(f"- data: {data_path}")
+    if target_column:
+        dataset.append(f"- target: {target_column}")
+    if id_columns:
+        dataset.append(f"- id columns: {', '.join(id_columns)}")
+    dataset += [f"- test ratio: {DEFAULT_TEST_RATIO}", f"- seed: {DEFAULT_SEED}"]
+    hint = ""
+    # No real loader name in the hint: the generator also finds loader names in prose.
+    if not data_path:
+        hint = (
+            "\nNo data set yet: add `- data: path/to/file.csv` (relative to the workspace) and "
+            "`- target: column`, or `- loader: load_<name>` for a dataset bundled with scikit-learn.\n"
+        )
+    return f"""# Setup: {name}
+
+How the data is loaded and how predictions are scored. Dojo generates the frozen `load_data`
+and `evaluate` tools from this file; edit it before generating them.
+
+## Dataset
+{chr(10).join(dataset)}
+{hint}
+Describe the data here: what one row is, columns to drop, known leakage.
+
+## Evaluate
+- primary metric: {metric} ({direction})
+- metrics: {', '.join(task.metrics)}
+- holdout ratio: {DEFAULT_HOLDOUT_RATIO}
+
+`train()` returns {task.train_output}.
+"""
+
+
+def _write_new_file(path: Path, text: str) -> bool:
+    """Create `path` with `text`; return False (and leave it alone) when it already exists."""
+    try:
+        with open(path, "x", encoding="utf-8") as handle:
+            handle.write(text)
+    except FileExistsError:
+        return False
+    return True
+
+
+def domain_create(
+    *,
+    name: str,
+    task_type: str,
+    workspace: str | os.PathLike,
+    description: str = "",
+    data_path: str = "",
+    target_column: str = "",
+    metric: str = "",
+    id_columns: list[str] | str | None = None,
+) -> Domain:
+    """Create the domain, its unfrozen task, PROGRAM.md and SETUP.md, and make it current.
+
+    All or nothing: on any failure no row is left and no file this call created remains.
+    Existing PROGRAM.md / SETUP.md files in the workspace are kept as they are.
+    """
+    name = domain_name_check(name)
+    task = _task_type_checked(task_type)
+    metric = (metric or "").strip() or task.primary_metric
+    if metric not in task.metrics:
+        raise InvalidInput(
+            f"metric {metric!r} is not a {task_type} metric; choose one of: {', '.join(task.metrics)}"
+        )
+    direction = task.metric_directions[metric]
+    data_path = (data_path or "").strip()
+    target_column = (target_column or "").strip()
+    ids = _id_columns_clean(id_columns)
+    path = workspace_check(workspace)
+    if Domain.objects.filter(name=name).exists():
+        raise Conflict(f"a domain named {name!r} already exists")
+    program_path, setup_path = path / "PROGRAM.md", path / "SETUP.md"
+    for file_path in (program_path, setup_path):
+        if file_path.exists() and not file_path.is_file():
+            raise InvalidInput(f"{file_path} exists and is not a file")
+
+    created: list[Path] = []
+    try:
+        with transaction.atomic():
+            domain = Domain(
+                name=name,
+                description=(description or "").strip(),
+                workspace_path=str(path),
+                program_path=str(program_path),
+                setup_path=str(setup_path),
+            )
+            domain.full_clean(validate_unique=False)
+            domain.save()
+            Task.objects.create(
+                domain=domain,
+                task_type=task_type,
+                primary_metric=metric,
+                direction=direction,
+                expected_metrics=list(task.metrics),
+                config={
+                    "data_path": data_path,
+                    "target_column": target_column,
+                    "id_columns": ids,
+                    "test_ratio": DEFAULT_TEST_RATIO,
+                    "seed": DEFAULT_SEED,
+                    "holdout_ratio": DEFAULT_HOLDOUT_RATIO,
+                },
+                contract_version=CONTRACT_VERSION,
+            )
+            _current_set(domain)
+            # Files last, still inside the transaction: a failed write rolls the rows back.
+            texts = {
+                program_path: _program_text(
+                    name=name, description=domain.description, task_type=task_type,
+                    metric=metric, direction=direction,
+                ),
+                setup_path: _setup_text(
+                    name=name, task_type=task_type, metric=metric, direction=direction,
+                    data_path=data_path, target_column=target_column, id_columns=ids,
+                ),
+            }
+            for file_path, text in texts.items():
+                if _write_new_file(file_path, text):
+                    created.append(file_path)
+    except BaseException as exc:
+        for file_path in created:
+            file_path.unlink(missing_ok=True)
+        if isinstance(exc, IntegrityError):
+            raise Conflict(f"a domain named {name!r} already exists") from None
+        if isinstance(exc, OSError):
+            raise InvalidInput(f"could not write {exc.filename or path}: {exc.strerror}") from None
+        if isinstance(exc, ValidationError):
+            raise InvalidInput(_validation_message(exc)) from None
+        raise
+    return domain
+
+
+def _validation_message(exc: ValidationError) -> str:
+    if hasattr(exc, "message_dict"):
+        return "; ".join(f"{field}: {' '.join(msgs)}" for field, msgs in exc.message_dict.items())
+    return " ".join(exc.messages)
+
+
+def domain_update(
+    *,
+    domain: Domain,
+    name: str | None = None,
+    description: str | None = None,
+    status: str | None = None,
+    workspace_python: str | None = None,
+    env_vars: dict[str, str] | None = None,
+) -> Domain:
+    """Change the given fields (None leaves a field as it is)."""
+    if name is not None:
+        name = domain_name_check(name)
+        if Domain.objects.filter(name=name).exclude(pk=domain.pk).exists():
+            raise Conflict(f"a domain named {name!r} already exists")
+        domain.name = name
+    if description is not None:
+        domain.description = description.strip()
+    if status is not None:
+        if status not in Domain.Status.values:
+            raise InvalidInput(f"unknown status {status!r}; choose one of: {', '.join(Domain.Status.values)}")
+        domain.status = status
+    if workspace_python is not None:
+        workspace_python = workspace_python.strip()
+        if workspace_python and not (os.path.isfile(workspace_python) and os.access(workspace_python, os.X_OK)):
+            raise InvalidInput(f"workspace python is not an executable file: {workspace_python}")
+        domain.workspace_python = workspace_python
+    if env_vars is not None:
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in env_vars.items()):
+            raise InvalidInput("env vars must map names to strings")
+        domain.env_vars = env_vars
+    try:
+        domain.full_clean(validate_unique=False)
+        domain.save()
+    except ValidationError as exc:
+        raise InvalidInput(_validation_message(exc)) from None
+    except IntegrityError:
+        raise Conflict(f"a domain named {domain.name!r} already exists") from None
+    return domain
+
+
+def domain_delete(*, domain: Domain) -> None:
+    """Delete the domain and everything recorded for it. The workspace and its files are the user's: kept."""
+    domain.delete()
+
+
+def _current_set(domain: Domain) -> None:
+    current = CurrentDomain.objects.first()
+    if current is None:
+        CurrentDomain.objects.create(domain=domain)
+    else:
+        current.domain = domain
+        current.save(update_fields=["domain", "updated_at"])
+
+
+def domain_use(*, domain: Domain) -> Domain:
+    """Make `domain` the CLI's current domain."""
+    with transaction.atomic():
+        _current_set(domain)
+    return domain
+
+
+def domain_current() -> Domain | None:
+    current = CurrentDomain.objects.select_related("domain").first()
+    return current.domain if current else None
+
+
+def domain_resolve(*, name: str | None) -> Domain:
+    """The domain named `name` (or with that id), else the current one; NotFound with a hint."""
+    if name:
+        domain = Domain.objects.filter(name=name).first()
+        if domain is None and name.isdigit():
+            domain = Domain.objects.filter(pk=int(name)).first()
+        if domain is None:
+            raise NotFound(f"no domain named {name!r}; `manage.py dojo_domain ls` lists them")
+        return domain
+    domain = domain_current()
+    if domain is None:
+        raise NotFound(
+            "no current domain: create one with `manage.py dojo_init` "
+            "or pick one with `manage.py dojo_domain use NAME`"
+        )
+    return domain
+
+
+def domain_file_read(*, domain: Domain, which: str) -> str:
+    """The text of PROGRAM.md (`which="program"`) or SETUP.md (`"setup"`); "" when the file is missing."""
+    path = domain.file_path(which)
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return ""
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidInput(f"cannot read {path}: {exc}") from None
+
+
+def domain_file_write(*, domain: Domain, which: str, text: str) -> None:
+    """Replace PROGRAM.md or SETUP.md with `text`, atomically (a reader never sees half a file)."""
+    path = domain.file_path(which)
+    text = text.replace("\r\n", "\n")
+    if text and not text.endswith("\n"):
+        text += "\n"
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise InvalidInput(f"cannot write {path}: {exc.strerror}") from None
+
+
+# --- API tokens ------------------------------------------------------------------------------
+
+
+def token_create(*, user, name: str = "") -> tuple[ApiToken, str]:
+    """Create a token for `user`; return it with the plain token, which is shown once and never stored."""
+    token = ApiToken(user=user, name=(name or "").strip())
+    plain = token.set_new_token()
+    token.save()
+    return token, plain
+
+
+def token_revoke(*, token: ApiToken) -> ApiToken:
+    if token.revoked_at is None:
+        token.revoked_at = timezone.now()
+        token.save(update_fields=["revoked_at"])
+    return token
+
+
+# --- end of domains --------------------------------------------------------------------------
+
+
+# --- Task and its tools ----------------------------------------------------------------------
+# The frozen evaluation contract: config, tool versions, generation, verification, freeze.
+
+# Config keys a user may set, with their type; anything else is refused so typos do not pass silently.
+TASK_CONFIG_TYPES: dict[str, type] = {
+    "data_path": str,
+    "target_column": str,
+    "id_columns": list,
+    "test_ratio": float,
+    "seed": int,
+    "holdout_ratio": float,
+    "verify_timeout_seconds": float,
+}
+TOOL_NAMES = ("load_data", "evaluate")
+_FROZEN_TOOLS = "the task is frozen, so its tools cannot change; unfreeze it first (`dojo_task unfreeze --reason ...`)"
+
+
+def task_for_domain(*, domain: Domain) -> Task:
+    task = Task.objects.filter(domain=domain).first()
+    if task is None:
+        raise NotFound(f"domain {domain.name!r} has no task; create one (API: POST /api/domains/{domain.pk}/task)")
+    return task
+
+
+def _task_config_clean(config: dict, *, base: dict | None = None) -> dict:
+    if not isinstance(config, dict):
+        raise InvalidInput("task config must be an object of key: value")
+    merged = dict(base or {})
+    for key, value in config.items():
+        kind = TASK_CONFIG_TYPES.get(key)
+        if kind is None:
+            raise InvalidInput(f"unknown task config key {key!r}; known keys: {', '.join(TASK_CONFIG_TYPES)}")
+        try:
+            if kind is list:
+                value = [c.strip() for c in (value.split(",") if isinstance(value, str) else value) if str(c).strip()]
+                value = [str(c) for c in value]
+            elif kind is str:
+                value = str(value).strip()
+            elif isinstance(value, bool):
+                raise TypeError
+            else:
+                value = kind(value)
+        except (TypeError, ValueError):
+            raise InvalidInput(f"task config {key} must be {kind.__name__}, got {value!r}") from None
+        merged[key] = value
+    if not 0 < merged.get("test_ratio", DEFAULT_TEST_RATIO) < 1:
+        raise InvalidInput(f"test_ratio must be between 0 and 1 (exclusive), got {merged['test_ratio']}")
+    if not 0 <= merged.get("holdout_ratio", DEFAULT_HOLDOUT_RATIO) < 1:
+        raise InvalidInput(f"holdout_ratio must be in [0, 1) (0 turns the holdout off), got {merged['holdout_ratio']}")
+    if merged.get("seed", DEFAULT_SEED) < 0:
+        raise InvalidInput(f"seed must be 0 or more, got {merged['seed']}")
+    if merged.get("verify_timeout_seconds", 1) <= 0:
+        raise InvalidInput("verify_timeout_seconds must be positive")
+    return merged
+
+
+def task_create(*, domain: Domain, task_type: str, metric: str = "", config: dict | None = None) -> Task:
+    """Create the (unfrozen) task of a domain that has none."""
+    spec = _task_type_checked(task_type)
+    metric = (metric or "").strip() or spec.primary_metric
+    if metric not in spec.metrics:
+        raise InvalidInput(f"metric {metric!r} is not a {task_type} metric; choose one of: {', '.join(spec.metrics)}")
+    defaults = {"test_ratio": DEFAULT_TEST_RATIO, "seed": DEFAULT_SEED, "holdout_ratio": DEFAULT_HOLDOUT_RATIO}
+    clean = _task_config_clean(config or {}, base=defaults)
+    try:
+        with transaction.atomic():
+            return Task.objects.create(
+                domain=domain, task_type=task_type, primary_metric=metric,
+                direction=spec.metric_directions[metric], expected_metrics=list(spec.metrics),
+                config=clean, contract_version=CONTRACT_VERSION,
+            )
+    except IntegrityError:
+        raise Conflict(f"domain {domain.name!r} already has a task") from None
+
+
+def task_update(*, task: Task, primary_metric: str | None = None, config: dict | None = None) -> Task:
+    """Change the primary metric and/or config keys; refused on a frozen task (Conflict)."""
+    with transaction.atomic():
+        task = Task.objects.select_for_update().get(pk=task.pk)
+        if task.is_frozen:
+            raise Conflict("the task is frozen; unfreeze it before changing its metric or config")
+        if primary_metric is not None:
+            spec = TASK_TYPES[task.task_type]
+            metric = primary_metric.strip()
+            if metric not in spec.metrics:
+                raise InvalidInput(
+                    f"primary metric {metric!r} is not one of this {task.task_type} task's metrics: {', '.join(spec.metrics)}"
+                )
+            task.primary_metric = metric
+            task.direction = spec.metric_directions[metric]
+        if config is not None:
+            task.config = _task_config_clean(config, base=task.config)
+        task.save()
+    return task
+
+
+def task_tools_current(*, task: Task) -> dict[str, TaskTool | None]:
+    current = {tool.name: tool for tool in task.tools.filter(is_current=True)}
+    return {name: current.get(name) for name in TOOL_NAMES}
+
+
+def _tool_save_locked(*, task: Task, name: str, code: str, origin: str, raw_reply: str = "") -> TaskTool:
+    """Add a new current version of a tool (inside the caller's transaction, task row locked)."""
+    code = code.replace("\r\n", "\n")
+    current = task.tools.filter(name=name, is_current=True).first()
+    if current is not None and current.code == code:
+        return current  # same code: keep its version and its verification
+    latest = task.tools.filter(name=name).order_by("-version").first()
+    if current is not None:
+        current.is_current = False
+        current.save(update_fields=["is_current"])
+    return TaskTool.objects.create(
+        task=task, name=name, version=(latest.version + 1) if latest else 1, is_current=True,
+        code=code, code_sha256=hashlib.sha256(code.encode()).hexdigest(), entrypoint=name,
+        origin=origin, raw_reply=raw_reply,
+    )
+
+
+def task_tools_save(*, task: Task, codes: dict[str, str], origin: str, raw_reply: str = "") -> list[TaskTool]:
+    """Save new versions of the given tools (old versions are kept). Conflict when frozen."""
+    unknown = [name for name in codes if name not in TOOL_NAMES]
+    if unknown:
+        raise InvalidInput(f"unknown tool {unknown[0]!r}; the tools are {', '.join(TOOL_NAMES)}")
+    if not codes:
+        raise InvalidInput("no tool code given (load_data and/or evaluate)")
+    if Task.objects.filter(pk=task.pk, frozen_at__isnull=False).exists():
+        raise Conflict(_FROZEN_TOOLS)
+    for name, code in codes.items():
+        if not isinstance(code, str) or not code.strip():
+            raise InvalidInput(f"{name}: the code is empty")
+        generation.tool_code_check(name=name, code=code)
+    with transaction.atomic():
+        locked = Task.objects.select_for_update().get(pk=task.pk)
+        if locked.is_frozen:
+            raise Conflict(_FROZEN_TOOLS)
+        return [
+            _tool_save_locked(task=locked, name=name, code=code, origin=origin, raw_reply=raw_reply)
+            for name, code in codes.items()
+        ]
+
+
+def task_tools_import(*, task: Task, load_data: str | None = None, evaluate: str | None = None) -> list[TaskTool]:
+    """Hand-written tools (files or a paste form); a blank one keeps the current version."""
+    codes = {n: c for n, c in (("load_data", load_data), ("evaluate", evaluate)) if c and c.strip()}
+    return task_tools_save(task=task, codes=codes, origin=TaskTool.Origin.HUMAN)
+
+
+def task_generate(*, task: Task, method: str = "auto") -> list[TaskTool]:
+    """Generate both tools from SETUP.md: "template", "claude", or "auto" (template when SETUP.md
+    matches one, else Claude when available, else an error naming the ways forward)."""
+    from dojo_site.claude import claude_unavailable_reason
+
+    if method not in ("auto", "template", "claude"):
+        raise InvalidInput(f"unknown generation method {method!r}; use auto, template or claude")
+    if task.is_frozen:
+        raise Conflict(_FROZEN_TOOLS)
+    domain = task.domain
+    setup_path = Path(domain.setup_path)
+    spec = generation.setup_parse(path=setup_path)
+    workspace = Path(domain.workspace_path)
+    config = dict(task.config)
+    loader = SKLEARN_LOADER_RE.match(str(config.get("data_path", "")))
+    if loader and not (spec.loader or spec.data):
+        spec.loader = loader.group(1)
+        config["data_path"] = ""
+    matches = generation.template_matches(spec, config=config)
+    if method == "auto":
+        if matches:
+            method = "template"
+        else:
+            reason = claude_unavailable_reason()
+            if reason:
+                raise InvalidInput(generation.no_generator_message(setup_path=setup_path, reason=reason))
+            method = "claude"
+    if method == "template":
+        if not matches:
+            raise InvalidInput(
+                f"SETUP.md ({setup_path}) names no data for the template: add '- loader: load_diabetes' or "
+                "'- data: FILE' with '- target: COLUMN' under '## Dataset', use `--with claude`, or import "
+                "hand-written tools with `dojo_task import`"
+            )
+        tools = generation.generate_from_template(
+            spec=spec, task_type=task.task_type, config=config, workspace=workspace
+        )
+    else:
+        tools = generation.generate_with_claude(
+            spec=spec, task_type=task.task_type, config=config, workspace=workspace, domain_name=domain.name
+        )
+    return task_tools_save(
+        task=task, codes={"load_data": tools.load_data, "evaluate": tools.evaluate},
+        origin=tools.origin, raw_reply=tools.raw_reply,
+    )
+
+
+def _tools_codes(task: Task) -> dict[str, str]:
+    current = task_tools_current(task=task)
+    missing = [name for name, tool in current.items() if tool is None]
+    if missing:
+        raise NotReady(
+            f"the task has no {' or '.join(missing)} tool yet; run `dojo_task generate` or `dojo_task import`"
+        )
+    return {name: tool.code for name, tool in current.items()}
+
+
+def task_verify(*, task: Task) -> verification.ToolsRun:
+    """Run both tools in the sandbox and record the outcome on the versions that ran.
+
+    A tool edited while the check ran keeps its new version unverified."""
+    codes = _tools_codes(task)
+    domain = task.domain
+    if not Path(domain.workspace_path).is_dir():
+        raise InvalidInput(f"the workspace {domain.workspace_path} does not exist")
+    run = verification.tools_run(
+        codes=codes, task_type=task.task_type, primary_metric=task.primary_metric,
+        direction=task.direction, config=task.config, workspace=Path(domain.workspace_path),
+        python=domain.workspace_python, env_vars=domain.env_vars,
+    )
+    now = timezone.now()
+    with transaction.atomic():
+        Task.objects.select_for_update().get(pk=task.pk)
+        for name, check in (("load_data", run.load_data), ("evaluate", run.evaluate)):
+            sha = hashlib.sha256(codes[name].encode()).hexdigest()
+            tool = task.tools.filter(name=name, is_current=True, code_sha256=sha).first()
+            if tool is None:
+                continue
+            tool.verified_ok = check.ok
+            tool.verification_errors = check.errors
+            tool.verification_sample = {**check.sample, "isolation": run.isolation}
+            tool.verification_seconds = check.seconds
+            tool.verified_at = now
+            tool.verified_code_sha256 = sha
+            tool.save(update_fields=[
+                "verified_ok", "verification_errors", "verification_sample", "verification_seconds",
+                "verified_at", "verified_code_sha256",
+            ])
+    return run
+
+
+def task_fingerprint(*, task: Task) -> str:
+    """The fingerprint of the task's current tools ("" when one is missing)."""
+    current = task_tools_current(task=task)
+    if any(tool is None for tool in current.values()):
+        return ""
+    return tools_fingerprint(load_data=current["load_data"].code, evaluate=current["evaluate"].code)
+
+
+def _freeze_blockers(task: Task) -> list[str]:
+    problems = []
+    for name, tool in task_tools_current(task=task).items():
+        if tool is None:
+            problems.append(f"{name} is missing; run `dojo_task generate` or `dojo_task import`")
+        elif tool.verified_ok is None or not tool.verified_code_sha256:
+            problems.append(f"{name} v{tool.version} has not been verified; run `dojo_task verify`")
+        elif tool.verified_code_sha256 != tool.code_sha256:
+            problems.append(f"{name} v{tool.version} was edited after its verification; run `dojo_task verify` again")
+        elif not tool.verified_ok:
+            first = (tool.verification_errors or ["failed"])[0]
+            problems.append(f"{name} v{tool.version} failed verification: {first}")
+    return problems
+
+
+def task_freeze(*, task: Task) -> Task:
+    """Freeze the contract: both tools verified with their current code, load_data run once into a
+    snapshot, fingerprints stored. NotReady when the tools are not verified; all or nothing."""
+    if task.is_frozen:
+        raise Conflict(f"the task is already frozen (fingerprint {task.fingerprint[:12]})")
+    problems = _freeze_blockers(task)
+    if problems:
+        raise NotReady("cannot freeze: " + "; ".join(problems))
+    codes = _tools_codes(task)
+    fingerprint = tools_fingerprint(load_data=codes["load_data"], evaluate=codes["evaluate"])
+    try:
+        written = snapshot.snapshot_write(task=task, codes=codes, fingerprint=fingerprint)
+    except snapshot.SnapshotFailed as exc:
+        raise NotReady("cannot freeze: load_data failed while writing the snapshot: " + "; ".join(exc.run.errors)) from None
+    try:
+        with transaction.atomic():
+            locked = Task.objects.select_for_update().get(pk=task.pk)
+            if locked.is_frozen:
+                raise Conflict("the task was frozen by someone else meanwhile")
+            if task_fingerprint(task=locked) != fingerprint or _freeze_blockers(locked):
+                raise Conflict("the tools changed while the snapshot was written; verify and freeze again")
+            locked.frozen_at = timezone.now()
+            locked.fingerprint = fingerprint
+            locked.data_fingerprint = written.data_fingerprint
+            locked.snapshot_path = str(written.path)
+            locked.snapshot_info = written.info
+            locked.contract_version = CONTRACT_VERSION
+            locked.save()
+    except BaseException:
+        snapshot.snapshot_remove(written.path)
+        raise
+    return locked
+
+
+def task_unfreeze(*, task: Task, reason: str) -> Task:
+    """Unfreeze explicitly, recording when and why; the snapshot is deleted. Experiments scored
+    before keep the old fingerprints, so lists mark them as from another contract."""
+    reason = (reason or "").strip()
+    if not reason:
+        raise InvalidInput("say why the task is unfrozen (a reason is required and recorded)")
+    with transaction.atomic():
+        locked = Task.objects.select_for_update().get(pk=task.pk)
+        if not locked.is_frozen:
+            raise Conflict("the task is not frozen")
+        old_snapshot = locked.snapshot_path
+        locked.frozen_at = None
+        locked.fingerprint = ""
+        locked.data_fingerprint = ""
+        locked.snapshot_path = ""
+        locked.snapshot_info = {}
+        locked.unfrozen_at = timezone.now()
+        locked.unfreeze_reason = reason
+        locked.save()
+        if old_snapshot:
+            transaction.on_commit(lambda: snapshot.snapshot_remove(old_snapshot))
+    return locked
+
+
+def task_assert_ready(*, task: Task) -> None:
+    """Raise NotReady unless the task is frozen, its fingerprint matches its current tools and
+    contract version, and its snapshot (with the materialized tools unchanged) is on disk."""
+    name = task.domain.name
+    if not task.is_frozen:
+        raise NotReady(f"the task of domain {name!r} is not frozen; run `dojo_task setup --domain {name}`")
+    if task.contract_version != CONTRACT_VERSION:
+        raise NotReady(
+            f"the task was frozen under contract version {task.contract_version}, the current one is "
+            f"{CONTRACT_VERSION}; unfreeze, verify and freeze it again"
+        )
+    current = task_tools_current(task=task)
+    if any(tool is None for tool in current.values()):
+        raise NotReady("the frozen task has lost a tool; unfreeze and set it up again")
+    codes = {n: t.code for n, t in current.items()}
+    if tools_fingerprint(load_data=codes["load_data"], evaluate=codes["evaluate"]) != task.fingerprint:
+        raise NotReady("the task's tools do not match its frozen fingerprint; unfreeze and freeze it again")
+    problems = snapshot.snapshot_problems(task, codes=codes)
+    if problems:
+        raise NotReady(f"the task's snapshot is not usable: {problems[0]}; unfreeze and freeze it again")
+
+
+def task_setup(*, task: Task, method: str = "auto") -> Task:
+    """Generate (only when a tool is missing), verify (unless both are verified as they are) and
+    freeze. An already frozen task is returned as it is. NotReady when verification fails."""
+    if task.is_frozen:
+        return task
+    if any(tool is None for tool in task_tools_current(task=task).values()):
+        task_generate(task=task, method=method)
+    if any(not tool.is_verified for tool in task_tools_current(task=task).values()):
+        run = task_verify(task=task)
+        if not run.ok:
+            raise NotReady("verification failed: " + "; ".join(run.errors))
+    return task_freeze(task=task)
+
+
+def task_contract_matches(*, task: Task, task_fingerprint: str, data_fingerprint: str) -> bool:
+    """Whether an experiment scored with these fingerprints ran under the task's current contract."""
+    return bool(task.fingerprint) and task_fingerprint == task.fingerprint and data_fingerprint == task.data_fingerprint
+
+
+def contract_annotate(queryset, *, task: Task):
+    """Annotate experiments (any queryset with task_fingerprint / data_fingerprint) with
+    `other_contract`: True when scored under another contract than the task's current one."""
+    from django.db.models import BooleanField, Case, Q, Value, When
+
+    same = Q(task_fingerprint=task.fingerprint, data_fingerprint=task.data_fingerprint)
+    if not task.fingerprint:
+        return queryset.annotate(other_contract=Value(True, output_field=BooleanField()))
+    return queryset.annotate(
+        other_contract=Case(When(same, then=Value(False)), default=Value(True), output_field=BooleanField())
+    )
+
+
+def task_status(*, task: Task) -> dict:
+    """Everything `dojo_task show` and the API show: state, fingerprints, tools, snapshot."""
+    from domains.sandbox import ISOLATION_HINT, sandbox_isolation
+
+    current_fp = task_fingerprint(task=task)
+    tools = {}
+    for name, tool in task_tools_current(task=task).items():
+        tools[name] = None if tool is None else {
+            "version": tool.version,
+            "origin": tool.origin,
+            "code_sha256": tool.code_sha256,
+            "verified": tool.is_verified,
+            "verified_ok": tool.verified_ok,
+            "edited_after_verification": bool(tool.verified_code_sha256) and tool.verified_code_sha256 != tool.code_sha256,
+            "verification_errors": tool.verification_errors,
+            "verification_sample": tool.verification_sample,
+            "verification_seconds": tool.verification_seconds,
+            "verified_at": tool.verified_at.isoformat() if tool.verified_at else None,
+            "created_at": tool.created_at.isoformat(),
+        }
+    if task.is_frozen:
+        state = "frozen"
+    elif all(t and t["verified"] and t["verified_ok"] for t in tools.values()):
+        state = "verified"
+    elif all(tools.values()):
+        state = "tools written"
+    else:
+        state = "no tools"
+    isolation = sandbox_isolation()
+    return {
+        "domain": task.domain.name,
+        "task_type": task.task_type,
+        "state": state,
+        "frozen": task.is_frozen,
+        "frozen_at": task.frozen_at.isoformat() if task.frozen_at else None,
+        "primary_metric": task.primary_metric,
+        "direction": task.direction,
+        "expected_metrics": list(task.expected_metrics),
+        "config": task.config,
+        "contract_version": task.contract_version,
+        "fingerprint": task.fingerprint,
+        "tools_fingerprint": current_fp,
+        "data_fingerprint": task.data_fingerprint,
+        "snapshot_path": task.snapshot_path,
+        "snapshot": task.snapshot_info,
+        "unfrozen_at": task.unfrozen_at.isoformat() if task.unfrozen_at else None,
+        "unfreeze_reason": task.unfreeze_reason,
+        "tools": tools,
+        "isolation": isolation,
+        "isolation_hint": ISOLATION_HINT if isolation != "bwrap" else "",
+    }

@@ -1,0 +1,192 @@
+"""The trusted evaluator: scores a trainer's y_pred with the frozen evaluate. Only its answer
+becomes an experiment's metrics.
+
+It imports nothing from Django or the project except domains/contracts.py, loaded by path
+(it has no Django imports), for the per-task-type y_pred checks.
+
+    evaluator.py serve --snapshot DIR --contracts PATH --task-type T --metrics a,b,c
+                       [--evaluate-sha SHA] [--idle SECONDS]
+
+At start it loads the whole snapshot (y_test and the split included), checks that the
+materialized evaluate.py has the frozen sha256, imports it, and prints {"ready": true} (or
+{"ready": false, "error": ...}) on its protocol channel, the original stdout; the frozen code's
+own prints go to stderr. Then one JSON request per line on stdin:
+{"id", "y_pred": PATH.npy, "validation_dir", "holdout_dir"} →
+{"id", "ok", "metrics", "holdout_metrics", "error", "seconds"}.
+y_pred is read with allow_pickle=False: the trainer wrote it and is not trusted.
+"""
+
+import hashlib
+import importlib.util
+import json
+import math
+import numbers
+import os
+import pickle
+import select
+import sys
+import time
+import traceback
+from pathlib import Path
+
+
+def _arg(name: str, default: str | None = None) -> str | None:
+    if name in sys.argv:
+        return sys.argv[sys.argv.index(name) + 1]
+    return default
+
+
+def _load_module(name: str, path: Path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _take(obj, idx):
+    if hasattr(obj, "iloc"):
+        return obj.iloc[idx]
+    import numpy as np
+
+    if isinstance(obj, np.ndarray):
+        return obj[idx]
+    return [obj[i] for i in idx]
+
+
+def _metrics_check(result, expected: list[str], part: str) -> tuple[dict | None, str | None]:
+    if not isinstance(result, dict):
+        return None, f"evaluate returned {type(result).__name__} on the {part} rows; expected a dict"
+    keys = sorted(str(k) for k in result)
+    if keys != sorted(expected):
+        return None, f"evaluate returned keys {keys} on the {part} rows; the contract expects {sorted(expected)}"
+    clean = {}
+    for key, value in result.items():
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            return None, f"evaluate returned {key}={value!r} on the {part} rows; expected a number"
+        value = float(value)
+        if not math.isfinite(value):
+            return None, f"evaluate returned {key}={value} on the {part} rows; expected a finite number"
+        clean[str(key)] = value
+    return clean, None
+
+
+class Evaluator:
+    def __init__(self, snapshot: Path, contracts_path: Path, task_type: str, metrics: list[str],
+                 evaluate_sha: str | None) -> None:
+        import numpy as np
+
+        self.np = np
+        self.task_type = task_type
+        self.metrics = metrics
+        self.contracts = _load_module("dojo_contracts", contracts_path)
+        source = (snapshot / "tools" / "evaluate.py").read_bytes()
+        if evaluate_sha and hashlib.sha256(source).hexdigest() != evaluate_sha:
+            raise RuntimeError(
+                "the materialized evaluate.py does not match the frozen tool (it was changed on disk); "
+                "re-freeze the task"
+            )
+        self.evaluate = _load_module("evaluate", snapshot / "tools" / "evaluate.py").evaluate
+        public, sealed = snapshot / "public", snapshot / "sealed"
+        with open(public / "X_train.pkl", "rb") as fh:
+            self.X_train = pickle.load(fh)
+        with open(public / "y_train.pkl", "rb") as fh:
+            self.y_train = pickle.load(fh)
+        with open(public / "X_test.pkl", "rb") as fh:
+            self.X_test = pickle.load(fh)
+        with open(sealed / "y_test.pkl", "rb") as fh:
+            self.y_test = pickle.load(fh)
+        split = json.loads((sealed / "split.json").read_text())
+        manifest = json.loads((snapshot / "manifest.json").read_text())
+        classes = manifest.get("classes")
+        self.n_classes = len(classes) if classes else None
+        self.n_rows = len(self.y_test)
+        self.parts = {}
+        for part in ("validation", "holdout"):
+            idx = np.asarray(split.get(part) or [], dtype=np.int64)
+            if len(idx):
+                self.parts[part] = (idx, _take(self.X_test, idx), _take(self.y_test, idx))
+
+    def score(self, request: dict) -> dict:
+        np = self.np
+        path = Path(request["y_pred"])
+        if not path.is_file():
+            return {"ok": False, "error": "train() produced no predictions"}
+        width = self.n_classes or 1
+        if path.stat().st_size > self.n_rows * width * 16 + 65536:
+            return {"ok": False, "error": f"y_pred file is {path.stat().st_size} bytes, far more than {self.n_rows} rows need"}
+        try:
+            raw = np.load(path, allow_pickle=False)
+        except Exception as exc:  # noqa: BLE001 - any unreadable file is the trainer's fault
+            return {"ok": False, "error": f"y_pred could not be read ({type(exc).__name__}: {exc})"}
+        y_pred, problem = self.contracts.prediction_check(
+            self.task_type, raw, n_rows=self.n_rows, n_classes=self.n_classes
+        )
+        if problem:
+            return {"ok": False, "error": problem}
+        out = {"ok": True, "metrics": {}, "holdout_metrics": {}}
+        for part, key, folder in (("validation", "metrics", "validation_dir"), ("holdout", "holdout_metrics", "holdout_dir")):
+            if part not in self.parts:
+                continue
+            idx, X_part, y_part = self.parts[part]
+            artifacts = Path(request[folder])
+            artifacts.mkdir(parents=True, exist_ok=True)
+            try:
+                result = self.evaluate(
+                    y_pred[idx], X_train=self.X_train, X_test=X_part, y_train=self.y_train,
+                    y_test=y_part, artifacts_dir=artifacts,
+                )
+            except Exception as exc:  # noqa: BLE001 - a frozen-tool failure fails the experiment
+                traceback.print_exc()
+                return {"ok": False, "error": f"the frozen evaluate failed on the {part} rows: {type(exc).__name__}: {exc}"}
+            clean, problem = _metrics_check(result, self.metrics, part)
+            if problem:
+                return {"ok": False, "error": problem}
+            out[key] = clean
+        return out
+
+
+def main() -> int:
+    # The protocol gets a private copy of stdout; prints from the frozen code go to stderr.
+    proto = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    try:
+        evaluator = Evaluator(
+            Path(_arg("--snapshot")), Path(_arg("--contracts")), _arg("--task-type"),
+            [m for m in (_arg("--metrics") or "").split(",") if m], _arg("--evaluate-sha"),
+        )
+    except Exception as exc:  # noqa: BLE001 - told to the harness, which fails the experiment
+        traceback.print_exc()
+        proto.write(json.dumps({"ready": False, "error": f"{type(exc).__name__}: {exc}"}) + "\n")
+        return 1
+    proto.write(json.dumps({"ready": True, "pid": os.getpid()}) + "\n")
+    idle = float(_arg("--idle", "600"))
+    buf = b""
+    while True:
+        if b"\n" not in buf:
+            ready, _, _ = select.select([0], [], [], idle)
+            if not ready:
+                return 0
+            chunk = os.read(0, 1 << 20)
+            if not chunk:
+                return 0
+            buf += chunk
+            continue
+        line, buf = buf.split(b"\n", 1)
+        try:
+            request = json.loads(line)
+        except ValueError:
+            continue
+        started = time.perf_counter()
+        try:
+            answer = evaluator.score(request)
+        except Exception as exc:  # noqa: BLE001
+            traceback.print_exc()
+            answer = {"ok": False, "error": f"evaluator error: {type(exc).__name__}: {exc}"}
+        answer["id"] = request.get("id")
+        answer["seconds"] = time.perf_counter() - started
+        proto.write(json.dumps(answer) + "\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

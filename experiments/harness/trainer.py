@@ -1,0 +1,420 @@
+"""The trainer: runs the agent's train() inside the sandbox. Untrusted code runs here.
+
+It imports nothing from Django or the project (it runs in the workspace's interpreter) and sees
+only the public snapshot (X_train, y_train, X_test): the labels it must not read are not in this
+process, nor reachable from the sandbox.
+
+    trainer.py serve --public DIR --work DIR [--idle SECONDS]   # the warm pool process
+    trainer.py once  --public DIR --work DIR --job JSON          # the cold fallback, one job
+
+`serve` imports the heavy libraries and loads the snapshot once, says {"ready": ...} on stdout,
+then reads one JSON job per line on stdin and answers one JSON line per job. Each job runs in a
+forked child (its own session, rlimits, stdout/stderr to files) so nothing it does touches the
+warm parent; when it ends, every other process in the sandbox is killed (this process is a
+child subreaper, so even a setsid() grandchild is found). A job line looks like
+{"id", "code", "timeout", "memory_mb", "max_processes", "max_file_mb", "seed"}; the answer is
+{"id", "status": "exited"|"timeout"|"stopped", "returncode", "signal", "seconds",
+"peak_memory_mb"}; the child leaves y_pred.npy / error.json / meta.json / stdout.txt /
+stderr.txt and artifacts/ in <work>/<id>/. A {"stop": id} line kills the running job.
+"""
+
+import ctypes
+import json
+import os
+import pickle
+import resource
+import select
+import signal
+import sys
+import time
+import traceback
+from pathlib import Path
+
+PR_SET_DUMPABLE = 4
+PR_SET_CHILD_SUBREAPER = 36
+MB = 1024 * 1024
+
+# Imported once by the warm process so a fork starts with them loaded. Missing ones are skipped
+# (a workspace interpreter may not have them).
+PRELOAD = (
+    "numpy", "pandas", "scipy", "sklearn", "sklearn.base", "sklearn.linear_model",
+    "sklearn.ensemble", "sklearn.preprocessing", "sklearn.pipeline", "sklearn.model_selection",
+    "sklearn.metrics", "sklearn.impute", "sklearn.compose", "sklearn.tree", "sklearn.neighbors",
+    "sklearn.svm", "sklearn.dummy",
+)
+VERSION_OF = ("numpy", "pandas", "scikit-learn", "scipy", "lightgbm", "xgboost", "torch")
+
+
+def _prctl(option: int, value: int) -> None:
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(option, value, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _versions() -> dict:
+    from importlib import metadata
+
+    out = {"python": sys.version.split()[0]}
+    for name in VERSION_OF:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def _preload(names) -> None:
+    import importlib
+
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except Exception:  # noqa: BLE001 - a missing optional library only costs speed
+            pass
+
+
+def _load_public(public: Path) -> tuple:
+    out = []
+    for name in ("X_train", "y_train", "X_test"):
+        with open(public / f"{name}.pkl", "rb") as fh:
+            out.append(pickle.load(fh))
+    return tuple(out)
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)
+
+
+# --- The child: runs one train() -------------------------------------------------------------
+
+
+def _child(job: dict, job_dir: Path, data: tuple) -> None:
+    """Never returns: ends with os._exit."""
+    code = 1
+    try:
+        os.setsid()
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(devnull, 0)
+        out = os.open(job_dir / "stdout.txt", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        err = os.open(job_dir / "stderr.txt", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.dup2(out, 1)
+        os.dup2(err, 2)
+        os.closerange(3, 1024)  # the control pipes included: the child cannot talk to the harness
+        sys.stdin = open(0, closefd=False)
+        sys.stdout = open(1, "w", buffering=1, closefd=False)
+        sys.stderr = open(2, "w", buffering=1, closefd=False)
+        _limits(job)
+        code = _train(job, job_dir, data)
+    except BaseException:  # noqa: BLE001 - the child must always end with os._exit
+        try:
+            traceback.print_exc()
+        except BaseException:  # noqa: BLE001
+            pass
+    finally:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        except BaseException:  # noqa: BLE001
+            pass
+        os._exit(code)
+
+
+def _limits(job: dict) -> None:
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    if job.get("memory_mb"):
+        # The limit is on address space *added* by this experiment: the forked child already maps
+        # the warm process's libraries and data, which do not count against the experiment.
+        current = _vm_size()
+        limit = current + int(job["memory_mb"]) * MB
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    if job.get("max_processes"):
+        n = int(job["max_processes"])
+        resource.setrlimit(resource.RLIMIT_NPROC, (n, n))
+    if job.get("max_file_mb"):
+        size = int(job["max_file_mb"]) * MB
+        resource.setrlimit(resource.RLIMIT_FSIZE, (size, size))
+
+
+def _vm_size() -> int:
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return 0
+
+
+def _train(job: dict, job_dir: Path, data: tuple) -> int:
+    import random
+
+    seed = job.get("seed")
+    if seed is not None:
+        os.environ["DOJO_SEED"] = str(seed)
+        random.seed(seed)
+        try:
+            import numpy as np
+
+            np.random.seed(seed % (2**32))
+        except ImportError:
+            pass
+    artifacts = job_dir / "artifacts"
+    os.environ["DOJO_ARTIFACTS_DIR"] = str(artifacts)
+    X_train, y_train, X_test = data
+    started = time.perf_counter()
+    try:
+        source = (job_dir / "train.py").read_text()
+        module = {"__name__": "train", "__file__": str(job_dir / "train.py"), "__builtins__": __builtins__}
+        exec(compile(source, "train.py", "exec"), module)
+        train = module.get("train")
+        if not callable(train):
+            return _fail(job_dir, "NoTrain", "the code defines no train(X_train, y_train, X_test, *, artifacts_dir) function")
+        t0 = time.perf_counter()
+        y_pred = train(X_train, y_train, X_test, artifacts_dir=artifacts)
+        train_seconds = time.perf_counter() - t0
+    except MemoryError as exc:
+        traceback.print_exc()
+        return _fail(job_dir, "MemoryError", f"memory limit ({job.get('memory_mb')} MB) exceeded: {exc}")
+    except SyntaxError as exc:
+        traceback.print_exc()
+        return _fail(job_dir, "SyntaxError", f"train code does not compile: {exc.msg} (line {exc.lineno})")
+    except BaseException as exc:  # noqa: BLE001 - SystemExit from train() is a failure too
+        traceback.print_exc()
+        where = _train_frame(exc)
+        return _fail(job_dir, type(exc).__name__, f"{type(exc).__name__}: {exc}{where}")
+    import numpy as np
+
+    if y_pred is None:
+        return _fail(job_dir, "NoPredictions", "train() returned None; it must return y_pred")
+    try:
+        array = np.asarray(y_pred)
+        if array.dtype == object:
+            array = array.astype(np.float64)
+        if not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
+            raise TypeError(f"dtype {array.dtype}")
+    except (TypeError, ValueError) as exc:
+        return _fail(job_dir, "BadPredictions", f"y_pred could not be read as an array of numbers ({exc})")
+    with open(job_dir / "y_pred.tmp", "wb") as fh:
+        np.save(fh, array, allow_pickle=False)
+    os.replace(job_dir / "y_pred.tmp", job_dir / "y_pred.npy")
+    _write_json(job_dir / "meta.json", {
+        "train_seconds": train_seconds,
+        "load_seconds": t0 - started,
+    })
+    return 0
+
+
+def _train_frame(exc: BaseException) -> str:
+    tb = exc.__traceback__
+    line = None
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename == "train.py":
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    return f" (train.py line {line})" if line else ""
+
+
+def _fail(job_dir: Path, kind: str, message: str) -> int:
+    _write_json(job_dir / "error.json", {"type": kind, "message": message[:2000]})
+    return 1
+
+
+# --- The parent: fork, wait, sweep -----------------------------------------------------------
+
+
+def _sweep(keep: set[int], in_namespace: bool) -> None:
+    """Kill every process this job left behind: in our own PID namespace everything except init
+    and us; without one, our (subreaped) descendants."""
+    me = os.getpid()
+    for _ in range(50):
+        victims = []
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            pid = int(entry)
+            if pid == me or pid in keep:
+                continue
+            if in_namespace:
+                victims.append(pid)
+                continue
+            try:
+                with open(f"/proc/{pid}/stat") as fh:
+                    ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            if ppid == me:
+                victims.append(pid)
+        for pid in victims:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        _reap()
+        if not victims:
+            return
+        time.sleep(0.002)
+
+
+def _reap() -> None:
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+class LineReader:
+    """Lines from a raw fd, so select() on the fd never misses a line already buffered."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.buf = b""
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def has_line(self) -> bool:
+        return b"\n" in self.buf
+
+    def readline(self) -> str:
+        """One line, or "" at EOF. Call only when has_line() or select says the fd is readable."""
+        while b"\n" not in self.buf:
+            chunk = os.read(self.fd, 1 << 20)
+            if not chunk:
+                rest, self.buf = self.buf, b""
+                return rest.decode()
+            self.buf += chunk
+        line, self.buf = self.buf.split(b"\n", 1)
+        return line.decode() + "\n"
+
+
+def run_job(job: dict, work: Path, data: tuple, control: LineReader | None = None) -> dict:
+    job_dir = work / str(job["id"])
+    job_dir.mkdir(parents=True, exist_ok=True)
+    (job_dir / "artifacts").mkdir(exist_ok=True)
+    (job_dir / "train.py").write_text(job["code"])
+    in_namespace = os.getpid() != 1 and os.path.exists("/proc/1/cmdline") and _is_sandbox_ns()
+    started = time.monotonic()
+    sys.stdout.flush()
+    pid = os.fork()
+    if pid == 0:
+        _child(job, job_dir, data)
+    deadline = started + float(job.get("timeout") or 600)
+    status = "exited"
+    pidfd = os.pidfd_open(pid)
+    watch = [pidfd] + ([control] if control is not None else [])
+    try:
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                status = "timeout"
+                break
+            if control is not None and control.has_line():
+                ready = [control]
+            else:
+                ready, _, _ = select.select(watch, [], [], remaining)
+            if pidfd in ready:
+                break
+            if control is not None and control in ready:
+                line = control.readline()
+                if not line:  # the harness went away: stop everything
+                    status = "stopped"
+                    break
+                try:
+                    msg = json.loads(line)
+                except ValueError:
+                    continue
+                if msg.get("stop") == job["id"]:
+                    status = "stopped"
+                    break
+    finally:
+        os.close(pidfd)
+    if status != "exited":
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except OSError:
+            pass
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    _, wstatus, usage = os.wait4(pid, 0)
+    seconds = time.monotonic() - started
+    _sweep(keep={1} if in_namespace else set(), in_namespace=in_namespace)
+    answer = {
+        "id": job["id"],
+        "status": status,
+        "returncode": os.WEXITSTATUS(wstatus) if os.WIFEXITED(wstatus) else None,
+        "signal": os.WTERMSIG(wstatus) if os.WIFSIGNALED(wstatus) else None,
+        "seconds": seconds,
+        "peak_memory_mb": usage.ru_maxrss / 1024,
+    }
+    return answer
+
+
+def _is_sandbox_ns() -> bool:
+    # bwrap runs its own init as PID 1 of the sandbox's namespace; on the host PID 1 is the
+    # machine's init, whose processes we must never touch.
+    return os.environ.get("DOJO_PID_NAMESPACE") == "1"
+
+
+def _setup() -> None:
+    _prctl(PR_SET_DUMPABLE, 0)  # a child of the same user cannot ptrace or read our memory
+    _prctl(PR_SET_CHILD_SUBREAPER, 1)  # orphans of a job come back to us and get swept
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+
+
+def _arg(name: str, default: str | None = None) -> str | None:
+    if name in sys.argv:
+        return sys.argv[sys.argv.index(name) + 1]
+    return default
+
+
+def main() -> int:
+    mode = sys.argv[1]
+    public = Path(_arg("--public"))
+    work = Path(_arg("--work"))
+    _setup()
+    if mode == "once":
+        _preload(("numpy",))
+        raw = _arg("--job")
+        job = json.loads(Path(raw[1:]).read_text() if raw.startswith("@") else raw)
+        data = _load_public(public)
+        answer = run_job(job, work, data)
+        answer["versions"] = _versions()
+        print(json.dumps(answer), flush=True)
+        return 0
+    idle = float(_arg("--idle", "600"))
+    _preload(os.environ.get("DOJO_PRELOAD", ",".join(PRELOAD)).split(","))
+    data = _load_public(public)
+    import gc
+
+    gc.collect()
+    gc.freeze()  # keep the warm heap out of the children's collections (fewer copied pages)
+    print(json.dumps({"ready": True, "pid": os.getpid(), "versions": _versions()}), flush=True)
+    control = LineReader(0)
+    while True:
+        ready = [control] if control.has_line() else select.select([control], [], [], idle)[0]
+        if not ready:
+            return 0  # idle for too long: the pool slot goes away
+        line = control.readline()
+        if not line:
+            return 0
+        try:
+            job = json.loads(line)
+        except ValueError:
+            continue
+        if "id" not in job:
+            continue
+        try:
+            answer = run_job(job, work, data, control=control)
+        except Exception as exc:  # noqa: BLE001 - report, keep serving
+            answer = {"id": job.get("id"), "status": "harness-error", "error": f"{type(exc).__name__}: {exc}"}
+        print(json.dumps(answer), flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

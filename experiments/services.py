@@ -1,0 +1,599 @@
+"""Running one experiment (the only path to scored metrics), and reading experiments back.
+
+experiment_run: check the contract → record the experiment → train in the sandbox (warm pool, or a
+cold spawn) → score with the trusted evaluator → keep the artifacts → record the result → track.
+Every failure ends the experiment `failed` with a reason a person can act on; nothing is left
+`running`. Architecture: DESIGN §4; the harness processes are in experiments/harness/.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import mimetypes
+import os
+import shutil
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from django.conf import settings
+from django.db import connections
+from django.db.models import F, QuerySet
+from django.utils import timezone
+
+from dojo_site.errors import InvalidInput, NotFound, NotReady
+from domains import contracts
+from domains.models import Domain, Task
+from domains.sandbox import ISOLATION_HINT, sandbox_env, sandbox_isolation
+from experiments.harness import pool
+from experiments.models import Artifact, Experiment
+
+log = logging.getLogger(__name__)
+
+TAIL_BYTES = 65536
+CONTRACTS_PATH = Path(contracts.__file__).resolve()
+
+
+# --- Limits ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Limits:
+    timeout_seconds: float
+    memory_mb: int
+    max_processes: int
+    max_file_mb: int
+    artifacts_max_file_mb: int
+    artifacts_max_total_mb: int
+    cpu_share: float
+
+    @property
+    def threads(self) -> int:
+        return max(1, int((os.cpu_count() or 1) * self.cpu_share))
+
+
+LIMIT_KEYS = {
+    "timeout_seconds": float, "memory_mb": int, "max_processes": int, "max_file_mb": int,
+    "artifacts_max_file_mb": int, "artifacts_max_total_mb": int, "cpu_share": float,
+}
+
+
+def experiment_limits(*, task: Task) -> Limits:
+    """Settings defaults, overridden per task by task.config["limits"] (same key names)."""
+    values = {
+        "timeout_seconds": float(settings.DOJO_TRAIN_TIMEOUT_SECONDS),
+        "memory_mb": int(settings.DOJO_TRAIN_MEMORY_MB),
+        "max_processes": int(getattr(settings, "DOJO_TRAIN_MAX_PROCESSES", 512)),
+        "max_file_mb": int(getattr(settings, "DOJO_TRAIN_MAX_FILE_MB", 256)),
+        "artifacts_max_file_mb": int(getattr(settings, "DOJO_ARTIFACTS_MAX_FILE_MB", 100)),
+        "artifacts_max_total_mb": int(getattr(settings, "DOJO_ARTIFACTS_MAX_TOTAL_MB", 500)),
+        "cpu_share": float(settings.DOJO_CPU_SHARE),
+    }
+    overrides = (task.config or {}).get("limits") or {}
+    for key, value in overrides.items():
+        if key in LIMIT_KEYS and value not in (None, ""):
+            try:
+                values[key] = LIMIT_KEYS[key](value)
+            except (TypeError, ValueError):
+                log.warning("ignoring task limit %s=%r (not a number)", key, value)
+    return Limits(**values)
+
+
+# --- Sandbox specs ---------------------------------------------------------------------------
+
+
+def _hidden_paths() -> list[Path]:
+    """What no sandboxed process may see: all of DOJO_HOME (re-bound piecemeal where needed), the
+    database files and folder, and the project's .env."""
+    hidden = [Path(settings.DOJO_HOME)]
+    for alias in connections:
+        conn = connections[alias]
+        if conn.vendor != "sqlite":
+            continue
+        name = str(conn.settings_dict.get("NAME") or "")
+        if not name or name.startswith("file:") or name == ":memory:":
+            continue
+        db = Path(name).absolute()
+        hidden += [db, Path(f"{db}-wal"), Path(f"{db}-shm"), Path(f"{db}-journal")]
+        # The DB's own folder holds the secret key file too; hide it unless it holds the code.
+        base = Path(settings.BASE_DIR).resolve()
+        if db.parent != base and base not in db.parent.parents and db.parent != Path("/"):
+            hidden.append(db.parent)
+    hidden.append(Path(settings.BASE_DIR) / ".env")
+    return hidden
+
+
+def _python(domain: Domain) -> str:
+    return domain.workspace_python or sys.executable
+
+
+def _isolation_setting() -> str | None:
+    return getattr(settings, "DOJO_SANDBOX", None) or None
+
+
+def _trainer_spec(domain: Domain, task: Task, limits: Limits) -> pool.Spec:
+    snap = Path(task.snapshot_path)
+    isolation = sandbox_isolation(_isolation_setting())
+    extra = {str(k): str(v) for k, v in (domain.env_vars or {}).items()}
+    extra["DOJO_PID_NAMESPACE"] = "1" if isolation == "bwrap" else "0"
+    env = sandbox_env(threads=limits.threads, extra=extra)
+    python = _python(domain)
+    idle = str(getattr(settings, "DOJO_POOL_IDLE_SECONDS", 600))
+    return pool.Spec(
+        key=("trainer", task.pk, str(snap), task.data_fingerprint, python, domain.workspace_path,
+             tuple(sorted(env.items())), isolation, str(settings.DOJO_HOME)),
+        kind="trainer",
+        argv=(python, str(pool.TRAINER), "serve", "--public", str(snap / "public"), "--work", "{work}",
+              "--idle", idle),
+        cwd=Path(domain.workspace_path),
+        env=tuple(sorted(env.items())),
+        home=Path(settings.DOJO_HOME),
+        readable=(snap / "public", Path(domain.workspace_path)),
+        hidden=(*_hidden_paths(), snap / "sealed", snap / "tools"),
+        isolation=isolation,
+        drop_user=True,
+        max_slots=int(getattr(settings, "DOJO_POOL_MAX", 4)),
+    )
+
+
+def _evaluator_spec(domain: Domain, task: Task) -> pool.Spec:
+    snap = Path(task.snapshot_path)
+    isolation = sandbox_isolation(_isolation_setting())
+    evaluate = task.tools.filter(name="evaluate", is_current=True).first()
+    python = _python(domain)
+    env = sandbox_env(threads=1)
+    idle = str(getattr(settings, "DOJO_POOL_IDLE_SECONDS", 600))
+    sha = evaluate.code_sha256 if evaluate else ""
+    return pool.Spec(
+        key=("evaluator", task.pk, str(snap), task.fingerprint, task.data_fingerprint, python, sha,
+             isolation, str(settings.DOJO_HOME)),
+        kind="evaluator",
+        argv=(python, str(pool.EVALUATOR), "serve", "--snapshot", str(snap), "--contracts", str(CONTRACTS_PATH),
+              "--task-type", task.task_type, "--metrics", ",".join(task.expected_metrics),
+              "--evaluate-sha", sha, "--idle", idle),
+        cwd=Path(domain.workspace_path),
+        env=tuple(sorted(env.items())),
+        home=Path(settings.DOJO_HOME),
+        readable=(snap, CONTRACTS_PATH.parent, Path(domain.workspace_path)),
+        hidden=tuple(_hidden_paths()),
+        isolation=isolation,
+        # Trusted: it must read the sealed labels, which the sandbox user may not.
+        drop_user=False,
+    )
+
+
+# --- Running ---------------------------------------------------------------------------------
+
+
+class _Failed(Exception):
+    """Ends the experiment `failed` with this message."""
+
+
+def _tail(path: Path, size: int = TAIL_BYTES) -> str:
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            length = fh.tell()
+            fh.seek(max(0, length - size))
+            data = fh.read()
+    except OSError:
+        return ""
+    text = data.decode("utf-8", errors="replace")
+    return f"[… {length - size} bytes cut …]\n{text}" if length > size else text
+
+
+def _read_json(path: Path) -> dict | None:
+    import json
+
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _save(exp: Experiment, **fields) -> None:
+    for key, value in fields.items():
+        setattr(exp, key, value)
+    exp.save(update_fields=list(fields))
+
+
+def _check_input(domain: Domain, train_code, variables, parent) -> tuple[dict, Experiment | None]:
+    if not isinstance(train_code, str) or not train_code.strip():
+        raise InvalidInput("the train code is empty; it must define train(X_train, y_train, X_test, *, artifacts_dir)")
+    if len(train_code.encode()) > 1_000_000:
+        raise InvalidInput("the train code is larger than 1 MB")
+    if "\x00" in train_code:
+        raise InvalidInput("the train code contains a NUL byte")
+    if variables is None:
+        variables = {}
+    if not isinstance(variables, dict):
+        raise InvalidInput("variables must be a JSON object (a dict of name → value)")
+    if parent is not None and not isinstance(parent, Experiment):
+        try:
+            parent = Experiment.objects.get(pk=int(parent))
+        except (TypeError, ValueError, Experiment.DoesNotExist):
+            raise InvalidInput(f"parent experiment {parent!r} does not exist") from None
+    if parent is not None and parent.domain_id != domain.pk:
+        raise InvalidInput(f"parent experiment #{parent.pk} belongs to another domain")
+    return variables, parent
+
+
+def _ready_task(domain: Domain) -> Task:
+    from domains.services import task_assert_ready
+
+    task = Task.objects.filter(domain=domain).first()
+    if task is None:
+        raise NotReady(f"domain {domain.name!r} has no task; run `dojo_task setup --domain {domain.name}`")
+    task_assert_ready(task=task)
+    if not Path(domain.workspace_path).is_dir():
+        raise NotReady(f"the workspace {domain.workspace_path} does not exist; fix the domain's workspace path")
+    return task
+
+
+def experiment_run(
+    *,
+    domain: Domain,
+    train_code: str,
+    hypothesis: str = "",
+    variables: dict | None = None,
+    parent: Experiment | int | None = None,
+    run=None,
+    seed: int | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> Experiment:
+    """Run one experiment synchronously; return it `completed` or `failed`, never `running`.
+
+    Raises (before recording anything) InvalidInput for bad arguments and NotReady when the task
+    is not frozen or no longer matches its fingerprint. Thread-safe; a worker thread should close
+    its DB connections when it is done (django.db.connections.close_all())."""
+    started = time.perf_counter()
+    variables, parent = _check_input(domain, train_code, variables, parent)
+    task = _ready_task(domain)
+    if seed is None:
+        seed = int((task.config or {}).get("seed", 0) or 0)
+    exp = Experiment.objects.create(
+        domain=domain, run=run, parent=parent, hypothesis=(hypothesis or "").strip(), variables=variables,
+        train_code=train_code, code_sha256=hashlib.sha256(train_code.encode()).hexdigest(),
+        state=Experiment.State.PENDING, seed=seed, task_fingerprint=task.fingerprint,
+        data_fingerprint=task.data_fingerprint,
+    )
+    try:
+        _save(exp, state=Experiment.State.RUNNING, started_at=timezone.now())
+        _execute(exp, domain, task, should_stop)
+    except _Failed as exc:
+        _finish_failed(exp, str(exc), started)
+    except BaseException as exc:  # noqa: BLE001 - never leave an experiment running
+        log.exception("experiment %s crashed", exp.pk)
+        reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"internal error: {type(exc).__name__}: {exc}"
+        _finish_failed(exp, reason, started)
+        if not isinstance(exc, Exception):
+            raise
+    else:
+        _save(exp, total_seconds=time.perf_counter() - started)
+    if exp.state == Experiment.State.COMPLETED:
+        _track(exp)
+    return exp
+
+
+def _finish_failed(exp: Experiment, reason: str, started: float) -> None:
+    _save(
+        exp, state=Experiment.State.FAILED, error=reason[:5000], finished_at=timezone.now(),
+        total_seconds=time.perf_counter() - started,
+    )
+
+
+def _execute(exp: Experiment, domain: Domain, task: Task, should_stop) -> None:
+    limits = experiment_limits(task=task)
+    home = Path(settings.DOJO_HOME)
+    job_id = f"e{exp.pk}"
+    job = {
+        "id": job_id, "code": exp.train_code, "timeout": limits.timeout_seconds, "memory_mb": limits.memory_mb,
+        "max_processes": limits.max_processes, "max_file_mb": limits.max_file_mb, "seed": exp.seed,
+    }
+    spec = _trainer_spec(domain, task, limits)
+    jobs = home / "jobs"
+    jobs.mkdir(parents=True, exist_ok=True)
+    job_dir = jobs / job_id
+    warnings: list[str] = []
+    warm, why = pool.trainer_checkout(spec)
+    if warm is not None:
+        answer = warm.request(
+            job, timeout=limits.timeout_seconds + 30, should_stop=should_stop,
+            on_stop=lambda: warm.send({"stop": job_id}),
+        )
+        _move(warm.work / job_id, job_dir)
+        if answer is None:
+            log_tail = warm.log_tail()
+            pool.trainer_discard(warm)
+            raise _Failed(_dead_trainer_message(job_dir, log_tail))
+        pool.trainer_release(warm)
+        versions, isolation = (warm.ready or {}).get("versions", {}), warm.isolation
+    else:
+        if why:
+            warnings.append(f"cold start: {why}")
+        answer, result, work = pool.trainer_cold(spec, job, should_stop=should_stop)
+        _move(work / job_id, job_dir)
+        shutil.rmtree(work, ignore_errors=True)
+        isolation = result.isolation
+        versions = (answer or {}).get("versions", {})
+        if answer is None:
+            if result.stopped:
+                raise _Failed("stopped")
+            if result.timed_out:
+                raise _Failed(f"wall-clock limit ({limits.timeout_seconds:g} s) exceeded; the trainer was killed")
+            detail = result.killed_reason or (result.stderr_tail.strip().splitlines() or ["no output"])[-1]
+            raise _Failed(f"the trainer could not run: {detail}")
+    if isolation == "fallback":
+        warnings.append(ISOLATION_HINT)
+    try:
+        meta = _read_json(job_dir / "meta.json") or {}
+        _save(
+            exp, isolation=isolation, stdout_tail=_tail(job_dir / "stdout.txt"),
+            stderr_tail=_tail(job_dir / "stderr.txt"), peak_memory_mb=answer.get("peak_memory_mb"),
+            train_seconds=meta.get("train_seconds") if isinstance(meta.get("train_seconds"), (int, float)) else None,
+            environment={**versions, "interpreter": _python(domain), "isolation": isolation,
+                         "warm": warm is not None, "threads": limits.threads},
+            warnings=warnings,
+        )
+        _trainer_outcome(answer, job_dir, limits)
+        scores = _evaluate(domain, task, exp, job_dir)
+        artifacts = _collect_artifacts(exp, job_dir, scores.pop("_eval_dir"), limits, warnings)
+        primary = task.primary_metric
+        _save(
+            exp, state=Experiment.State.COMPLETED, metrics=scores["metrics"],
+            holdout_metrics=scores["holdout_metrics"], primary_value=scores["metrics"].get(primary),
+            holdout_primary_value=scores["holdout_metrics"].get(primary), finished_at=timezone.now(),
+            warnings=warnings,
+        )
+        Artifact.objects.bulk_create(artifacts)
+    finally:
+        shutil.rmtree(job_dir, ignore_errors=True)
+
+
+def _move(src: Path, dst: Path) -> None:
+    if dst.exists():
+        shutil.rmtree(dst, ignore_errors=True)
+    if src.exists():
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(src, dst)
+    else:
+        dst.mkdir(parents=True, exist_ok=True)
+
+
+def _dead_trainer_message(job_dir: Path, log_tail: str) -> str:
+    last = (log_tail.strip().splitlines() or [""])[-1]
+    return "the warm trainer process died during the experiment" + (f" ({last})" if last else "")
+
+
+def _trainer_outcome(answer: dict, job_dir: Path, limits: Limits) -> None:
+    status = answer.get("status")
+    if status == "stopped":
+        raise _Failed("stopped")
+    if status == "timeout":
+        raise _Failed(
+            f"wall-clock limit ({limits.timeout_seconds:g} s) exceeded; the trainer and every process it started were killed"
+        )
+    if status not in ("exited",):
+        raise _Failed(f"harness error: {answer.get('error') or status}")
+    error = _read_json(job_dir / "error.json")
+    if answer.get("signal"):
+        sig = answer["signal"]
+        name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else str(sig)
+        hint = f" (possibly the memory limit, {limits.memory_mb} MB)" if sig == signal.SIGKILL else ""
+        raise _Failed(f"the trainer was killed by {name}{hint}")
+    if error:
+        message = str(error.get("message") or error.get("type") or "train failed")
+        if "File too large" in message:
+            message += f" (file size limit {limits.max_file_mb} MB)"
+        raise _Failed(message)
+    if answer.get("returncode"):
+        last = (_tail(job_dir / "stderr.txt", 4000).strip().splitlines() or ["no output on stderr"])[-1]
+        raise _Failed(f"the trainer exited with code {answer['returncode']}: {last}")
+    if not (job_dir / "y_pred.npy").is_file():
+        raise _Failed(
+            "train() ended without returning predictions (the process exited early, e.g. sys.exit or os._exit)"
+        )
+
+
+def _evaluate(domain: Domain, task: Task, exp: Experiment, job_dir: Path) -> dict:
+    spec = _evaluator_spec(domain, task)
+    for attempt in (1, 2):
+        wp = pool.evaluator_get(spec)
+        if wp.ready is None:
+            raise _Failed(f"the evaluator could not start: {wp.error[-800:]}")
+        request_dir = wp.work / f"e{exp.pk}"
+        request_dir.mkdir(parents=True, exist_ok=True)
+        y_pred = request_dir / "y_pred.npy"
+        if (job_dir / "y_pred.npy").exists():
+            os.replace(job_dir / "y_pred.npy", y_pred)
+        request = {"id": exp.pk, "y_pred": str(y_pred), "validation_dir": str(request_dir / "validation"),
+                   "holdout_dir": str(request_dir / "holdout")}
+        with wp.lock:
+            answer = wp.request(request, timeout=float(getattr(settings, "DOJO_EVALUATE_TIMEOUT_SECONDS", 600)))
+        eval_dir = job_dir / "evaluate"
+        _move(request_dir, eval_dir)
+        if answer is None:
+            tail = wp.log_tail()
+            pool.evaluator_forget(wp)
+            if attempt == 1 and (eval_dir / "y_pred.npy").exists():
+                os.replace(eval_dir / "y_pred.npy", job_dir / "y_pred.npy")
+                continue
+            raise _Failed(f"the evaluator died while scoring: {(tail.splitlines() or ['no output'])[-1]}")
+        if not answer.get("ok"):
+            raise _Failed(str(answer.get("error") or "the evaluator rejected the predictions"))
+        return {"metrics": answer.get("metrics") or {}, "holdout_metrics": answer.get("holdout_metrics") or {},
+                "_eval_dir": eval_dir}
+    raise _Failed("the evaluator could not score the predictions")
+
+
+def artifacts_root(experiment_id: int) -> Path:
+    return Path(settings.DOJO_HOME) / "artifacts" / str(experiment_id)
+
+
+def _collect_artifacts(exp: Experiment, job_dir: Path, eval_dir: Path, limits: Limits,
+                       warnings: list[str]) -> list[Artifact]:
+    """Keep what train() and evaluate() wrote: regular files only (links refused: they could point
+    outside the artifacts folder), each under the per-file cap, all under the total cap."""
+    root = artifacts_root(exp.pk)
+    if root.exists():
+        shutil.rmtree(root)
+    root.mkdir(parents=True)
+    _move(job_dir / "artifacts", root / "train")
+    if (eval_dir / "validation").exists():
+        _move(eval_dir / "validation", root / "evaluate" / "validation")
+    if (eval_dir / "holdout").exists():
+        _move(eval_dir / "holdout", root / "evaluate" / "holdout")
+    per_file = limits.artifacts_max_file_mb * 1024 * 1024
+    total_cap = limits.artifacts_max_total_mb * 1024 * 1024
+    total = 0
+    rows: list[Artifact] = []
+    for folder, dirs, files in os.walk(root, followlinks=False):
+        dirs.sort()
+        for name in sorted(files + [d for d in dirs if os.path.islink(os.path.join(folder, d))]):
+            path = Path(folder) / name
+            rel = path.relative_to(root).as_posix()
+            st = path.lstat()
+            if path.is_symlink() or not path.is_file():
+                path.unlink(missing_ok=True)
+                warnings.append(f"artifact {rel} refused: links and special files may point outside the artifacts folder")
+                continue
+            if st.st_size > per_file:
+                path.unlink()
+                warnings.append(f"artifact {rel} dropped: {st.st_size / 1e6:.1f} MB is over the {limits.artifacts_max_file_mb} MB per-file cap")
+                continue
+            if total + st.st_size > total_cap:
+                path.unlink()
+                warnings.append(f"artifact {rel} dropped: the artifacts would exceed the {limits.artifacts_max_total_mb} MB total cap")
+                continue
+            if len(rel) > 500:
+                path.unlink()
+                warnings.append(f"artifact {rel[:80]}… dropped: its path is longer than 500 characters")
+                continue
+            total += st.st_size
+            rows.append(Artifact(
+                experiment=exp, path=rel, size=st.st_size,
+                content_type=mimetypes.guess_type(name)[0] or "application/octet-stream",
+                source="evaluate" if rel.startswith("evaluate/") else "train",
+            ))
+        dirs[:] = [d for d in dirs if not os.path.islink(os.path.join(folder, d))]
+    return rows
+
+
+def artifact_file(*, artifact: Artifact) -> Path:
+    """The artifact's file; NotFound when it is missing or would resolve outside its folder."""
+    root = artifacts_root(artifact.experiment_id).resolve()
+    path = (root / artifact.path).resolve()
+    if root not in path.parents or not path.is_file():
+        raise NotFound(f"artifact {artifact.path} is not on disk")
+    return path
+
+
+# --- Tracking --------------------------------------------------------------------------------
+
+_mlflow_lock = threading.Lock()
+
+
+def _track(exp: Experiment) -> None:
+    """MLflow when DOJO_TRACKING=mlflow and MLFLOW_TRACKING_URI are set; a failure is a warning."""
+    if getattr(settings, "DOJO_TRACKING", "db") != "mlflow":
+        return
+    uri = getattr(settings, "MLFLOW_TRACKING_URI", "") or os.environ.get("MLFLOW_TRACKING_URI", "")
+    if not uri:
+        _save(exp, warnings=[*exp.warnings, "tracking: DOJO_TRACKING=mlflow but MLFLOW_TRACKING_URI is not set"])
+        return
+    try:
+        from experiments.tracking import mlflow_log_experiment
+
+        with _mlflow_lock:  # mlflow's fluent API keeps the active run in process state
+            mlflow_log_experiment(exp, uri=uri, artifacts_dir=artifacts_root(exp.pk))
+    except Exception as exc:  # noqa: BLE001 - tracking never fails an experiment
+        log.warning("MLflow tracking failed for experiment %s: %s", exp.pk, exc)
+        _save(exp, warnings=[*exp.warnings, f"tracking: MLflow failed: {type(exc).__name__}: {exc}"[:500]])
+
+
+# --- Reading ---------------------------------------------------------------------------------
+
+SORTS = ("validation", "holdout", "created")
+
+
+def experiment_get(*, experiment_id, domain: Domain | None = None) -> Experiment:
+    try:
+        pk = int(experiment_id)
+    except (TypeError, ValueError):
+        raise InvalidInput(f"experiment id must be a number, got {experiment_id!r}") from None
+    qs = Experiment.objects.select_related("domain", "parent")
+    if domain is not None:
+        qs = qs.filter(domain=domain)
+    exp = qs.filter(pk=pk).first()
+    if exp is None:
+        where = f" in domain {domain.name!r}" if domain else ""
+        raise NotFound(f"experiment #{pk} does not exist{where}")
+    return exp
+
+
+def experiment_leaderboard(*, domain: Domain, sort: str = "validation", state: str | None = None) -> QuerySet:
+    """The domain's experiments, best first by the primary metric on the validation or holdout
+    rows (direction from the task), or newest first; annotated with `other_contract`."""
+    from domains.services import contract_annotate
+
+    if sort not in SORTS:
+        raise InvalidInput(f"sort must be one of {', '.join(SORTS)}")
+    qs = Experiment.objects.filter(domain=domain).select_related("parent")
+    if state:
+        if state not in Experiment.State.values:
+            raise InvalidInput(f"state must be one of {', '.join(Experiment.State.values)}")
+        qs = qs.filter(state=state)
+    task = Task.objects.filter(domain=domain).first()
+    if task is not None:
+        qs = contract_annotate(qs, task=task)
+    if sort == "created":
+        return qs.order_by("-created_at", "-pk")
+    column = "primary_value" if sort == "validation" else "holdout_primary_value"
+    maximize = task is not None and task.direction == Task.Direction.MAXIMIZE
+    order = F(column).desc(nulls_last=True) if maximize else F(column).asc(nulls_last=True)
+    return qs.order_by(order, "-created_at")
+
+
+def experiment_best(*, domain: Domain) -> Experiment | None:
+    """The best completed experiment under the task's current contract (validation metric)."""
+    qs = experiment_leaderboard(domain=domain, sort="validation", state=Experiment.State.COMPLETED)
+    task = Task.objects.filter(domain=domain).first()
+    if task is not None and task.fingerprint:
+        qs = qs.filter(task_fingerprint=task.fingerprint, data_fingerprint=task.data_fingerprint)
+    return qs.filter(primary_value__isnull=False).first()
+
+
+def experiment_reproduce(*, experiment: Experiment, should_stop=None) -> Experiment:
+    """Run the stored code again (same seed) as a new experiment whose parent is the original."""
+    return experiment_run(
+        domain=experiment.domain, train_code=experiment.train_code,
+        hypothesis=f"Reproduce #{experiment.pk}: {experiment.hypothesis}"[:2000],
+        variables={**(experiment.variables or {}), "reproduces": experiment.pk},
+        parent=experiment, seed=experiment.seed, should_stop=should_stop,
+    )
+
+
+def experiment_summary(exp: Experiment, *, holdout: bool = True) -> dict:
+    """Plain data for --json, the API and the agent tools (holdout=False for the agent)."""
+    data = {
+        "id": exp.pk, "domain": exp.domain.name, "run_id": exp.run_id, "parent_id": exp.parent_id,
+        "state": exp.state, "hypothesis": exp.hypothesis, "variables": exp.variables,
+        "metrics": exp.metrics, "primary_value": exp.primary_value, "error": exp.error,
+        "warnings": exp.warnings, "code_sha256": exp.code_sha256, "seed": exp.seed,
+        "train_seconds": exp.train_seconds, "total_seconds": exp.total_seconds,
+        "peak_memory_mb": exp.peak_memory_mb, "task_fingerprint": exp.task_fingerprint,
+        "data_fingerprint": exp.data_fingerprint, "environment": exp.environment,
+        "isolation": exp.isolation,
+        "created_at": exp.created_at.isoformat() if exp.created_at else None,
+        "finished_at": exp.finished_at.isoformat() if exp.finished_at else None,
+    }
+    if holdout:
+        data["holdout_metrics"] = exp.holdout_metrics
+        data["holdout_primary_value"] = exp.holdout_primary_value
+    return data

@@ -1,0 +1,375 @@
+"""Knowledge services: write-with-linking, search, and the curation the admin performs.
+
+Atoms are versioned rather than edited: an agreeing near-duplicate becomes a new version that
+supersedes the old one, so the history of a finding stays readable.
+"""
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from django.conf import settings
+from django.db import models, transaction
+from django.db.models import Q
+
+from dojo_site.errors import Conflict, InvalidInput
+from domains.models import Domain
+from experiments.models import Experiment
+from knowledge import text
+from knowledge.models import Evidence, KnowledgeAtom
+
+Outcome = Literal["created", "versioned", "contradicted"]
+Stance = Evidence.Stance
+
+SEARCH_LIMIT_MAX = 100
+
+
+@dataclass(frozen=True)
+class AtomWriteResult:
+    atom: KnowledgeAtom
+    outcome: Outcome
+    # The near-duplicate that decided the outcome (None for "created"), with its similarity.
+    matched: KnowledgeAtom | None = None
+    similarity: float = 0.0
+
+
+def _clean_text(value: Any, *, field: str, required: bool) -> str:
+    if value is None:
+        value = ""
+    if not isinstance(value, str):
+        raise InvalidInput(f"{field} must be text.")
+    value = value.strip()
+    if required and not value:
+        raise InvalidInput(f"{field} must not be empty.")
+    return value
+
+
+def _clean_confidence(value: Any) -> float:
+    # bool is an int subclass; True as a confidence is a caller bug, not 1.0.
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise InvalidInput(f"Confidence must be a number between 0 and 1, got {value!r}.")
+    try:
+        number = float(value)
+    except ValueError:
+        raise InvalidInput(f"Confidence must be a number between 0 and 1, got {value!r}.") from None
+    if not math.isfinite(number) or not 0.0 <= number <= 1.0:
+        raise InvalidInput(f"Confidence must be between 0 and 1, got {value!r}.")
+    return number
+
+
+def _clean_evidence(evidence: Iterable[Any] | None, *, domain: Domain | None) -> dict[int, str]:
+    """Return {experiment_id: stance} after checking every experiment exists (in the domain)."""
+    stances: dict[int, str] = {}
+    for item in evidence or []:
+        if isinstance(item, str | bytes) or not isinstance(item, Sequence) or len(item) != 2:
+            raise InvalidInput(
+                f"Evidence items are (experiment_id, 'supports' | 'contradicts'), got {item!r}."
+            )
+        experiment_id, stance = item
+        if isinstance(experiment_id, bool) or not isinstance(experiment_id, int):
+            raise InvalidInput(f"Evidence experiment id must be an integer, got {experiment_id!r}.")
+        if stance not in Stance.values:
+            raise InvalidInput(f"Evidence stance must be 'supports' or 'contradicts', got {stance!r}.")
+        if stances.get(experiment_id, stance) != stance:
+            raise InvalidInput(f"Experiment {experiment_id} is given as both supporting and contradicting.")
+        stances[experiment_id] = stance
+    if not stances:
+        return stances
+    found = dict(Experiment.objects.filter(pk__in=stances).values_list("pk", "domain_id"))
+    missing = sorted(set(stances) - set(found))
+    if missing:
+        raise InvalidInput(f"Unknown experiment(s): {', '.join(map(str, missing))}.")
+    if domain is not None:
+        foreign = sorted(pk for pk, domain_id in found.items() if domain_id != domain.pk)
+        if foreign:
+            raise InvalidInput(
+                f"Experiment(s) {', '.join(map(str, foreign))} belong to another domain than {domain.name}."
+            )
+    return stances
+
+
+def _add_evidence(atom: KnowledgeAtom, stances: dict[int, str]) -> None:
+    """Link experiments to `atom`; a stance given here replaces an earlier one."""
+    for experiment_id, stance in stances.items():
+        Evidence.objects.update_or_create(
+            atom=atom, experiment_id=experiment_id, defaults={"stance": stance}
+        )
+
+
+def _evidence_of(atom: KnowledgeAtom) -> dict[int, str]:
+    return dict(atom.evidence_links.order_by("pk").values_list("experiment_id", "stance"))
+
+
+def _flip(stances: dict[int, str]) -> dict[int, str]:
+    opposite = {Stance.SUPPORTS: Stance.CONTRADICTS, Stance.CONTRADICTS: Stance.SUPPORTS}
+    return {pk: opposite[Stance(stance)].value for pk, stance in stances.items()}
+
+
+def _raised(old: float, new: float) -> float:
+    """Confidence after agreeing evidence: it moves toward 1 by half the new confidence."""
+    return min(1.0, max(new, old + (1.0 - old) * new / 2.0))
+
+
+def _lowered(old: float, against: float) -> float:
+    """Confidence after contradicting evidence: it loses up to half of itself."""
+    return max(0.0, old * (1.0 - against / 2.0))
+
+
+def _creator_fields(*, run: models.Model | None, user: models.Model | None) -> dict[str, Any]:
+    # The run arrives as an AgentRun; knowledge never imports agentrun, so only its pk is used.
+    return {
+        "created_by_run_id": run.pk if run is not None else None,
+        "created_by_user_id": user.pk if user is not None else None,
+    }
+
+
+def _active_atoms(domain: Domain | None) -> models.QuerySet[KnowledgeAtom]:
+    atoms = KnowledgeAtom.objects.filter(status=KnowledgeAtom.Status.ACTIVE)
+    return atoms.filter(domain=domain) if domain is not None else atoms.filter(domain__isnull=True)
+
+
+def atom_write(
+    *,
+    domain: Domain | None,
+    context: str,
+    claim: str,
+    action: str = "",
+    confidence: float = 0.5,
+    evidence: Iterable[tuple[int, str]] | None = None,
+    run: models.Model | None = None,
+    user: models.Model | None = None,
+) -> AtomWriteResult:
+    """Write a finding, linked to what the domain already knows.
+
+    Compares context + claim with the domain's active atoms (TF-IDF cosine, threshold
+    settings.DOJO_KNOWLEDGE_SIMILARITY). The best match at or above the threshold decides:
+    - it agrees: a new version replaces it (confidence raised, evidence merged) → "versioned";
+    - the claim says the opposite, or the evidence given mostly contradicts it: its confidence is
+      lowered and the contradiction recorded → "contradicted". An opposite claim is kept as its
+      own atom, related to the one it contradicts; contradicting evidence alone is added to the
+      match, which is then the returned atom;
+    - no match: a new atom → "created".
+    Global atoms (domain None) only link with global atoms.
+    """
+    context = _clean_text(context, field="Context", required=True)
+    claim = _clean_text(claim, field="Claim", required=True)
+    action = _clean_text(action, field="Action", required=False)
+    confidence = _clean_confidence(confidence)
+    stances = _clean_evidence(evidence, domain=domain)
+    creator = _creator_fields(run=run, user=user)
+    threshold = float(settings.DOJO_KNOWLEDGE_SIMILARITY)
+
+    with transaction.atomic():
+        # Locking the domain's active atoms serialises writers per domain on PostgreSQL; SQLite's
+        # IMMEDIATE transactions already serialise all writers.
+        candidates = list(_active_atoms(domain).select_for_update().order_by("pk"))
+        scores = text.similarities(
+            f"{context}\n{claim}", [atom.linking_text() for atom in candidates]
+        )
+        matches = sorted(
+            ((score, atom) for score, atom in zip(scores, candidates, strict=True) if score >= threshold),
+            key=lambda pair: (-round(pair[0], 9), -pair[1].pk),
+        )
+        if not matches:
+            atom = KnowledgeAtom.objects.create(
+                domain=domain, context=context, claim=claim, action=action,
+                confidence=confidence, **creator,
+            )
+            _add_evidence(atom, stances)
+            return AtomWriteResult(atom=atom, outcome="created")
+
+        # Among equally similar matches prefer one that agrees: "A beats B" and "B beats A" have
+        # the same words, and a new "A beats B" should strengthen the first, not fight the second.
+        best_score = round(matches[0][0], 9)
+        tied = [pair for pair in matches if round(pair[0], 9) == best_score]
+        score, match = next(
+            (pair for pair in tied if not text.contradicts(pair[1].claim, claim)), tied[0]
+        )
+
+        if text.contradicts(match.claim, claim):
+            contested = match.confidence
+            match.confidence = _lowered(match.confidence, confidence)
+            match.contradictions += 1
+            match.save(update_fields=["confidence", "contradictions", "updated_at"])
+            # What supports the opposite claim contradicts the match, and vice versa.
+            _add_evidence(match, _flip(stances))
+            atom = KnowledgeAtom.objects.create(
+                domain=domain, context=context, claim=claim, action=action,
+                confidence=_lowered(confidence, contested), contradictions=1, **creator,
+            )
+            _add_evidence(atom, stances)
+            atom.related.add(match)
+            return AtomWriteResult(atom=atom, outcome="contradicted", matched=match, similarity=score)
+
+        against = sum(stance == Stance.CONTRADICTS for stance in stances.values())
+        if against > len(stances) - against:
+            match.confidence = _lowered(match.confidence, confidence)
+            match.contradictions += 1
+            match.save(update_fields=["confidence", "contradictions", "updated_at"])
+            _add_evidence(match, stances)
+            return AtomWriteResult(atom=match, outcome="contradicted", matched=match, similarity=score)
+
+        atom = _supersede(
+            [match],
+            context=context,
+            claim=claim,
+            action=action or match.action,
+            confidence=_raised(match.confidence, confidence),
+            evidence={**_evidence_of(match), **stances},
+            creator=creator,
+        )
+        return AtomWriteResult(atom=atom, outcome="versioned", matched=match, similarity=score)
+
+
+def _supersede(
+    previous: list[KnowledgeAtom],
+    *,
+    context: str,
+    claim: str,
+    action: str,
+    confidence: float,
+    evidence: dict[int, str],
+    creator: dict[str, Any],
+) -> KnowledgeAtom:
+    """Create the version that replaces `previous` (the first is the one it `supersedes`)."""
+    merged = {atom.pk for atom in previous}
+    atom = KnowledgeAtom.objects.create(
+        domain=previous[0].domain,
+        context=context,
+        claim=claim,
+        action=action,
+        confidence=confidence,
+        version=max(a.version for a in previous) + 1,
+        supersedes=previous[0],
+        contradictions=sum(a.contradictions for a in previous),
+        **creator,
+    )
+    _add_evidence(atom, evidence)
+    related = {
+        other.pk
+        for old in previous
+        for other in old.related.all()
+        if other.pk not in merged
+    }
+    # The other merged atoms stay reachable from the new version through `related`; the
+    # single `supersedes` key can only name one of them.
+    related |= merged - {previous[0].pk}
+    atom.related.add(*related)
+    KnowledgeAtom.objects.filter(pk__in=merged).update(status=KnowledgeAtom.Status.SUPERSEDED)
+    for old in previous:
+        old.status = KnowledgeAtom.Status.SUPERSEDED
+    return atom
+
+
+def atom_search(*, query: str, domain: Domain | None = None, limit: int = 10) -> list[KnowledgeAtom]:
+    """Atoms ranked for `query`: active ones first, then by TF-IDF cosine over context, claim
+    and action. With a domain: that domain's atoms and global ones; without: every atom.
+    Atoms sharing no word with the query are left out. Each atom gets a `score` attribute."""
+    query = _clean_text(query, field="Query", required=True)
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= SEARCH_LIMIT_MAX:
+        raise InvalidInput(f"Limit must be an integer from 1 to {SEARCH_LIMIT_MAX}, got {limit!r}.")
+    atoms = KnowledgeAtom.objects.select_related("domain")
+    if domain is not None:
+        atoms = atoms.filter(Q(domain=domain) | Q(domain__isnull=True))
+    candidates = list(atoms.order_by("pk"))
+    scores = text.similarities(query, [atom.search_text() for atom in candidates], drop_numbers=False)
+    status_rank = {
+        KnowledgeAtom.Status.ACTIVE: 0,
+        KnowledgeAtom.Status.SUPERSEDED: 1,
+        KnowledgeAtom.Status.RETRACTED: 2,
+    }
+    ranked = sorted(
+        ((score, atom) for score, atom in zip(scores, candidates, strict=True) if score > 0),
+        key=lambda pair: (status_rank[pair[1].status], -pair[0], -pair[1].confidence, -pair[1].pk),
+    )
+    results = []
+    for score, atom in ranked[:limit]:
+        atom.score = score
+        results.append(atom)
+    return results
+
+
+def atom_list_for_context(*, domain: Domain, limit: int = 20) -> list[KnowledgeAtom]:
+    """The domain's active atoms for an agent's context: most confident first, then newest.
+    The order is total (pk breaks ties), so the same knowledge gives the same prompt."""
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise InvalidInput(f"Limit must be a positive integer, got {limit!r}.")
+    atoms = _active_atoms(domain).order_by("-confidence", "-created_at", "-pk")
+    return list(atoms[:limit])
+
+
+def _locked(atom: KnowledgeAtom) -> KnowledgeAtom:
+    return KnowledgeAtom.objects.select_for_update().get(pk=atom.pk)
+
+
+def atom_retract(*, atom: KnowledgeAtom) -> KnowledgeAtom:
+    """Mark an atom as wrong. It stays visible (and searchable, ranked last) as a record."""
+    with transaction.atomic():
+        atom = _locked(atom)
+        if atom.status == KnowledgeAtom.Status.RETRACTED:
+            raise Conflict(f"Atom {atom.pk} is already retracted.")
+        atom.status = KnowledgeAtom.Status.RETRACTED
+        atom.save(update_fields=["status", "updated_at"])
+    return atom
+
+
+def atom_restore(*, atom: KnowledgeAtom) -> KnowledgeAtom:
+    """Undo a retraction: the atom becomes active again, or superseded when a newer version of
+    it exists that is not retracted."""
+    with transaction.atomic():
+        atom = _locked(atom)
+        if atom.status != KnowledgeAtom.Status.RETRACTED:
+            raise Conflict(f"Atom {atom.pk} is not retracted.")
+        replaced = atom.superseded_by.exclude(status=KnowledgeAtom.Status.RETRACTED).exists()
+        atom.status = KnowledgeAtom.Status.SUPERSEDED if replaced else KnowledgeAtom.Status.ACTIVE
+        atom.save(update_fields=["status", "updated_at"])
+    return atom
+
+
+def atoms_merge(
+    *, atoms: Iterable[KnowledgeAtom], user: models.Model | None = None
+) -> KnowledgeAtom:
+    """Merge active atoms of one domain into one new version that supersedes them all.
+
+    The most confident atom gives the text and is the one `supersedes` names; the others are
+    linked as related. Evidence is the union (the more confident atom's stance wins), the
+    confidence the highest, the contradictions the sum.
+    """
+    pks = {atom.pk for atom in atoms}
+    if len(pks) < 2:
+        raise InvalidInput("Select at least two atoms to merge.")
+    with transaction.atomic():
+        selected = list(KnowledgeAtom.objects.select_for_update().filter(pk__in=pks))
+        if len(selected) != len(pks):
+            raise InvalidInput("Some of the selected atoms no longer exist.")
+        inactive = sorted(a.pk for a in selected if a.status != KnowledgeAtom.Status.ACTIVE)
+        if inactive:
+            raise InvalidInput(
+                f"Only active atoms can be merged; not active: {', '.join(map(str, inactive))}."
+            )
+        if len({a.domain_id for a in selected}) != 1:
+            raise InvalidInput("Only atoms of the same domain can be merged.")
+        selected.sort(key=lambda a: (-a.confidence, -a.version, -a.pk))
+        evidence: dict[int, str] = {}
+        for old in reversed(selected):
+            evidence.update(_evidence_of(old))
+        primary = selected[0]
+        return _supersede(
+            selected,
+            context=primary.context,
+            claim=primary.claim,
+            action=primary.action,
+            confidence=primary.confidence,
+            evidence=evidence,
+            creator=_creator_fields(run=None, user=user),
+        )
+
+
+def atom_set_confidence(*, atom: KnowledgeAtom, confidence: Any) -> KnowledgeAtom:
+    confidence = _clean_confidence(confidence)
+    with transaction.atomic():
+        atom = _locked(atom)
+        atom.confidence = confidence
+        atom.save(update_fields=["confidence", "updated_at"])
+    return atom

@@ -1,0 +1,103 @@
+import pytest
+
+from domains.models import Domain
+from domains.services import domain_create
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def api(client_logged_in):
+    def call(method: str, path: str, body: dict | None = None):
+        send = getattr(client_logged_in, method)
+        if body is None:
+            return send(f"/api{path}")
+        return send(f"/api{path}", body, content_type="application/json")
+
+    return call
+
+
+def _payload(workspace, **overrides):
+    return {"name": "houses", "task_type": "regression", "workspace": str(workspace)} | overrides
+
+
+def test_it_creates_a_domain(api, workspace):
+    response = api("post", "/domains", _payload(workspace, target_column="price", id_columns=["id"]))
+
+    assert response.status_code == 201
+    body = response.json()
+    assert body["name"] == "houses"
+    assert body["task"]["primary_metric"] == "rmse"
+    assert body["task"]["config"]["id_columns"] == ["id"]
+    assert body["task"]["frozen_at"] is None
+    assert Domain.objects.get().pk == body["id"]
+    assert (workspace / "SETUP.md").exists()
+
+
+def test_it_lists_and_shows_domains(api, workspace):
+    domain = domain_create(name="houses", task_type="binary", workspace=workspace)
+
+    assert [d["name"] for d in api("get", "/domains").json()] == ["houses"]
+    shown = api("get", f"/domains/{domain.pk}")
+    assert shown.status_code == 200
+    assert shown.json()["task"]["task_type"] == "binary"
+
+
+def test_it_updates_a_domain(api, workspace):
+    domain = domain_create(name="houses", task_type="regression", workspace=workspace)
+
+    response = api("patch", f"/domains/{domain.pk}", {"description": "new goal", "status": "paused"})
+
+    assert response.status_code == 200
+    assert (response.json()["description"], response.json()["status"]) == ("new goal", "paused")
+    domain.refresh_from_db()
+    assert domain.status == "paused"
+
+
+def test_it_deletes_a_domain(api, workspace):
+    domain = domain_create(name="houses", task_type="regression", workspace=workspace)
+
+    response = api("delete", f"/domains/{domain.pk}")
+
+    assert response.status_code == 204
+    assert not Domain.objects.exists()
+    assert api("get", f"/domains/{domain.pk}").status_code == 404
+
+
+def test_it_answers_422_to_a_bad_task_type(api, workspace):
+    response = api("post", "/domains", _payload(workspace, task_type="ranking"))
+
+    assert response.status_code == 422
+    assert "task_type" in str(response.json()["detail"])
+    assert not Domain.objects.exists()
+
+
+def test_it_answers_422_to_a_bad_status_metric_or_workspace(api, workspace, tmp_path):
+    domain = domain_create(name="houses", task_type="regression", workspace=workspace)
+
+    assert api("patch", f"/domains/{domain.pk}", {"status": "gone"}).status_code == 422
+    bad_metric = api("post", "/domains", _payload(workspace, name="b", metric="roc_auc"))
+    assert bad_metric.status_code == 422
+    assert "not a regression metric" in bad_metric.json()["detail"]
+    missing = api("post", "/domains", _payload(tmp_path / "nope", name="c"))
+    assert missing.status_code == 422
+    assert missing.json()["detail"].startswith("workspace does not exist")
+    assert api("post", "/domains", {"name": "d"}).status_code == 422
+    assert Domain.objects.count() == 1
+
+
+def test_it_answers_404_to_an_unknown_id(api):
+    for method, body in [("get", None), ("patch", {"description": "x"}), ("delete", None)]:
+        response = api(method, "/domains/999", body)
+        assert response.status_code == 404
+        assert response.json() == {"detail": "no domain with id 999"}
+
+
+def test_it_answers_409_to_a_duplicate_name(api, workspace, tmp_path):
+    first = domain_create(name="houses", task_type="regression", workspace=workspace)
+    other = domain_create(name="other", task_type="regression", workspace=tmp_path)
+
+    assert api("post", "/domains", _payload(tmp_path)).status_code == 409
+    renamed = api("patch", f"/domains/{other.pk}", {"name": first.name})
+    assert renamed.status_code == 409
+    assert renamed.json() == {"detail": "a domain named 'houses' already exists"}

@@ -17,9 +17,10 @@ class AgentrunConfig(AppConfig):
 def _reap_on_worker_start(sender: object, proc_name: str = "", **kwargs: object) -> None:
     """When qcluster starts a worker, fail the runs a dead worker left behind (a restart after a
     crash or kill -9). The Schedule made by migration 0002 repeats this every minute."""
-    from agentrun.services import run_reap
+    from agentrun.services import run_reap, run_reaper_schedule_ensure
 
     try:
+        run_reaper_schedule_ensure()
         run_reap()
     except Exception:  # never keep a worker from starting
         logger.exception("reaper failed at worker start")

@@ -529,3 +529,17 @@ def run_reap(*, timeout_seconds: float | None = None) -> list[int]:
         reaped.append(run.pk)
         logger.warning("reaped run %s: %s", run.pk, message)
     return reaped
+
+
+REAPER_SCHEDULE = "dojo-run-reaper"
+
+
+def run_reaper_schedule_ensure() -> None:
+    """The django-q2 Schedule that runs the reaper every minute (also made by migration 0002;
+    re-made here at worker start in case it was deleted in the admin)."""
+    from django_q.models import Schedule
+
+    Schedule.objects.get_or_create(
+        name=REAPER_SCHEDULE,
+        defaults={"func": "agentrun.tasks.run_reap_task", "schedule_type": Schedule.MINUTES, "minutes": 1, "repeats": -1},
+    )

@@ -1,3 +1,4 @@
+from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse
 from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, ValidationError
@@ -12,6 +13,8 @@ api = NinjaAPI(
     version="1",
     auth=[BearerTokenAuth(), django_auth],
     urls_namespace="api",
+    # The docs and the OpenAPI schema are pages too: log in first.
+    docs_decorator=login_required,
 )
 
 

@@ -1,10 +1,13 @@
+from django import forms
 from django.contrib import admin, messages
 from django.http import HttpRequest
 from django.urls import reverse
 from django.utils.html import format_html
 
+from dojo_site.errors import DojoError
+from domains.generation import tool_code_check
 from domains.models import ApiToken, CurrentDomain, Domain, Task, TaskTool
-from domains.services import token_revoke
+from domains.services import task_tools_save, token_revoke
 
 
 @admin.register(Domain)
@@ -89,19 +92,50 @@ TOOL_MACHINE_FIELDS = [
 ]
 
 
+class TaskToolForm(forms.ModelForm):
+    # Code is kept byte for byte: its sha256 is part of the task's fingerprint.
+    code = forms.CharField(widget=forms.Textarea(attrs={"rows": 24, "cols": 100}), strip=False)
+
+    class Meta:
+        model = TaskTool
+        fields = ["code"]
+
+    def clean_code(self) -> str:
+        code = self.cleaned_data["code"]
+        try:
+            tool_code_check(name=self.instance.name, code=code)
+        except DojoError as exc:
+            raise forms.ValidationError(str(exc)) from None
+        return code
+
+
 @admin.register(TaskTool)
 class TaskToolAdmin(admin.ModelAdmin):
+    form = TaskToolForm
     list_display = ["__str__", "task", "name", "version", "is_current", "origin", "verified_ok", "verified_at", "created_at"]
     list_filter = ["name", "origin", "is_current", "verified_ok"]
     search_fields = ["task__domain__name", "code"]
     list_select_related = ["task__domain"]
 
-    # Tool versions come from generation or import (which keep old versions); an edit here would
-    # change code in place behind the version history, so the code is shown, not edited.
-    readonly_fields = TOOL_MACHINE_FIELDS + ["code"]
-
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
+
+    def get_readonly_fields(self, request: HttpRequest, obj: TaskTool | None = None) -> list[str]:
+        # Only the current version of an unfrozen task's tool can change; old versions are history.
+        if obj is None or obj.task.is_frozen or not obj.is_current:
+            return TOOL_MACHINE_FIELDS + ["code"]
+        return TOOL_MACHINE_FIELDS
+
+    def save_model(self, request: HttpRequest, obj: TaskTool, form, change: bool) -> None:
+        if "code" not in form.changed_data:
+            return
+        # Never edit code in place: save a new version (the old one is kept) through the service.
+        try:
+            (tool,) = task_tools_save(task=obj.task, codes={obj.name: form.cleaned_data["code"]}, origin=TaskTool.Origin.HUMAN)
+        except DojoError as exc:
+            self.message_user(request, str(exc), messages.ERROR)
+            return
+        self.message_user(request, f"Saved as {tool}; verify the task again before freezing.", messages.INFO)
 
 
 @admin.register(ApiToken)

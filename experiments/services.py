@@ -126,7 +126,7 @@ def _trainer_spec(domain: Domain, task: Task, limits: Limits) -> pool.Spec:
     idle = str(getattr(settings, "DOJO_POOL_IDLE_SECONDS", 600))
     return pool.Spec(
         key=("trainer", task.pk, str(snap), task.data_fingerprint, python, domain.workspace_path,
-             tuple(sorted(env.items())), isolation, str(settings.DOJO_HOME)),
+             tuple(sorted(env.items())), isolation),
         kind="trainer",
         argv=(python, str(pool.TRAINER), "serve", "--public", str(snap / "public"), "--work", "{work}",
               "--idle", idle),
@@ -151,7 +151,7 @@ def _evaluator_spec(domain: Domain, task: Task) -> pool.Spec:
     sha = evaluate.code_sha256 if evaluate else ""
     return pool.Spec(
         key=("evaluator", task.pk, str(snap), task.fingerprint, task.data_fingerprint, python, sha,
-             isolation, str(settings.DOJO_HOME)),
+             isolation),
         kind="evaluator",
         argv=(python, str(pool.EVALUATOR), "serve", "--snapshot", str(snap), "--contracts", str(CONTRACTS_PATH),
               "--task-type", task.task_type, "--metrics", ",".join(task.expected_metrics),
@@ -301,6 +301,8 @@ def _execute(exp: Experiment, domain: Domain, task: Task, should_stop) -> None:
     jobs.mkdir(parents=True, exist_ok=True)
     job_dir = jobs / job_id
     warnings: list[str] = []
+    evaluator_spec = _evaluator_spec(domain, task)
+    pool.evaluator_start(evaluator_spec)
     warm, why = pool.trainer_checkout(spec)
     if warm is not None:
         answer = warm.request(
@@ -342,7 +344,7 @@ def _execute(exp: Experiment, domain: Domain, task: Task, should_stop) -> None:
             warnings=warnings,
         )
         _trainer_outcome(answer, job_dir, limits)
-        scores = _evaluate(domain, task, exp, job_dir)
+        scores = _evaluate(evaluator_spec, exp, job_dir)
         artifacts = _collect_artifacts(exp, job_dir, scores.pop("_eval_dir"), limits, warnings)
         primary = task.primary_metric
         _save(
@@ -390,7 +392,7 @@ def _trainer_outcome(answer: dict, job_dir: Path, limits: Limits) -> None:
     if error:
         message = str(error.get("message") or error.get("type") or "train failed")
         if "File too large" in message:
-            message += f" (file size limit {limits.max_file_mb} MB)"
+            message = f"file size limit ({limits.max_file_mb} MB) exceeded: {message}"
         raise _Failed(message)
     if answer.get("returncode"):
         last = (_tail(job_dir / "stderr.txt", 4000).strip().splitlines() or ["no output on stderr"])[-1]
@@ -401,8 +403,7 @@ def _trainer_outcome(answer: dict, job_dir: Path, limits: Limits) -> None:
         )
 
 
-def _evaluate(domain: Domain, task: Task, exp: Experiment, job_dir: Path) -> dict:
-    spec = _evaluator_spec(domain, task)
+def _evaluate(spec: pool.Spec, exp: Experiment, job_dir: Path) -> dict:
     for attempt in (1, 2):
         wp = pool.evaluator_get(spec)
         if wp.ready is None:

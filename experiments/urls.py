@@ -1,4 +1,3 @@
-from django.urls import path
 
 from experiments import views  # noqa: F401
 

@@ -20,10 +20,15 @@ class DomainFactory(factory.django.DjangoModelFactory):
 _FROZEN_TEMPLATES: dict[str, dict] = {}
 
 
-def frozen_domain(*, workspace, loader: str = "load_diabetes", name: str | None = None, config: dict | None = None):
+def frozen_domain(
+    *, workspace, loader: str = "load_diabetes", name: str | None = None, config: dict | None = None,
+    share_snapshot: bool = False,
+):
     """A frozen domain on one of scikit-learn's bundled datasets (load_diabetes → regression,
     load_breast_cancer → binary, load_wine → multiclass). `config` is merged into task.config
-    (e.g. {"limits": {"timeout_seconds": 5}}). Needs DB access (use in a django_db test)."""
+    (e.g. {"limits": {"timeout_seconds": 5}}). Needs DB access (use in a django_db test).
+    share_snapshot=True points the task at the session's cached snapshot instead of a copy, so
+    warm harness processes (keyed by snapshot and workspace) carry over between tests."""
     import shutil
     import tempfile
     from pathlib import Path
@@ -56,7 +61,10 @@ def frozen_domain(*, workspace, loader: str = "load_diabetes", name: str | None 
             name=name, task_type=template["task_type"], workspace=workspace, data_path=f"sklearn:{loader}"
         )
         snapshot = Path(settings.DOJO_HOME) / "snapshots" / f"domain-{domain.pk}" / template["snapshot"].name
-        shutil.copytree(template["snapshot"], snapshot)
+        if share_snapshot:
+            snapshot = template["snapshot"]
+        else:
+            shutil.copytree(template["snapshot"], snapshot)
         Task.objects.filter(domain=domain).update(**template["task"], snapshot_path=str(snapshot))
         for tool in template["tools"]:
             TaskTool.objects.create(task=domain.task, **tool)
@@ -65,3 +73,19 @@ def frozen_domain(*, workspace, loader: str = "load_diabetes", name: str | None 
         task.config = {**task.config, **config}
         task.save(update_fields=["config"])
     return type(domain).objects.select_related("task").get(pk=domain.pk)
+
+
+class TaskFactory(factory.django.DjangoModelFactory):
+    """An unfrozen regression task on a DomainFactory domain (no files: use domain_create for those)."""
+
+    class Meta:
+        model = "domains.Task"
+
+    domain = factory.SubFactory(DomainFactory)
+    task_type = "regression"
+    primary_metric = "rmse"
+    direction = "minimize"
+    expected_metrics = factory.LazyFunction(lambda: ["rmse", "mae", "r2"])
+    config = factory.LazyFunction(
+        lambda: {"data_path": "", "target_column": "", "id_columns": [], "test_ratio": 0.2, "seed": 42, "holdout_ratio": 0.5}
+    )

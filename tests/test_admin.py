@@ -54,7 +54,32 @@ def test_it_keeps_machine_fields_read_only(admin_client_, domain):
 
     assert {"fingerprint", "frozen_at", "snapshot_path"} <= set(task_form.readonly_fields)
     assert "config" not in task_form.readonly_fields  # editable while not frozen
-    assert {"code", "code_sha256", "verified_ok", "verified_at"} <= set(tool_form.readonly_fields)
+    assert {"code_sha256", "verified_ok", "verified_at", "origin"} <= set(tool_form.readonly_fields)
+    assert "code" not in tool_form.readonly_fields  # editable while not frozen
+
+
+def test_it_saves_an_edited_tool_as_a_new_version(admin_client_, domain):
+    tool = TaskTool.objects.get()
+    url = reverse("admin:domains_tasktool_change", args=[tool.pk])
+
+    response = admin_client_.post(url, {"code": "def load_data():\n    return 1, 2, 3, 4\n"})
+
+    assert response.status_code == 302
+    versions = list(TaskTool.objects.order_by("version").values_list("version", "is_current", "origin", "code"))
+    assert versions == [
+        (1, False, "template", "def load_data(): ..."),
+        (2, True, "human", "def load_data():\n    return 1, 2, 3, 4\n"),
+    ]
+
+
+def test_it_refuses_tool_code_that_does_not_define_the_tool(admin_client_, domain):
+    tool = TaskTool.objects.get()
+
+    response = admin_client_.post(reverse("admin:domains_tasktool_change", args=[tool.pk]), {"code": "def other(): ..."})
+
+    assert response.status_code == 200
+    assert "does not define a top-level function load_data()" in str(response.context["adminform"].form.errors)
+    assert TaskTool.objects.count() == 1
 
 
 def test_it_locks_the_contract_of_a_frozen_task(admin_client_, domain):
@@ -64,6 +89,9 @@ def test_it_locks_the_contract_of_a_frozen_task(admin_client_, domain):
 
     form = admin_client_.get(reverse("admin:domains_task_change", args=[domain.task.pk])).context["adminform"]
     assert {"config", "task_type", "primary_metric"} <= set(form.readonly_fields)
+    tool = TaskTool.objects.get()
+    tool_form = admin_client_.get(reverse("admin:domains_tasktool_change", args=[tool.pk])).context["adminform"]
+    assert "code" in tool_form.readonly_fields
 
 
 def test_it_creates_a_token_and_shows_it_only_once(admin_client_):

@@ -112,5 +112,15 @@ def test_it_requires_csrf_for_a_session_write_on_the_api(user, workspace):
         content_type="application/json",
     )
 
-    assert response.status_code in (401, 403)
+    assert response.status_code == 403
+    assert response.json() == {"detail": "CSRF check Failed"}
     assert not list(workspace.iterdir())
+
+
+def test_it_asks_for_a_login_before_the_api_docs(client_logged_in):
+    from django.test import Client
+
+    anonymous = Client()
+    for url in ["/api/docs", "/api/openapi.json"]:
+        assert anonymous.get(url).status_code == 302, url
+        assert client_logged_in.get(url).status_code == 200, url

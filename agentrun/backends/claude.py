@@ -270,7 +270,9 @@ def findings(session: RunSession) -> list[dict[str, Any]]:
     from experiments.models import Experiment
 
     experiments = list(Experiment.objects.filter(run=session.run).order_by("pk"))
-    if not experiments:
+    budget = session.run.budget_usd
+    if not experiments or (budget is not None and session.cost_usd >= budget):
+        # Nothing to distil, or no money left to distil it with.
         return []
     completion = claude_complete(prompt=_summary_prompt(session, experiments), system_prompt=SUMMARY_SYSTEM)
     session.add_cost(completion.cost_usd or 0.0)

@@ -274,6 +274,17 @@ def trainer_cold(spec: Spec, job: dict, *, should_stop=None) -> tuple[dict | Non
     return answer, result, work
 
 
+def evaluator_start(spec: Spec) -> None:
+    """Start the evaluator if it is not running, without waiting (it warms up during training)."""
+    with _lock:
+        wp = _evaluators.get(spec.key)
+        if wp is None or not wp.alive():
+            if wp is not None:
+                del _evaluators[spec.key]
+                wp.stop()
+            _evaluators[spec.key] = WarmProcess(spec)
+
+
 def evaluator_get(spec: Spec) -> WarmProcess:
     """The warm evaluator for this spec, started (and waited for) when missing or dead."""
     with _lock:

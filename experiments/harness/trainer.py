@@ -32,6 +32,7 @@ from pathlib import Path
 
 PR_SET_DUMPABLE = 4
 PR_SET_CHILD_SUBREAPER = 36
+PR_SET_THP_DISABLE = 41
 MB = 1024 * 1024
 
 # Imported once by the warm process so a fork starts with them loaded. Missing ones are skipped
@@ -362,6 +363,9 @@ def _is_sandbox_ns() -> bool:
 
 
 def _setup() -> None:
+    # With transparent huge pages a child's first write to a shared page copies 2 MB, not 4 KB:
+    # forks of the warm process would pay for it on every experiment.
+    _prctl(PR_SET_THP_DISABLE, 1)
     _prctl(PR_SET_DUMPABLE, 0)  # a child of the same user cannot ptrace or read our memory
     _prctl(PR_SET_CHILD_SUBREAPER, 1)  # orphans of a job come back to us and get swept
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)

@@ -109,3 +109,9 @@ def train(X_train, y_train, X_test, *, artifacts_dir):
     time.sleep(60)
     return [0.0] * len(X_test)
 """
+
+
+@pytest.fixture
+def frozen_domain_in_transaction(frozen_template, workspace, dojo_home, db) -> Domain:
+    """The same, inside the test's transaction (for on_commit assertions); no threads may use it."""
+    return frozen_domain_make(frozen_template, name="diabetes", workspace=workspace, home=dojo_home)

@@ -1,5 +1,6 @@
 import pytest
 
+from domains.contracts import TASK_TYPES
 from domains.models import Domain
 from domains.services import domain_create
 
@@ -101,3 +102,12 @@ def test_it_answers_409_to_a_duplicate_name(api, workspace, tmp_path):
     renamed = api("patch", f"/domains/{other.pk}", {"name": first.name})
     assert renamed.status_code == 409
     assert renamed.json() == {"detail": "a domain named 'houses' already exists"}
+
+
+def test_it_documents_the_domain_endpoints_in_openapi(client_logged_in):
+    schema = client_logged_in.get("/api/openapi.json").json()
+
+    assert {"/api/domains", "/api/domains/{domain_id}"} <= set(schema["paths"])
+    # The API's enum follows the task-type registry (a new type needs its API entry too).
+    assert schema["components"]["schemas"]["DomainIn"]["properties"]["task_type"]["enum"] == list(TASK_TYPES)
+    assert client_logged_in.get("/api/docs").status_code == 200

@@ -102,17 +102,6 @@ def test_it_refuses_an_unwritable_workspace_and_exits_non_zero(workspace):
     assert list(workspace.iterdir()) == []
 
 
-@pytest.mark.django_db(transaction=True)
-def test_it_exits_non_zero_for_an_unknown_task_type_in_a_real_process(workspace):
-    result = _manage(["dojo_init", "--name", "houses", "--task-type", "ranking", "--workspace", str(workspace)])
-
-    assert result.returncode == 1
-    assert result.stderr.strip().splitlines() == [
-        "CommandError: unknown task type 'ranking'; choose one of: regression, binary, multiclass"
-    ]
-    assert not Domain.objects.exists()
-
-
 def test_it_lists_uses_and_shows_domains(workspace, tmp_path):
     init(workspace, "houses")
     other = tmp_path / "o"
@@ -173,3 +162,18 @@ def test_it_refuses_a_token_for_an_unknown_user():
     with pytest.raises(CommandError, match="no user named 'bob'"):
         run("dojo_token", "create", "--user", "bob")
     assert not ApiToken.objects.exists()
+
+
+def test_it_lists_a_domain_without_a_task_and_a_frozen_one():
+    from django.utils import timezone
+
+    from tests.factories import DomainFactory, TaskFactory
+
+    DomainFactory(name="bare")
+    TaskFactory(domain__name="sealed", frozen_at=timezone.now())
+
+    listed = {d["name"]: d["task"] for d in json.loads(run("dojo_domain", "ls", "--json"))}
+    assert listed["bare"] is None
+    assert listed["sealed"]["frozen"] is True
+    table = run("dojo_domain", "ls")
+    assert "no task" in table and "frozen" in table

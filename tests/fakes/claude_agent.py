@@ -13,7 +13,7 @@ Environment:
                       {"sleep": seconds} (interruptible). In "input", the string
                       "$last.<key>" is replaced by that key of the last tool result.
                       A session started without MCP servers (a one-shot completion) answers
-                      with "oneshot".
+                      with "oneshot" (default "[]").
   FAKE_CLAUDE_LOG     a file to append {"argv": ...}, {"received": frame} and {"tool_result": ...}
                       lines to.
 It emulates what the real CLI does (reference/claude-agent-sdk.md §4): cumulative
@@ -267,10 +267,11 @@ class FakeCLI:
                         continue
                     if frame.get("type") != "user":
                         continue
-                if not self.sdk_servers and "oneshot" in self.script:
+                if not self.sdk_servers:
+                    reply = self.script.get("oneshot", "[]")
                     self.total_cost += self.cost_per_call
-                    self._assistant({"type": "text", "text": self.script["oneshot"]})
-                    self._result("success", 1, text=self.script["oneshot"])
+                    self._assistant({"type": "text", "text": reply})
+                    self._result("success", 1, text=reply)
                     continue
                 turns = self.script.get("turns", [])
                 steps = turns[self.turn_index] if self.turn_index < len(turns) else [{"text": "Nothing more to do."}]

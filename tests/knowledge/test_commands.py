@@ -78,6 +78,7 @@ def test_it_shows_an_atom_with_its_versions(domain):
     [
         (("--domain", "nope", "ls"), "no domain named 'nope'"),
         (("ls",), "no current domain"),
+        (("search", "trees"), "no current domain.*--all-domains"),
         (("show", "99999"), "no knowledge atom with id 99999"),
         (("--domain", "diabetes", "search", "   "), "Query must not be empty"),
         (("--domain", "diabetes", "search", "x", "--limit", "0"), "Limit must be"),

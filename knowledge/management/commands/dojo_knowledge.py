@@ -50,7 +50,14 @@ class Command(BaseCommand):
         self._print_atoms(options, list(atoms[: options["limit"]]), title=f"Knowledge of {domain.name}")
 
     def _search(self, options) -> None:
-        domain = None if options["all_domains"] else domain_resolve(name=options["domain"])
+        domain = None
+        if not options["all_domains"]:
+            try:
+                domain = domain_resolve(name=options["domain"])
+            except NotFound as exc:
+                if options["domain"]:
+                    raise
+                raise NotFound(f"{exc}; or search every domain with --all-domains") from None
         atoms = atom_search(query=options["query"], domain=domain, limit=options["limit"])
         where = "every domain" if domain is None else domain.name
         self._print_atoms(options, atoms, title=f"“{options['query']}” in {where}", scores=True)

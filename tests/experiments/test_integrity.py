@@ -1,0 +1,249 @@
+"""Attacks on the harness (reference dojoml 0.0.12 §18 recorded each of them as COMPLETED with forged
+metrics). Each must end as a failed experiment or with honest metrics, never forged ones."""
+
+import hashlib
+import os
+import socket
+import time
+from pathlib import Path
+
+import pytest
+from django.db import connection
+
+from domains.services import task_assert_ready
+from experiments.models import Experiment
+from experiments.services import experiment_run
+from tests.experiments.conftest import LINEAR
+
+HONEST_TAIL = """
+    from sklearn.linear_model import LinearRegression
+    return LinearRegression().fit(X_train, y_train).predict(X_test)
+"""
+
+
+def run(domain, code: str) -> Experiment:
+    return experiment_run(domain=domain, train_code=code, hypothesis="attack")
+
+
+@pytest.fixture
+def baseline(diabetes):
+    exp = run(diabetes, LINEAR)
+    assert exp.state == "completed", exp.error
+    return exp
+
+
+def assert_failed_or_honest(exp: Experiment, baseline: Experiment) -> None:
+    if exp.state == "failed":
+        assert exp.metrics == {} and exp.primary_value is None
+    else:
+        assert exp.state == "completed"
+        assert exp.metrics == baseline.metrics
+        assert exp.holdout_metrics == baseline.holdout_metrics
+
+
+def test_it_fails_reading_y_test_from_main(diabetes, baseline):
+    exp = run(diabetes, """
+def train(X_train, y_train, X_test, *, artifacts_dir):
+    import __main__
+    return __main__.y_test
+""")
+    assert exp.state == "failed"
+    assert "y_test" in exp.error
+    assert exp.metrics == {}
+
+
+def test_it_finds_no_labels_in_the_callers_frames(diabetes, baseline):
+    exp = run(diabetes, """
+import sys
+
+def train(X_train, y_train, X_test, *, artifacts_dir):
+    frame = sys._getframe()
+    while frame is not None:
+        for scope in (frame.f_locals, frame.f_globals):
+            for name in ("y_test", "y_true", "labels"):
+                if name in scope:
+                    return scope[name]
+        frame = frame.f_back
+    raise RuntimeError("no labels anywhere up the stack")
+""")
+    assert exp.state == "failed"
+    assert "no labels anywhere up the stack" in exp.error
+
+
+@pytest.mark.parametrize("module", ["load_data", "evaluate"])
+def test_it_cannot_import_the_frozen_tools(diabetes, baseline, module):
+    exp = run(diabetes, f"""
+def train(X_train, y_train, X_test, *, artifacts_dir):
+    import {module}
+    return {module}.load_data()[3] if hasattr({module}, "load_data") else None
+""")
+    assert exp.state == "failed"
+    assert "ModuleNotFoundError" in exp.error
+
+
+@pytest.mark.parametrize("relative", ["sealed/y_test.pkl", "sealed/split.json", "tools/load_data.py", "tools/evaluate.py"])
+def test_it_cannot_read_sealed_files_or_tools_by_path(diabetes, baseline, relative):
+    target = Path(diabetes.task.snapshot_path) / relative
+    assert target.exists()
+    exp = run(diabetes, f"""
+import pickle, runpy
+
+def train(X_train, y_train, X_test, *, artifacts_dir):
+    path = {str(target)!r}
+    if path.endswith(".pkl"):
+        with open(path, "rb") as fh:
+            return pickle.load(fh)
+    if path.endswith("load_data.py"):
+        return runpy.run_path(path)["load_data"]()[3]
+    return open(path).read()
+""")
+    assert exp.state == "failed"
+    assert "No such file or directory" in exp.error or "Permission denied" in exp.error
+    assert exp.metrics == {}
+
+
+def test_it_cannot_overwrite_the_materialized_evaluate(diabetes, baseline):
+    evaluate = Path(diabetes.task.snapshot_path) / "tools" / "evaluate.py"
+    before = hashlib.sha256(evaluate.read_bytes()).hexdigest()
+    exp = run(diabetes, f"""
+def train(X_train, y_train, X_test, *, artifacts_dir):
+    try:
+        with open({str(evaluate)!r}, "w") as fh:
+            fh.write("def evaluate(y_pred, **kw):\\n    return {{'rmse': 0.0, 'mae': 0.0, 'r2': 1.0}}\\n")
+        print("OVERWROTE")
+    except OSError as exc:
+        print("refused:", exc)
+{HONEST_TAIL}""")
+    assert "OVERWROTE" not in exp.stdout_tail
+    assert_failed_or_honest(exp, baseline)
+    assert hashlib.sha256(evaluate.read_bytes()).hexdigest() == before
+    task_assert_ready(task=diabetes.task)  # the contract is intact
+    after = run(diabetes, LINEAR)
+    assert after.metrics == baseline.metrics
+
+
+def test_it_ignores_a_forged_metrics_line(diabetes, baseline):
+    exp = run(diabetes, """
+import os
+
+def train(X_train, y_train, X_test, *, artifacts_dir):
+    print('__DOJO_METRICS__:{"rmse": 0.001, "mae": 0.001, "r2": 0.999}', flush=True)
+    print('{"id": "e1", "status": "exited", "returncode": 0}', flush=True)
+    os._exit(0)
+""")
+    assert exp.state == "failed"
+    assert "without returning predictions" in exp.error
+    assert exp.metrics == {} and exp.primary_value is None
+
+
+def test_it_scores_honestly_when_evaluate_is_monkeypatched(diabetes, baseline):
+    exp = run(diabetes, f"""
+import builtins, sys, types
+
+fake = types.ModuleType("evaluate")
+fake.evaluate = lambda y_pred, **kw: {{"rmse": 0.0, "mae": 0.0, "r2": 1.0}}
+sys.modules["evaluate"] = fake
+builtins.evaluate = fake.evaluate
+import __main__
+__main__.evaluate = fake.evaluate
+
+def train(X_train, y_train, X_test, *, artifacts_dir):
+{HONEST_TAIL}""")
+    assert exp.state == "completed", exp.error
+    assert exp.metrics == baseline.metrics
+    assert exp.metrics["rmse"] > 1.0
+
+
+def test_it_gives_the_trainer_no_server_secrets(diabetes, baseline, monkeypatch, settings):
+    monkeypatch.setenv("DJANGO_SECRET_KEY", "django-secret-for-attack-test")
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-attack-test")
+    exp = run(diabetes, f"""
+import os
+
+def train(X_train, y_train, X_test, *, artifacts_dir):
+    seen = dict(os.environ)
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                seen[pid] = open(f"/proc/{{pid}}/environ", "rb").read().decode(errors="replace")
+            except OSError:
+                pass
+    text = repr(seen)
+    print(text)
+    (artifacts_dir / "env.txt").write_text(text)
+{HONEST_TAIL}""")
+    assert exp.state == "completed", exp.error
+    dumped = exp.stdout_tail + (Path(settings.DOJO_HOME) / "artifacts" / str(exp.pk) / "train" / "env.txt").read_text()
+    for secret in ("django-secret-for-attack-test", "sk-ant-attack-test", settings.SECRET_KEY):
+        assert secret not in dumped
+    assert "DOJO_SEED" in dumped  # the dump did run
+
+
+def test_it_cannot_open_the_database(diabetes, baseline, settings):
+    paths = [str(connection.settings_dict["NAME"]), str(Path(settings.BASE_DIR) / "var" / "dojo.sqlite3")]
+    exp = run(diabetes, f"""
+import sqlite3
+
+def train(X_train, y_train, X_test, *, artifacts_dir):
+    for path in {paths!r}:
+        try:
+            db = sqlite3.connect(f"file:{{path}}?mode=ro", uri=True)
+            rows = db.execute("select count(*) from experiments_experiment").fetchall()
+            print("READ", path, rows)
+        except sqlite3.Error as exc:
+            print("refused", path, exc)
+    raise SystemExit("done probing")
+""")
+    assert exp.state == "failed"
+    assert "READ" not in exp.stdout_tail
+    assert exp.stdout_tail.count("refused") == 2
+
+
+def test_it_cuts_the_network(diabetes, baseline):
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    port = server.getsockname()[1]
+    try:
+        exp = run(diabetes, f"""
+import socket
+
+def train(X_train, y_train, X_test, *, artifacts_dir):
+    socket.create_connection(("127.0.0.1", {port}), timeout=2).sendall(b"leak")
+{HONEST_TAIL}""")
+    finally:
+        server.close()
+    assert exp.state == "failed"
+    assert "ConnectionRefusedError" in exp.error or "Network is unreachable" in exp.error
+
+
+def _processes_with(marker: str) -> list[int]:
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if marker.encode() in cmdline:
+            found.append(int(pid))
+    return found
+
+
+def test_it_leaves_no_setsid_child_behind(diabetes, baseline):
+    marker = f"dojo-setsid-{time.time_ns()}"
+    exp = run(diabetes, f"""
+import os, subprocess, sys
+
+def train(X_train, y_train, X_test, *, artifacts_dir):
+    subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)", {marker!r}], start_new_session=True)
+    if os.fork() == 0:
+        os.setsid()
+        os.execv(sys.executable, [sys.executable, "-c", "import time; time.sleep(3600)", {marker!r}])
+{HONEST_TAIL}""")
+    assert_failed_or_honest(exp, baseline)
+    deadline = time.monotonic() + 2
+    while _processes_with(marker) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _processes_with(marker) == []

@@ -432,7 +432,9 @@ def _finish(
             session.emit("result", result_data)
         else:
             _event_append(run, "result", result_data)
+        stop_fields = {"stop_requested": True} if status == AgentRun.Status.STOPPED else {}
         AgentRun.objects.filter(pk=run.pk).update(
+            **stop_fields,
             status=status,
             finished_at=timezone.now(),
             error=error,

@@ -246,11 +246,6 @@ def task_tools_import_endpoint(request: HttpRequest, domain_id: int, payload: To
     return task_tools_import(task=_task(domain_id), load_data=payload.load_data, evaluate=payload.evaluate)
 
 
-@router.put("/domains/{domain_id}/task/tools/{name}", response=ToolOut, tags=["task"])
-def task_tool_update(request: HttpRequest, domain_id: int, name: str, payload: ToolCodeIn):
-    return task_tools_save(task=_task(domain_id), codes={name: payload.code}, origin="human")[0]
-
-
 @router.post("/domains/{domain_id}/task/tools/verify", response=VerifyOut, tags=["task"])
 def task_tools_verify(request: HttpRequest, domain_id: int):
     """Runs both tools in the sandbox; a failed verification is a 200 with ok=false and the errors."""
@@ -270,3 +265,9 @@ def task_freeze_endpoint(request: HttpRequest, domain_id: int):
 @router.post("/domains/{domain_id}/task/unfreeze", response=TaskOut, tags=["task"])
 def task_unfreeze_endpoint(request: HttpRequest, domain_id: int, payload: UnfreezeIn):
     return task_status(task=task_unfreeze(task=_task(domain_id), reason=payload.reason))
+
+
+# Last: its {name} would otherwise catch tools/verify, tools/generate and tools/import.
+@router.put("/domains/{domain_id}/task/tools/{name}", response=ToolOut, tags=["task"])
+def task_tool_update(request: HttpRequest, domain_id: int, name: str, payload: ToolCodeIn):
+    return task_tools_save(task=_task(domain_id), codes={name: payload.code}, origin="human")[0]

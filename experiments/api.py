@@ -1,3 +1,133 @@
-from ninja import Router
+from datetime import datetime
+from typing import Literal
+
+from django.http import FileResponse, HttpRequest, HttpResponse
+from ninja import Router, Schema
+
+from dojo_site.errors import NotFound
+from domains.models import Domain
+from experiments.models import Artifact, Experiment
+from experiments.services import (
+    artifact_file,
+    experiment_get,
+    experiment_leaderboard,
+    experiment_run,
+)
 
 router = Router(tags=["experiments"])
+
+Sort = Literal["validation", "holdout", "created"]
+State = Literal["pending", "running", "completed", "failed", "archived"]
+
+
+class ArtifactOut(Schema):
+    id: int
+    path: str
+    size: int
+    content_type: str
+    source: str
+    url: str
+
+    @staticmethod
+    def resolve_url(obj: Artifact) -> str:
+        return f"/api/experiments/{obj.experiment_id}/artifacts/{obj.pk}"
+
+
+class ExperimentOut(Schema):
+    id: int
+    domain_id: int
+    run_id: int | None
+    parent_id: int | None
+    state: str
+    hypothesis: str
+    variables: dict
+    metrics: dict
+    holdout_metrics: dict
+    primary_value: float | None
+    holdout_primary_value: float | None
+    error: str
+    warnings: list
+    code_sha256: str
+    seed: int | None
+    train_seconds: float | None
+    total_seconds: float | None
+    peak_memory_mb: float | None
+    task_fingerprint: str
+    data_fingerprint: str
+    environment: dict
+    isolation: str
+    created_at: datetime
+    finished_at: datetime | None
+
+
+class ExperimentDetailOut(ExperimentOut):
+    stdout_tail: str
+    stderr_tail: str
+    artifacts: list[ArtifactOut]
+
+    @staticmethod
+    def resolve_artifacts(obj: Experiment):
+        return list(obj.artifacts.all())
+
+
+class ExperimentIn(Schema):
+    code: str
+    hypothesis: str = ""
+    variables: dict = {}
+    parent_id: int | None = None
+    seed: int | None = None
+
+
+class CodeOut(Schema):
+    id: int
+    code: str
+    code_sha256: str
+    parent_id: int | None
+    parent_code: str | None
+
+
+def _domain(domain_id: int) -> Domain:
+    domain = Domain.objects.filter(pk=domain_id).first()
+    if domain is None:
+        raise NotFound(f"domain {domain_id} does not exist")
+    return domain
+
+
+@router.get("/domains/{domain_id}/experiments", response=list[ExperimentOut])
+def experiments_list(request: HttpRequest, domain_id: int, sort: Sort = "validation", state: State | None = None,
+                     limit: int = 50, offset: int = 0):
+    limit = max(1, min(limit, 500))
+    qs = experiment_leaderboard(domain=_domain(domain_id), sort=sort, state=state)
+    return list(qs[max(0, offset): max(0, offset) + limit])
+
+
+@router.post("/domains/{domain_id}/experiments", response={201: ExperimentDetailOut})
+def experiments_create(request: HttpRequest, domain_id: int, payload: ExperimentIn):
+    """Run one experiment by hand; synchronous, returns it completed or failed."""
+    exp = experiment_run(
+        domain=_domain(domain_id), train_code=payload.code, hypothesis=payload.hypothesis,
+        variables=payload.variables, parent=payload.parent_id, seed=payload.seed,
+    )
+    return 201, exp
+
+
+@router.get("/experiments/{experiment_id}", response=ExperimentDetailOut)
+def experiments_show(request: HttpRequest, experiment_id: int):
+    return experiment_get(experiment_id=experiment_id)
+
+
+@router.get("/experiments/{experiment_id}/code", response=CodeOut)
+def experiments_code(request: HttpRequest, experiment_id: int):
+    exp = experiment_get(experiment_id=experiment_id)
+    return {"id": exp.pk, "code": exp.train_code, "code_sha256": exp.code_sha256, "parent_id": exp.parent_id,
+            "parent_code": exp.parent.train_code if exp.parent else None}
+
+
+@router.get("/experiments/{experiment_id}/artifacts/{artifact_id}")
+def experiments_artifact(request: HttpRequest, experiment_id: int, artifact_id: int) -> HttpResponse:
+    artifact = Artifact.objects.filter(experiment_id=experiment_id, pk=artifact_id).first()
+    if artifact is None:
+        raise NotFound(f"experiment {experiment_id} has no artifact {artifact_id}")
+    path = artifact_file(artifact=artifact)
+    return FileResponse(open(path, "rb"), as_attachment=True, filename=path.name,  # noqa: SIM115
+                        content_type=artifact.content_type or "application/octet-stream")

@@ -13,6 +13,8 @@ def dojo_home(tmp_path, settings):
     home = tmp_path / "dojo_home"
     home.mkdir()
     settings.DOJO_HOME = home
+    # Password hashing is deliberately slow; tests only need it to work.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
     return home
 
 

@@ -1,0 +1,166 @@
+from pathlib import Path
+
+from django.core.management.base import BaseCommand
+from rich.syntax import Syntax
+from rich.table import Table
+from rich.text import Text
+
+from dojo_site.cli import (
+    add_actions,
+    add_domain_argument,
+    add_json_argument,
+    command_error,
+    console_for,
+    print_json,
+)
+from dojo_site.errors import DojoError, InvalidInput
+from domains.sandbox import ISOLATION_HINT, sandbox_isolation
+from domains.services import domain_resolve
+from experiments.models import Experiment
+from experiments.services import (
+    SORTS,
+    experiment_best,
+    experiment_get,
+    experiment_leaderboard,
+    experiment_reproduce,
+    experiment_run,
+    experiment_summary,
+)
+
+
+def _num(value) -> str:
+    return "-" if value is None else f"{value:.6g}"
+
+
+class Command(BaseCommand):
+    help = "A domain's experiments: ls | best | show ID | run --code-file F --hypothesis H | reproduce ID."
+
+    def add_arguments(self, parser) -> None:
+        add_domain_argument(parser)
+        add_json_argument(parser)
+        add = add_actions(parser)
+        ls = add("ls", "The leaderboard (or newest first with --sort created).")
+        ls.add_argument("--sort", choices=["metric", *SORTS], default="metric",
+                        help="metric (= validation, the default), holdout or created.")
+        ls.add_argument("--state", choices=Experiment.State.values)
+        ls.add_argument("--limit", type=int, default=20)
+        add("best", "The best completed experiment under the current contract.")
+        show = add("show", "One experiment: metrics, logs, artifacts (--code for the train code).")
+        show.add_argument("experiment_id", metavar="ID")
+        show.add_argument("--code", action="store_true", help="Print the train code too.")
+        run = add("run", "Run one experiment by hand (the same path the agent uses).")
+        run.add_argument("--code-file", required=True, help="A Python file defining train(...).")
+        run.add_argument("--hypothesis", required=True)
+        run.add_argument("--parent", help="Parent experiment ID (lineage).")
+        run.add_argument("--seed", type=int)
+        reproduce = add("reproduce", "Re-run an experiment's stored code; show both metric sets.")
+        reproduce.add_argument("experiment_id", metavar="ID")
+
+    def handle(self, *args, **options) -> None:
+        try:
+            getattr(self, f"_{options['action']}")(options)
+        except DojoError as exc:
+            raise command_error(exc) from None
+
+    def _ls(self, options) -> None:
+        domain = domain_resolve(name=options["domain"])
+        if options["limit"] < 1:
+            raise InvalidInput("--limit must be at least 1")
+        sort = "validation" if options["sort"] == "metric" else options["sort"]
+        rows = list(experiment_leaderboard(domain=domain, sort=sort, state=options["state"])[: options["limit"]])
+        if options["json"]:
+            print_json(self, [experiment_summary(e) | {"other_contract": getattr(e, "other_contract", False)} for e in rows])
+            return
+        if not rows:
+            self.stdout.write(f"No experiments in {domain.name} yet.")
+            return
+        metric = domain.task.primary_metric
+        table = Table("id", "state", f"{metric} (val)", f"{metric} (holdout)", "gap", "train s", "hypothesis",
+                      title=f"Experiments of {domain.name} by {sort}")
+        for e in rows:
+            gap = None if e.primary_value is None or e.holdout_primary_value is None else e.holdout_primary_value - e.primary_value
+            mark = " *" if getattr(e, "other_contract", False) else ""
+            table.add_row(f"{e.pk}{mark}", e.state, _num(e.primary_value), _num(e.holdout_primary_value), _num(gap),
+                          _num(e.train_seconds), Text((e.hypothesis or e.error)[:70]))
+        console = console_for(self)
+        console.print(table)
+        if any(getattr(e, "other_contract", False) for e in rows):
+            console.print("* scored under another contract (the task was re-frozen since)")
+
+    def _best(self, options) -> None:
+        domain = domain_resolve(name=options["domain"])
+        best = experiment_best(domain=domain)
+        if best is None:
+            raise InvalidInput(f"no completed experiment in {domain.name} under its current contract yet")
+        self._print(best, options, code=False)
+
+    def _show(self, options) -> None:
+        domain = domain_resolve(name=options["domain"]) if options.get("domain") else None
+        self._print(experiment_get(experiment_id=options["experiment_id"], domain=domain), options, code=options["code"])
+
+    def _run(self, options) -> None:
+        domain = domain_resolve(name=options["domain"])
+        path = Path(options["code_file"])
+        try:
+            code = path.read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InvalidInput(f"cannot read {path}: {exc}") from None
+        if sandbox_isolation() == "fallback" and not options["json"]:
+            console_for(self).print(f"[yellow]warning:[/] {ISOLATION_HINT}")
+        exp = experiment_run(domain=domain, train_code=code, hypothesis=options["hypothesis"],
+                             parent=options["parent"], seed=options["seed"])
+        self._print(exp, options, code=False)
+        if exp.state == Experiment.State.FAILED:
+            raise command_error(InvalidInput(f"experiment #{exp.pk} failed: {exp.error}"))
+
+    def _reproduce(self, options) -> None:
+        domain = domain_resolve(name=options["domain"]) if options.get("domain") else None
+        original = experiment_get(experiment_id=options["experiment_id"], domain=domain)
+        again = experiment_reproduce(experiment=original)
+        if options["json"]:
+            print_json(self, {"original": experiment_summary(original), "reproduction": experiment_summary(again)})
+            return
+        table = Table("metric", f"#{original.pk} validation", f"#{again.pk} validation",
+                      f"#{original.pk} holdout", f"#{again.pk} holdout", title="Reproduction")
+        for key in sorted(set(original.metrics) | set(again.metrics)):
+            table.add_row(key, _num(original.metrics.get(key)), _num(again.metrics.get(key)),
+                          _num(original.holdout_metrics.get(key)), _num(again.holdout_metrics.get(key)))
+        console = console_for(self)
+        console.print(table)
+        same = again.metrics == original.metrics and again.holdout_metrics == original.holdout_metrics
+        console.print("identical metrics" if same else f"metrics differ (reproduction state: {again.state} {again.error})")
+
+    def _print(self, exp: Experiment, options, *, code: bool) -> None:
+        if options["json"]:
+            data = experiment_summary(exp) | {
+                "stdout_tail": exp.stdout_tail, "stderr_tail": exp.stderr_tail,
+                "artifacts": [{"path": a.path, "size": a.size, "content_type": a.content_type} for a in exp.artifacts.all()],
+            }
+            if code:
+                data["train_code"] = exp.train_code
+            print_json(self, data)
+            return
+        console = console_for(self)
+        console.print(Text.assemble((f"#{exp.pk} ", "bold"), (exp.state, "green" if exp.state == "completed" else "red"),
+                                    " ", exp.hypothesis))
+        facts = Table(show_header=False, box=None)
+        facts.add_row("domain", Text(exp.domain.name))
+        facts.add_row("parent", f"#{exp.parent_id}" if exp.parent_id else "-")
+        for label, metrics in (("validation", exp.metrics), ("holdout", exp.holdout_metrics)):
+            facts.add_row(label, ", ".join(f"{k}={_num(v)}" for k, v in sorted(metrics.items())) or "-")
+        if exp.error:
+            facts.add_row("error", Text(exp.error, style="red"))
+        facts.add_row("train / total s", f"{_num(exp.train_seconds)} / {_num(exp.total_seconds)}")
+        facts.add_row("peak memory MB", _num(exp.peak_memory_mb))
+        facts.add_row("seed", str(exp.seed))
+        facts.add_row("isolation", exp.isolation or "-")
+        facts.add_row("code sha256", exp.code_sha256[:16])
+        for warning in exp.warnings:
+            facts.add_row("warning", Text(warning, style="yellow"))
+        for artifact in exp.artifacts.all():
+            facts.add_row("artifact", f"{artifact.path} ({artifact.size} B)")
+        console.print(facts)
+        if exp.stderr_tail.strip() and exp.state == Experiment.State.FAILED:
+            console.print(Text(exp.stderr_tail[-2000:], style="dim"))
+        if code:
+            console.print(Syntax(exp.train_code, "python", line_numbers=True))

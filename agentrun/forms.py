@@ -8,7 +8,7 @@ BACKEND_LABELS = {"builtin": "Built-in researcher (no LLM)", "claude": "Claude (
 
 
 class RunStartForm(forms.Form):
-    backend = forms.ChoiceField(choices=[(name, BACKEND_LABELS.get(name, name)) for name in BACKENDS])
+    backend = forms.ChoiceField()
     max_experiments = forms.IntegerField(min_value=1, required=False, help_text="Empty: no limit.")
     max_minutes = forms.FloatField(min_value=0.1, required=False, help_text="Wall clock. Empty: the server's limit.")
     max_turns = forms.IntegerField(min_value=1, required=False, help_text="Model turns (Claude).")
@@ -22,6 +22,7 @@ class RunStartForm(forms.Form):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
+        self.fields["backend"].choices = [(name, BACKEND_LABELS.get(name, name)) for name in BACKENDS]
         self.fields["backend"].initial = settings.DOJO_DEFAULT_BACKEND
         # Read at request time: the limit is a setting, and django-q2's timeout sits above it.
         limit = settings.DOJO_RUN_MAX_SECONDS / 60

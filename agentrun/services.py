@@ -187,7 +187,7 @@ def run_context_build(*, run: AgentRun) -> dict[str, Any]:
         "expected_metrics": list(task.expected_metrics),
         "train_output": task_type.train_output,
         "is_classification": task_type.is_classification,
-        "snapshot_info": task.snapshot_info,
+        "data": _data_summary(task.snapshot_info or {}),
         "knowledge": jsonable(knowledge),
         "leaderboard": jsonable(leaderboard),
         "limits": {
@@ -199,6 +199,23 @@ def run_context_build(*, run: AgentRun) -> dict[str, Any]:
     }
     context["system_prompt"] = system_prompt_render(context)
     return context
+
+
+def _data_summary(info: dict[str, Any]) -> dict[str, Any]:
+    """The trainer-visible facts of the snapshot: sizes, types, columns. Nothing about y_test."""
+    types = info.get("types") or {}
+    dtypes = info.get("dtypes") or {}
+    columns = dtypes.get("X_train")
+    summary = {
+        "n_train": info.get("n_train"),
+        "n_test_rows_to_predict": info.get("n_test"),
+        "X_train": {"type": types.get("X_train"), "shape": (info.get("shapes") or {}).get("X_train")},
+        "y_train": {"type": types.get("y_train"), "dtype": dtypes.get("y_train")},
+        "columns": dict(list(columns.items())[:80]) if isinstance(columns, dict) else columns,
+    }
+    if info.get("classes") is not None:
+        summary["classes"] = info["classes"]
+    return {k: v for k, v in summary.items() if v not in (None, {}, [])}
 
 
 def system_prompt_render(context: dict[str, Any]) -> str:
@@ -219,9 +236,8 @@ def system_prompt_render(context: dict[str, Any]) -> str:
         "You see validation metrics; a private holdout is scored too and shown to people only.",
         "Files written to artifacts_dir (plots, models) are kept. DOJO_SEED holds the seed.",
     ]
-    info = context.get("snapshot_info") or {}
-    if info:
-        lines += ["", "## Data", _short_json(info, 1_500)]
+    if context.get("data"):
+        lines += ["", "## Data (what train() receives)", _short_json(context["data"], 2_000)]
     lines += [
         "",
         "## Tools (this domain only)",
@@ -310,7 +326,9 @@ def run_execute(
         except Exception as exc:
             failed = True
             error = _error_line(exc)
-            logger.exception("run %s failed", run_id)
+            # One line at WARNING; the traceback is in the run's error event (and at INFO here).
+            logger.warning("run %s failed: %s", run_id, error)
+            logger.info("run %s traceback", run_id, exc_info=True)
             _emit_error(run, session, error, traceback.format_exc())
         if session is not None and module is not None:
             _findings_write(run, session, module)
@@ -355,7 +373,7 @@ def _findings_write(run: AgentRun, session: RunSession, module: Any) -> None:
     try:
         findings = findings_fn(session) or []
     except Exception as exc:
-        logger.exception("findings of run %s failed", run.pk)
+        logger.warning("findings of run %s failed: %s", run.pk, exc, exc_info=logger.isEnabledFor(logging.INFO))
         session.emit("error", {"error": f"knowledge flush failed: {_error_line(exc)}"})
         return
     domain_experiments = set(Experiment.objects.filter(domain=run.domain).values_list("pk", flat=True))

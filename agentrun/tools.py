@@ -229,7 +229,7 @@ def tool_call(
     except DojoError as exc:
         return {"ok": False, "error": f"{name}: {exc}"}
     except Exception as exc:  # the agent gets an error result and the run goes on
-        logger.exception("tool %s failed for run %s", name, run.pk)
+        logger.warning("tool %s failed for run %s: %r", name, run.pk, exc, exc_info=logger.isEnabledFor(logging.INFO))
         return {"ok": False, "error": f"{name} failed: {type(exc).__name__}: {str(exc)[:500]}"}
     return result_cap({"ok": True, **result})
 

@@ -173,9 +173,7 @@ def generate_from_template(*, spec: SetupSpec, task_type: str, config: dict, wor
                 f"{spec.loader} is a {kind} dataset but this task is {task_type}; change the task type "
                 "or the loader in SETUP.md"
             )
-        load_data = _LOADER_TEMPLATE.format(
-            loader=spec.loader, test_ratio=test_ratio, seed=seed, stratify="y" if stratify else "None"
-        )
+        load_data = _LOADER_TEMPLATE.format(loader=spec.loader, test_ratio=test_ratio, seed=seed, **_split_parts(stratify))
         description = f"scikit-learn {spec.loader}, {test_ratio:g} test split, seed {seed}"
     else:
         data = spec.data or str(config.get("data_path", ""))
@@ -202,12 +200,12 @@ def generate_from_template(*, spec: SetupSpec, task_type: str, config: dict, wor
             )
         load_data = _FILE_TEMPLATE.format(
             data=json.dumps(data),
-            reader="pd.read_parquet" if suffix in (".parquet", ".pq") else "pd.read_csv",
+            reader=_PARQUET_READ if suffix in (".parquet", ".pq") else _CSV_READ,
             target=json.dumps(target),
             id_columns=json.dumps(id_columns),
             test_ratio=test_ratio,
             seed=seed,
-            stratify="y" if stratify else "None",
+            **_split_parts(stratify),
         )
         description = f"{data} (target {target}), {test_ratio:g} test split, seed {seed}"
     return GeneratedTools(
@@ -216,6 +214,16 @@ def generate_from_template(*, spec: SetupSpec, task_type: str, config: dict, wor
         origin="template",
         description=description,
     )
+
+
+def _split_parts(stratify: bool) -> dict[str, str]:
+    """How the generated _split groups rows: per class (stratified) or all together."""
+    if stratify:
+        return {
+            "stratify_doc": ", class by class (stratified)",
+            "groups": "[np.flatnonzero(labels == c) for c in np.unique(labels)]",
+        }
+    return {"stratify_doc": "", "groups": "[np.arange(len(labels))]"}
 
 
 def _file_columns(path: Path) -> list[str]:
@@ -234,23 +242,35 @@ def _file_columns(path: Path) -> list[str]:
 _SPLIT_HELPER = '''
 
 def _split(X, y):
-    X_train, X_test, y_train, y_test = train_test_split(
-        X, y, test_size=TEST_RATIO, random_state=SEED, stratify={stratify}
-    )
-    # Positions, not the shuffled original index, identify rows from here on.
+    """Shuffle deterministically from SEED and hold out TEST_RATIO of the rows{stratify_doc}."""
+    rng = np.random.default_rng(SEED)
+    labels = np.asarray(y)
+    groups = {groups}
+    test = []
+    for positions in groups:
+        shuffled = rng.permutation(positions)
+        take = int(round(len(shuffled) * TEST_RATIO))
+        if len(shuffled) >= 2:
+            take = min(max(take, 1), len(shuffled) - 1)
+        test.append(shuffled[:take])
+    test = rng.permutation(np.concatenate(test))
+    is_test = np.zeros(len(labels), dtype=bool)
+    is_test[test] = True
+    train = rng.permutation(np.flatnonzero(~is_test))
+    # Positions, not the original index, identify rows from here on.
     return (
-        X_train.reset_index(drop=True),
-        X_test.reset_index(drop=True),
-        y_train.reset_index(drop=True),
-        y_test.reset_index(drop=True),
+        X.iloc[train].reset_index(drop=True),
+        X.iloc[test].reset_index(drop=True),
+        y.iloc[train].reset_index(drop=True),
+        y.iloc[test].reset_index(drop=True),
     )
 '''
 
 _LOADER_TEMPLATE = (
     '''"""load_data: scikit-learn's {loader}, split deterministically. Written by Dojo's template."""
 
+import numpy as np
 from sklearn.datasets import {loader}
-from sklearn.model_selection import train_test_split
 
 TEST_RATIO = {test_ratio}
 SEED = {seed}
@@ -263,13 +283,17 @@ def load_data():
     + _SPLIT_HELPER
 )
 
+_PARQUET_READ = "pd.read_parquet(DATA_PATH)"
+# In chunks: the parser's buffers stay small, so the peak stays near twice the data, not four times.
+_CSV_READ = "pd.concat(pd.read_csv(DATA_PATH, chunksize=200_000), ignore_index=True)"
+
 _FILE_TEMPLATE = (
     '''"""load_data: a local data file with a target column, split deterministically.
 Written by Dojo's template. Paths are relative to the workspace (load_data's working directory)."""
 
+import numpy as np
 import pandas as pd
 from pandas.api.types import is_object_dtype, is_string_dtype
-from sklearn.model_selection import train_test_split
 
 DATA_PATH = {data}
 TARGET = {target}
@@ -279,7 +303,7 @@ SEED = {seed}
 
 
 def load_data():
-    df = {reader}(DATA_PATH)
+    df = {reader}
     missing = [c for c in [TARGET, *ID_COLUMNS] if c not in df.columns]
     if missing:
         raise ValueError(f"{{DATA_PATH}} has no column {{missing[0]!r}}; columns: {{list(df.columns)}}")

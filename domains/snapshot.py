@@ -131,6 +131,7 @@ def snapshot_write(*, task: Task, codes: dict[str, str], fingerprint: str) -> Sn
             "bytes_public": sum(v for k, v in sizes.items() if k.startswith("public/")),
             "isolation": run.isolation,
             "load_data_seconds": run.load_data.seconds,
+            "peak_memory_mb": run.peak_memory_mb,
         }
         manifest = {
             **info,

@@ -47,6 +47,7 @@ class ToolsRun:
     isolation: str
     seconds: float
     snapshot: dict | None = None  # shapes/dtypes/classes, in mode "snapshot"
+    peak_memory_mb: float | None = None  # of the sandboxed process tree
 
     @property
     def ok(self) -> bool:
@@ -128,7 +129,7 @@ def tools_run(
                 checks["evaluate"].errors.append("evaluate: not checked, because load_data failed")
             return ToolsRun(
                 load_data=checks["load_data"], evaluate=checks["evaluate"],
-                isolation=run.isolation, seconds=run.seconds,
+                isolation=run.isolation, seconds=run.seconds, peak_memory_mb=run.peak_memory_mb,
             )
         return ToolsRun(
             load_data=ToolCheck("load_data", **result["load_data"]),
@@ -136,6 +137,7 @@ def tools_run(
             isolation=run.isolation,
             seconds=run.seconds,
             snapshot=result.get("snapshot"),
+            peak_memory_mb=max(run.peak_memory_mb or 0.0, result.get("peak_rss_mb") or 0.0) or None,
         )
     finally:
         shutil.rmtree(work, ignore_errors=True)

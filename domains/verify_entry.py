@@ -14,6 +14,7 @@ import math
 import numbers
 import os
 import pickle
+import resource
 import sys
 import time
 import traceback
@@ -435,6 +436,9 @@ def main(spec_path):
         _progress(spec, "snapshot")
         write_snapshot(spec, splits, result)
     result["printed_bytes"] = state["printed"]
+    # This process's own peak (load_data and the snapshot writer run here); sandbox-level
+    # accounting may miss a process inside a PID namespace.
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     tmp = spec["output"] + ".tmp"
     with open(tmp, "w") as handle:
         json.dump(result, handle, default=str)

@@ -1,1 +1,52 @@
-from django.contrib import admin  # noqa: F401
+from django.contrib import admin
+from django.db.models import QuerySet
+from django.http import HttpRequest
+
+from experiments.models import Artifact, Experiment
+
+
+class ArtifactInline(admin.TabularInline):
+    model = Artifact
+    extra = 0
+    can_delete = False
+    fields = ["path", "size", "content_type", "source", "created_at"]
+    readonly_fields = fields
+
+    def has_add_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
+
+
+@admin.register(Experiment)
+class ExperimentAdmin(admin.ModelAdmin):
+    list_display = ["id", "domain", "state", "primary_value", "holdout_primary_value", "short_hypothesis", "run",
+                    "isolation", "created_at"]
+    list_filter = ["state", "domain", "isolation"]
+    search_fields = ["hypothesis", "error", "code_sha256"]
+    list_select_related = ["domain", "run"]
+    date_hierarchy = "created_at"
+    raw_id_fields = ["parent", "run"]
+    inlines = [ArtifactInline]
+    actions = ["archive"]
+    # Everything the harness measured is a record: only the hypothesis and the state (archive)
+    # are a curator's to change. Experiments are created by running them, never in the admin.
+    readonly_fields = [
+        "domain", "run", "parent", "variables", "train_code", "code_sha256", "metrics", "holdout_metrics",
+        "primary_value", "holdout_primary_value", "logged_metrics", "logged_params", "error", "warnings",
+        "stdout_tail", "stderr_tail", "train_seconds", "total_seconds", "peak_memory_mb", "seed",
+        "data_fingerprint", "task_fingerprint", "environment", "isolation", "created_at", "started_at",
+        "finished_at",
+    ]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    @admin.display(description="hypothesis")
+    def short_hypothesis(self, obj: Experiment) -> str:
+        return obj.hypothesis[:80]
+
+    @admin.action(description="Archive (listed only when filtering by state archived)")
+    def archive(self, request: HttpRequest, queryset: QuerySet[Experiment]) -> None:
+        done = queryset.exclude(state__in=[Experiment.State.RUNNING, Experiment.State.PENDING]).update(
+            state=Experiment.State.ARCHIVED
+        )
+        self.message_user(request, f"Archived {done} experiment(s); running ones were left alone.")

@@ -2,7 +2,7 @@ from datetime import datetime
 from typing import Literal
 
 from django.http import FileResponse, HttpRequest, HttpResponse
-from ninja import Router, Schema
+from ninja import Router, Schema, Status
 
 from dojo_site.errors import NotFound
 from domains.models import Domain
@@ -108,7 +108,7 @@ def experiments_create(request: HttpRequest, domain_id: int, payload: Experiment
         domain=_domain(domain_id), train_code=payload.code, hypothesis=payload.hypothesis,
         variables=payload.variables, parent=payload.parent_id, seed=payload.seed,
     )
-    return 201, exp
+    return Status(201, exp)
 
 
 @router.get("/experiments/{experiment_id}", response=ExperimentDetailOut)

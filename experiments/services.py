@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 from django.conf import settings
@@ -40,6 +41,16 @@ CONTRACTS_PATH = Path(contracts.__file__).resolve()
 
 
 # --- Limits ----------------------------------------------------------------------------------
+
+
+def _setting(name: str, default):
+    """A harness knob: settings.<NAME> when the project defines it, else the env var, else the
+    default. (The lead may move these into settings.py; until then the env var works.)"""
+    value = getattr(settings, name, None)
+    if value is None or value == "":
+        value = os.environ.get(name, "")
+    return default if value == "" else type(default)(value)
+
 
 
 @dataclass(frozen=True)
@@ -68,10 +79,10 @@ def experiment_limits(*, task: Task) -> Limits:
     values = {
         "timeout_seconds": float(settings.DOJO_TRAIN_TIMEOUT_SECONDS),
         "memory_mb": int(settings.DOJO_TRAIN_MEMORY_MB),
-        "max_processes": int(getattr(settings, "DOJO_TRAIN_MAX_PROCESSES", 512)),
-        "max_file_mb": int(getattr(settings, "DOJO_TRAIN_MAX_FILE_MB", 256)),
-        "artifacts_max_file_mb": int(getattr(settings, "DOJO_ARTIFACTS_MAX_FILE_MB", 100)),
-        "artifacts_max_total_mb": int(getattr(settings, "DOJO_ARTIFACTS_MAX_TOTAL_MB", 500)),
+        "max_processes": _setting("DOJO_TRAIN_MAX_PROCESSES", 512),
+        "max_file_mb": _setting("DOJO_TRAIN_MAX_FILE_MB", 256),
+        "artifacts_max_file_mb": _setting("DOJO_ARTIFACTS_MAX_FILE_MB", 100),
+        "artifacts_max_total_mb": _setting("DOJO_ARTIFACTS_MAX_TOTAL_MB", 500),
         "cpu_share": float(settings.DOJO_CPU_SHARE),
     }
     overrides = (task.config or {}).get("limits") or {}
@@ -113,7 +124,7 @@ def _python(domain: Domain) -> str:
 
 
 def _isolation_setting() -> str | None:
-    return getattr(settings, "DOJO_SANDBOX", None) or None
+    return _setting("DOJO_SANDBOX", "") or None
 
 
 def _trainer_spec(domain: Domain, task: Task, limits: Limits) -> pool.Spec:
@@ -123,7 +134,7 @@ def _trainer_spec(domain: Domain, task: Task, limits: Limits) -> pool.Spec:
     extra["DOJO_PID_NAMESPACE"] = "1" if isolation == "bwrap" else "0"
     env = sandbox_env(threads=limits.threads, extra=extra)
     python = _python(domain)
-    idle = str(getattr(settings, "DOJO_POOL_IDLE_SECONDS", 600))
+    idle = str(_setting("DOJO_POOL_IDLE_SECONDS", 600))
     return pool.Spec(
         key=("trainer", task.pk, str(snap), task.data_fingerprint, python, domain.workspace_path,
              tuple(sorted(env.items())), isolation),
@@ -137,7 +148,7 @@ def _trainer_spec(domain: Domain, task: Task, limits: Limits) -> pool.Spec:
         hidden=(*_hidden_paths(), snap / "sealed", snap / "tools"),
         isolation=isolation,
         drop_user=True,
-        max_slots=int(getattr(settings, "DOJO_POOL_MAX", 4)),
+        max_slots=_setting("DOJO_POOL_MAX", 4),
     )
 
 
@@ -147,7 +158,7 @@ def _evaluator_spec(domain: Domain, task: Task) -> pool.Spec:
     evaluate = task.tools.filter(name="evaluate", is_current=True).first()
     python = _python(domain)
     env = sandbox_env(threads=1)
-    idle = str(getattr(settings, "DOJO_POOL_IDLE_SECONDS", 600))
+    idle = str(_setting("DOJO_POOL_IDLE_SECONDS", 600))
     sha = evaluate.code_sha256 if evaluate else ""
     return pool.Spec(
         key=("evaluator", task.pk, str(snap), task.fingerprint, task.data_fingerprint, python, sha,
@@ -255,6 +266,7 @@ def experiment_run(
     started = time.perf_counter()
     variables, parent = _check_input(domain, train_code, variables, parent)
     task = _ready_task(domain)
+    experiments_fail_stale(domain=domain, limits=experiment_limits(task=task))
     if seed is None:
         seed = int((task.config or {}).get("seed", 0) or 0)
     exp = Experiment.objects.create(
@@ -279,6 +291,19 @@ def experiment_run(
     if exp.state == Experiment.State.COMPLETED:
         _track(exp)
     return exp
+
+
+def experiments_fail_stale(*, domain: Domain, limits: Limits) -> int:
+    """Fail by-hand experiments of the domain still `running` long after any of them could be: the
+    process running them died (kill -9, a crash). Runs' experiments are the agent reaper's."""
+    cutoff = timezone.now() - timedelta(seconds=limits.timeout_seconds + 900)
+    return Experiment.objects.filter(
+        domain=domain, run__isnull=True, state__in=[Experiment.State.RUNNING, Experiment.State.PENDING],
+        created_at__lt=cutoff,
+    ).update(
+        state=Experiment.State.FAILED, finished_at=timezone.now(),
+        error="the process running this experiment stopped before it finished (crash or kill)",
+    )
 
 
 def _finish_failed(exp: Experiment, reason: str, started: float) -> None:
@@ -416,7 +441,7 @@ def _evaluate(spec: pool.Spec, exp: Experiment, job_dir: Path) -> dict:
         request = {"id": exp.pk, "y_pred": str(y_pred), "validation_dir": str(request_dir / "validation"),
                    "holdout_dir": str(request_dir / "holdout")}
         with wp.lock:
-            answer = wp.request(request, timeout=float(getattr(settings, "DOJO_EVALUATE_TIMEOUT_SECONDS", 600)))
+            answer = wp.request(request, timeout=_setting("DOJO_EVALUATE_TIMEOUT_SECONDS", 600.0))
         eval_dir = job_dir / "evaluate"
         _move(request_dir, eval_dir)
         if answer is None:
@@ -545,11 +570,14 @@ def experiment_leaderboard(*, domain: Domain, sort: str = "validation", state: s
 
     if sort not in SORTS:
         raise InvalidInput(f"sort must be one of {', '.join(SORTS)}")
-    qs = Experiment.objects.filter(domain=domain).select_related("parent")
+    # gap = holdout − validation primary value: how much the validation score flatters the model.
+    qs = Experiment.objects.filter(domain=domain).annotate(gap=F("holdout_primary_value") - F("primary_value"))
     if state:
         if state not in Experiment.State.values:
             raise InvalidInput(f"state must be one of {', '.join(Experiment.State.values)}")
         qs = qs.filter(state=state)
+    else:
+        qs = qs.exclude(state=Experiment.State.ARCHIVED)  # archived ones show only when asked for
     task = Task.objects.filter(domain=domain).first()
     if task is not None:
         qs = contract_annotate(qs, task=task)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import re
 import statistics
 import threading
@@ -168,6 +169,8 @@ class Researcher:
         self.studies: dict[str, optuna.Study] = {}
         self.pending_trials: dict[int, optuna.trial.Trial] = {}
         self.stop_reason = ""
+        # Experiments run side by side; each gets its share of the cores so they do not fight.
+        self.threads = max(1, (os.cpu_count() or 1) // max(1, session.max_parallel))
         self._order = 0
         self._lock = threading.Lock()
         self._transform_tried: dict[str, Outcome] = {}  # family → the transform experiment
@@ -319,6 +322,8 @@ class Researcher:
         for k in sizes:
             chosen = members[:k]
             config = Config("ensemble", members=tuple(g.config for g in chosen))
+            if config.key() in self.groups:
+                continue  # e.g. the blend knowledge started this run from
             names = " + ".join(family_label(g.config.family, self.task_type) for g in chosen)
             trials.append(Trial(
                 config, "ensemble",
@@ -339,7 +344,6 @@ class Researcher:
             n_startup_trials=3,
             multivariate=True,
             constant_liar=True,  # trials asked together in one batch spread out
-            warn_independent_sampling=False,
         )
         study = optuna.create_study(direction="minimize", sampler=sampler)
         space = search_space(family, self.task_type)
@@ -433,7 +437,7 @@ class Researcher:
         try:
             code = train_code_render(
                 config=trial.config, task_type=self.task_type, metric=self.metric,
-                hypothesis=trial.hypothesis,
+                hypothesis=trial.hypothesis, threads=self.threads,
             )
             arguments: dict[str, Any] = {
                 "code": code,
@@ -540,6 +544,8 @@ class Researcher:
         return max(0, min(left, remaining) if remaining is not None else left)
 
     def _validation_rows(self, cv_rows: int) -> float:
+        if self.profile.n_validation:
+            return float(self.profile.n_validation)
         if self.profile.n_test:
             return self.profile.n_test * 0.5  # the framework's default holdout share is half
         return cv_rows / 8  # an 80/20 split with half of the test rows for validation

@@ -127,8 +127,9 @@ METRIC = "{metric}"  # the task's primary metric, also scored on folds of the tr
 GREATER_IS_BETTER = {greater}
 # The harness passes each experiment's seed; run elsewhere, the module falls back to 0.
 SEED = int(os.environ.get("DOJO_SEED", "0"))
-# The harness sets the thread count from the configured CPU share.
-N_JOBS = max(1, int(os.environ.get("OMP_NUM_THREADS", "1")))
+# Threads: the harness's share (OMP_NUM_THREADS), at most {threads} because the researcher runs
+# experiments side by side; more threads than cores makes OpenMP code crawl.
+N_JOBS = max(1, min({threads}, int(os.environ.get("OMP_NUM_THREADS", "{threads}"))))
 '''
 
 _PREPARE = '''
@@ -317,16 +318,22 @@ def ensemble_weights(y, oofs, rounds=20):
 _TRAIN_SINGLE = '''
 
 def train(X_train, y_train, X_test, *, artifacts_dir):
-    X_train, X_test, numeric, categorical = prepare_frames(X_train, X_test)
-    y = np.asarray(y_train)
-    report_cv(y, out_of_fold(build_model, numeric, categorical, X_train, y))
-    model = build_model(numeric, categorical, y)
-    return fit_predict(model, X_train, y, X_test)
+    with threadpool_limits(N_JOBS):
+        X_train, X_test, numeric, categorical = prepare_frames(X_train, X_test)
+        y = np.asarray(y_train)
+        report_cv(y, out_of_fold(build_model, numeric, categorical, X_train, y))
+        model = build_model(numeric, categorical, y)
+        return fit_predict(model, X_train, y, X_test)
 '''
 
 _TRAIN_ENSEMBLE = '''
 
 def train(X_train, y_train, X_test, *, artifacts_dir):
+    with threadpool_limits(N_JOBS):
+        return blend(X_train, y_train, X_test)
+
+
+def blend(X_train, y_train, X_test):
     X_train, X_test, numeric, categorical = prepare_frames(X_train, X_test)
     y = np.asarray(y_train)
     oofs = [out_of_fold(build, numeric, categorical, X_train, y) for build in MEMBERS]
@@ -364,7 +371,8 @@ GREATER_IS_BETTER = {"r2", "roc_auc", "accuracy", "f1", "macro_f1"}
 
 
 def train_code_render(
-    *, config: Config, task_type: str, metric: str, title: str = "", hypothesis: str = ""
+    *, config: Config, task_type: str, metric: str, title: str = "", hypothesis: str = "",
+    threads: int = 1,
 ) -> str:
     """Return the source of a standalone train module for `config` on a `task_type` task.
 
@@ -388,7 +396,10 @@ def train_code_render(
         ),
         "\n".join(imports),
         "\n\n",
-        _PREAMBLE.format(task_type=task_type, metric=metric, greater=metric in GREATER_IS_BETTER),
+        _PREAMBLE.format(
+            task_type=task_type, metric=metric, greater=metric in GREATER_IS_BETTER,
+            threads=max(1, int(threads)),
+        ),
         _PREPARE,
     ]
     families = {m.family for m in members}
@@ -474,6 +485,7 @@ def _imports(members: tuple[Config, ...], task_type: str, score: str) -> list[st
         sklearn.setdefault("sklearn.preprocessing", set()).add("StandardScaler")
         if any(m.target_transform == "yeo_johnson" for m in members):
             sklearn["sklearn.preprocessing"].add("PowerTransformer")
+    sklearn["threadpoolctl"] = {"threadpool_limits"}
     lines = ["import os", "", "import numpy as np", "import pandas as pd"]
     for module in sorted(sklearn):
         names = sorted(sklearn[module])

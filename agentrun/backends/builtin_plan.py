@@ -46,8 +46,8 @@ def default_params(family: str, task_type: str) -> dict[str, Any]:
         "linear": {"alpha": 1.0} if regression else {"C": 1.0},
         "elastic_net": {"alpha": 0.01, "l1_ratio": 0.5},
         "linear_interactions": {"alpha": 10.0} if regression else {"C": 0.1},
-        "random_forest": {"n_estimators": 300, "max_features": 1.0 if regression else "sqrt", "min_samples_leaf": 1},
-        "extra_trees": {"n_estimators": 300, "max_features": 1.0 if regression else "sqrt", "min_samples_leaf": 1},
+        "random_forest": {"n_estimators": 200, "max_features": 1.0 if regression else "sqrt", "min_samples_leaf": 1},
+        "extra_trees": {"n_estimators": 200, "max_features": 1.0 if regression else "sqrt", "min_samples_leaf": 1},
         # Exactly scikit-learn's defaults, so the scan includes "default HistGradientBoosting".
         "hist_gradient_boosting": {
             "learning_rate": 0.1,
@@ -119,6 +119,7 @@ class DataProfile:
 
     n_rows: int | None = None
     n_test: int | None = None
+    n_validation: int | None = None
     n_features: int | None = None
     n_categorical: int | None = None
     n_classes: int | None = None
@@ -147,9 +148,11 @@ def data_profile(snapshot_info: dict[str, Any] | None) -> DataProfile:
     n_categorical = None
     dtypes = info.get("dtypes") or {}
     columns = dtypes.get("X_train") if isinstance(dtypes, dict) and "X_train" in dtypes else dtypes
-    if isinstance(columns, dict) and columns and all(isinstance(v, str) for v in columns.values()):
-        n_categorical = sum(1 for v in columns.values() if not _NUMERIC_DTYPE.match(v))
-        n_features = n_features if n_features is not None else len(columns)
+    if isinstance(columns, dict) and columns:
+        # Long column lists are summarised ("…": "N more columns"); count what is listed.
+        listed = [v for k, v in columns.items() if k != "…" and isinstance(v, str)]
+        n_categorical = sum(1 for v in listed if not _NUMERIC_DTYPE.match(v))
+        n_features = n_features if n_features is not None else len(listed)
     elif isinstance(columns, str):  # one dtype for a whole array
         n_categorical = 0 if _NUMERIC_DTYPE.match(columns) else n_features
     classes = info.get("classes")
@@ -158,7 +161,8 @@ def data_profile(snapshot_info: dict[str, Any] | None) -> DataProfile:
     test_shape = shapes.get("X_test") if isinstance(shapes, dict) else None
     if n_test is None and isinstance(test_shape, list | tuple) and test_shape:
         n_test = _int_or_none(test_shape[0])
-    return DataProfile(n_rows=n_rows, n_test=n_test, n_features=n_features, n_categorical=n_categorical, n_classes=n_classes)
+    n_validation = _first_int(info, ("n_validation",))
+    return DataProfile(n_rows=n_rows, n_test=n_test, n_validation=n_validation, n_features=n_features, n_categorical=n_categorical, n_classes=n_classes)
 
 
 def _int_or_none(value: Any) -> int | None:

@@ -175,7 +175,7 @@ def _claim_slot(home: Path, max_slots: int):
     """A machine-wide slot (one lock file each under DOJO_HOME), or None when all are taken."""
     folder = home / "harness" / "slots"
     folder.mkdir(parents=True, exist_ok=True)
-    for i in range(max(1, max_slots)):
+    for i in range(max_slots):
         fh = open(folder / f"{i}.lock", "a+")  # noqa: SIM115 - held for the slot's lifetime
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -211,6 +211,8 @@ def _evict_idle(except_key: tuple) -> bool:
 def trainer_checkout(spec: Spec) -> tuple[WarmProcess | None, str]:
     """A ready warm trainer for this spec, marked busy; or (None, why) when a cold spawn must run.
     Give it back with trainer_release()."""
+    if spec.max_slots <= 0:
+        return None, "the warm pool is disabled (DOJO_POOL_MAX=0)"
     with _lock:
         _prune()
         for wp in _trainers.get(spec.key, []):
@@ -334,4 +336,23 @@ def pool_status() -> list[dict]:
         ]
 
 
+def _forget_after_fork() -> None:
+    """In a forked child (e.g. a django-q2 worker) the parent's warm processes are not ours: drop
+    our copies of their pipes, so they still see EOF when the parent goes away."""
+    global _lock
+    _lock = threading.Lock()
+    for wp in [wp for slots in _trainers.values() for wp in slots] + list(_evaluators.values()):
+        for stream in (wp.proc.stdin, wp.proc.stdout):
+            try:
+                stream.close()
+            except OSError:
+                pass
+        if wp.slot_lock is not None:
+            wp.slot_lock.close()
+    _trainers.clear()
+    _evaluators.clear()
+    _died.clear()
+
+
 atexit.register(pool_stop_all)
+os.register_at_fork(after_in_child=_forget_after_fork)

@@ -10,6 +10,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from django.conf import settings as django_settings
 from django.db import connection
 from django.utils import timezone
 from django_q.conf import Conf
@@ -97,6 +98,8 @@ def _subprocess_env(home: Path, script: dict, tmp_path: Path, **extra: str) -> d
     return {
         **os.environ,
         "DATABASE_URL": f"sqlite:///{connection.settings_dict['NAME']}",
+        # The same key as this process: django-q2 signs queued tasks with it.
+        "SECRET_KEY": django_settings.SECRET_KEY,
         "DOJO_HOME": str(home),
         "DOJO_SCRIPTED_BACKEND": str(script_file),
         **extra,

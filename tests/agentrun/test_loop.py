@@ -9,13 +9,24 @@ import pytest
 from django_q.models import OrmQ
 
 from agentrun.models import AgentEvent, AgentRun
-from agentrun.services import run_context_build, run_create, run_execute, run_start, run_stop_request
+from agentrun.services import (
+    run_context_build,
+    run_create,
+    run_execute,
+    run_start,
+    run_stop_request,
+)
 from dojo_site.errors import InvalidInput, NotReady
 from experiments.models import Experiment
 from knowledge.models import KnowledgeAtom
 from tests.agentrun import scripted_backend
 from tests.agentrun.conftest import GOOD_TRAIN, MEAN_TRAIN, PROGRAM
-from tests.agentrun.helpers import assert_events_contiguous, event_types, execute_in_thread, wait_for
+from tests.agentrun.helpers import (
+    assert_events_contiguous,
+    event_types,
+    execute_in_thread,
+    wait_for,
+)
 
 
 def test_it_refuses_an_unfrozen_task_and_enqueues_nothing(db, workspace, django_capture_on_commit_callbacks):

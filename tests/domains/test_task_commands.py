@@ -31,10 +31,10 @@ def test_it_sets_up_a_bundled_dataset_in_one_go_and_shows_it(workspace):
     assert run("setup", "--domain", "diab").startswith("Frozen: fingerprint ")
     shown = json.loads(run("show", "--json", "--domain", "diab"))
     assert shown["state"] == "frozen" and shown["fingerprint"] == shown["tools_fingerprint"]
-    assert shown["snapshot"]["shapes"]["X_train"] == [353, 10]
+    assert shown["snapshot"]["shapes"]["X_train"] == [354, 10]
     assert shown["tools"]["load_data"]["origin"] == "template" and shown["tools"]["evaluate"]["verified"]
     text = run("show", "--domain", "diab")
-    assert "353×10" in text and "validation rows 45, holdout rows 44" in text
+    assert "354×10" in text and "validation rows 44, holdout rows 44" in text
 
 
 def test_it_imports_verifies_and_freezes_step_by_step(workspace, tool_files):

@@ -21,7 +21,7 @@ from experiments.services import (
 from tests.experiments.conftest import LINEAR
 from tests.experiments.test_integrity import HONEST_TAIL
 
-PLOT = f"""
+PLOT = """
 import pickle
 
 def train(X_train, y_train, X_test, *, artifacts_dir):
@@ -289,3 +289,18 @@ def train(X_train, y_train, X_test, *, artifacts_dir):
     assert f"seed 42 {random.random()}" in exp.stdout_tail
 
 
+
+
+def test_it_fails_by_hand_experiments_left_running_by_a_dead_process(diabetes):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    stale = Experiment.objects.create(domain=diabetes, train_code=LINEAR, code_sha256="x", state="running")
+    Experiment.objects.filter(pk=stale.pk).update(created_at=timezone.now() - timedelta(hours=3))
+    fresh = Experiment.objects.create(domain=diabetes, train_code=LINEAR, code_sha256="y", state="running")
+    experiment_run(domain=diabetes, train_code=LINEAR)
+    stale.refresh_from_db()
+    fresh.refresh_from_db()
+    assert stale.state == "failed" and "stopped before it finished" in stale.error
+    assert fresh.state == "running"

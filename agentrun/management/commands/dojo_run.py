@@ -74,9 +74,9 @@ class Command(BaseCommand):
             if as_json:
                 self.stdout.write(json.dumps({"seq": event.seq, "type": event.type, "data": event.data}))
                 return
+            if event.type == "tool_result" and event.data.get("ok") and event.data.get("name") == "run_experiment":
+                return  # the experiment line that follows says it better
             line = escape(event.summary())
-            if event.type in ("tool_call", "tool_result") and not line:
-                return
             cost = event.data.get("cost_usd") if event.type == "experiment" else None
             suffix = f"  [dim](${cost:.4f})[/dim]" if isinstance(cost, int | float) and cost else ""
             style = STYLES.get(event.type, "")

@@ -1,0 +1,128 @@
+"""The runs pages: the domain's Runs tab with the start form, the list, the live run page."""
+
+import pytest
+from django.urls import reverse
+from django_q.conf import Conf
+
+from agentrun.models import AgentEvent, AgentRun
+from agentrun.services import run_create, run_execute
+
+HX = {"HTTP_HX_REQUEST": "true"}
+
+
+def _events(run: AgentRun, *types: str) -> None:
+    for seq, type_ in enumerate(types, start=run.events.count() + 1):
+        data = {"text": f"event {seq}"} if type_ == "text" else {"status": run.status}
+        AgentEvent.objects.create(run=run, seq=seq, type=type_, data=data)
+
+
+def test_the_runs_tab_is_a_fragment_for_htmx_and_a_page_otherwise(client_logged_in, frozen_domain_in_transaction):
+    url = reverse("agentrun:domain_list", args=[frozen_domain_in_transaction.pk])
+    assert url == f"/runs/domain/{frozen_domain_in_transaction.pk}/"
+    fragment = client_logged_in.get(url, **HX)
+    assert fragment.status_code == 200
+    assert "agentrun/partials/domain_runs.html" in [t.name for t in fragment.templates]
+    html = fragment.content.decode()
+    assert "<html" not in html and 'id="run-start-form"' in html and 'name="max_experiments"' in html
+    page = client_logged_in.get(url)
+    assert "<html" in page.content.decode() and 'id="domain-runs"' in page.content.decode()
+
+
+def test_the_start_form_queues_a_run_after_commit(client_logged_in, frozen_domain_in_transaction, django_capture_on_commit_callbacks, monkeypatch):
+    monkeypatch.setattr(Conf, "SYNC", False)
+    url = reverse("agentrun:start", args=[frozen_domain_in_transaction.pk])
+    with django_capture_on_commit_callbacks() as callbacks:
+        response = client_logged_in.post(url, {"backend": "builtin", "max_experiments": "4", "max_minutes": "2", "prompt": "  "})
+    run = AgentRun.objects.get()
+    assert response.status_code == 302 and response["Location"] == run.get_absolute_url()
+    assert (run.backend, run.max_experiments, run.max_minutes, run.status) == ("builtin", 4, 2.0, "queued")
+    assert run.prompt.startswith("# Program: diabetes")
+    assert len(callbacks) == 1
+
+
+def test_the_start_form_refuses_an_unfrozen_task(client_logged_in, workspace, django_capture_on_commit_callbacks):
+    from domains.services import domain_create
+
+    domain = domain_create(name="raw", task_type="regression", workspace=workspace, data_path="sklearn:load_diabetes")
+    with django_capture_on_commit_callbacks() as callbacks:
+        response = client_logged_in.post(reverse("agentrun:start", args=[domain.pk]), {"backend": "builtin"})
+    assert response.status_code == 422
+    assert "not frozen" in response.content.decode()
+    assert not AgentRun.objects.exists() and callbacks == []
+
+
+def test_the_start_form_shows_field_errors(client_logged_in, frozen_domain_in_transaction):
+    response = client_logged_in.post(
+        reverse("agentrun:start", args=[frozen_domain_in_transaction.pk]), {"backend": "gpt", "max_experiments": "0"}
+    )
+    assert response.status_code == 422
+    form = response.context["form"]
+    assert set(form.errors) == {"backend", "max_experiments"}
+    assert not AgentRun.objects.exists()
+
+
+def test_the_live_page_polls_until_the_run_is_over(client_logged_in, frozen_domain_in_transaction):
+    run = run_create(domain=frozen_domain_in_transaction)
+    AgentRun.objects.filter(pk=run.pk).update(status="running")
+    run.refresh_from_db()
+    _events(run, "text", "text")
+    page = client_logged_in.get(run.get_absolute_url()).content.decode()
+    assert 'id="event-2"' in page and 'id="run-stop"' in page
+    poll_url = reverse("agentrun:poll", args=[run.pk])
+    assert f'hx-get="{poll_url}?after=2" hx-trigger="every 1s"' in page
+
+    _events(run, "text")
+    partial = client_logged_in.get(poll_url, {"after": 2}, **HX)
+    html = partial.content.decode()
+    assert 'id="event-3"' in html and 'id="event-2"' not in html
+    assert 'hx-swap-oob="beforeend:#run-events"' in html and 'id="run-status" class="card" hx-swap-oob="true"' in html
+    assert f'hx-get="{poll_url}?after=3"' in html
+
+    nothing_new = client_logged_in.get(poll_url, {"after": 3}, **HX).content.decode()
+    assert "run-events" not in nothing_new and "?after=3" in nothing_new
+
+    AgentRun.objects.filter(pk=run.pk).update(status="completed")
+    _events(run, "result", "finalized")
+    final = client_logged_in.get(poll_url, {"after": 3}, **HX).content.decode()
+    assert 'id="event-5"' in final and "hx-trigger" not in final and "hx-get" not in final
+    assert 'data-status="completed"' in final and 'id="run-stop"' not in final
+
+
+def test_the_live_page_shows_best_so_far_and_cost(client_logged_in, frozen_domain, scripted):
+    from tests.agentrun.conftest import GOOD_TRAIN, MEAN_TRAIN
+
+    scripted([
+        {"tool": "run_experiment", "args": {"code": MEAN_TRAIN, "hypothesis": "mean"}},
+        {"tool": "run_experiment", "args": {"code": GOOD_TRAIN, "hypothesis": "ridge"}},
+        {"cost": 0.0123},
+    ])
+    run = run_execute(run_id=run_create(domain=frozen_domain, backend="scripted").pk)
+    best = run.experiments.order_by("primary_value").first()
+    html = client_logged_in.get(run.get_absolute_url()).content.decode()
+    assert f"#{best.pk}</a> rmse = " in html and "$0.0123" in html and "2 completed of 2" in html
+    assert "★ best so far" in html
+
+
+def test_the_stop_button_requests_a_stop(client_logged_in, frozen_domain_in_transaction):
+    run = run_create(domain=frozen_domain_in_transaction)
+    AgentRun.objects.filter(pk=run.pk).update(status="running")
+    response = client_logged_in.post(reverse("agentrun:stop", args=[run.pk]))
+    assert response.status_code == 302
+    run.refresh_from_db()
+    assert run.stop_requested and run.status == "running"
+    AgentRun.objects.filter(pk=run.pk).update(status="completed")
+    followed = client_logged_in.post(reverse("agentrun:stop", args=[run.pk]), follow=True)
+    assert "has already finished (completed)" in followed.content.decode()
+
+
+def test_the_runs_list_shows_every_run(client_logged_in, frozen_domain_in_transaction):
+    run = run_create(domain=frozen_domain_in_transaction)
+    html = client_logged_in.get(reverse("agentrun:list")).content.decode()
+    assert f'id="run-row-{run.pk}"' in html and "diabetes" in html
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("name, args", [("list", []), ("detail", [1]), ("poll", [1]), ("domain_list", [1])])
+def test_pages_need_a_login(client, name, args):
+    response = client.get(reverse(f"agentrun:{name}", args=args))
+    assert response.status_code == 302 and response["Location"].startswith("/login/")

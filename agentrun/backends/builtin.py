@@ -159,6 +159,8 @@ class Researcher:
         self.seed = int(session.seed)
         self.domain_name: str = ctx.get("domain") or str(getattr(session.domain, "name", ""))
         self.profile: DataProfile = data_profile(ctx.get("snapshot_info"))
+        classes = (ctx.get("snapshot_info") or {}).get("classes")
+        self.classes: list | None = classes if isinstance(classes, list) and classes else None
         self.prior: Prior = knowledge_prior(ctx.get("knowledge") or [], self.task_type)
         remaining = session.experiments_remaining()
         self.budget = remaining if remaining is not None else DEFAULT_BUDGET
@@ -437,7 +439,7 @@ class Researcher:
         try:
             code = train_code_render(
                 config=trial.config, task_type=self.task_type, metric=self.metric,
-                hypothesis=trial.hypothesis, threads=self.threads,
+                hypothesis=trial.hypothesis, threads=self.threads, classes=self.classes,
             )
             arguments: dict[str, Any] = {
                 "code": code,

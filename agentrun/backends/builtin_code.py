@@ -125,6 +125,9 @@ _PREAMBLE = '''\
 TASK_TYPE = "{task_type}"
 METRIC = "{metric}"  # the task's primary metric, also scored on folds of the training data
 GREATER_IS_BETTER = {greater}
+# Every class of the task (training and test labels), when known: the probability columns follow
+# this order even if a class is missing from the training rows.
+CLASSES = {classes}
 # The harness passes each experiment's seed; run elsewhere, the module falls back to 0.
 SEED = int(os.environ.get("DOJO_SEED", "0"))
 # Threads: the harness's share (OMP_NUM_THREADS), at most {threads} because the researcher runs
@@ -229,7 +232,7 @@ _FIT_BINARY = '''
 def fit_predict(model, X_train, y_train, X_test, classes=None):
     """Return the probability of the positive class (the larger of the two sorted labels)."""
     y = np.asarray(y_train)
-    classes = np.unique(y) if classes is None else classes
+    classes = task_classes(y) if classes is None else classes
     if len(np.unique(y)) < 2:
         return np.full(len(X_test), float(y[0] == classes[-1]))  # one class only in these rows
     model.fit(X_train, y)
@@ -247,7 +250,7 @@ def fit_predict(model, X_train, y_train, X_test, classes=None):
     probability 0, so the columns always line up with `classes`.
     """
     y = np.asarray(y_train)
-    classes = np.unique(y) if classes is None else classes
+    classes = task_classes(y) if classes is None else classes
     model.fit(X_train, y)
     proba = np.asarray(model.predict_proba(X_test), dtype=float)
     out = np.zeros((len(X_test), len(classes)))
@@ -260,6 +263,13 @@ def fit_predict(model, X_train, y_train, X_test, classes=None):
 # Cross-validation on the training rows. The validation split an agent sees can be small (tens
 # of rows), so the researcher ranks models on these out-of-fold scores too, printed on stdout.
 _CROSS_VALIDATION = '''
+
+def task_classes(y):
+    """The sorted classes the predictions are laid out by."""
+    if CLASSES is not None:
+        return np.array(sorted(set(CLASSES) | set(np.unique(y).tolist())))
+    return np.unique(y)
+
 
 def cv_folds(n_rows):
     """Folds for the out-of-fold score: more on small data, none where validation is plenty."""
@@ -276,7 +286,7 @@ def out_of_fold(build, numeric, categorical, X, y):
     folds = cv_folds(len(y))
     if not folds:
         return None
-    classes = np.unique(y)
+    classes = task_classes(y)
     splitter = KFold(folds, shuffle=True, random_state=0)
     if TASK_TYPE != "regression" and np.unique(y, return_counts=True)[1].min() >= folds:
         splitter = StratifiedKFold(folds, shuffle=True, random_state=0)
@@ -353,15 +363,15 @@ _CV_SCORES: dict[tuple[str, str], str] = {
     ("regression", "rmse"): "float(np.sqrt(mean_squared_error(y, pred)))",
     ("regression", "mae"): "mean_absolute_error(y, pred)",
     ("regression", "r2"): "r2_score(y, pred)",
-    ("binary", "roc_auc"): "roc_auc_score(y == np.unique(y)[-1], pred)",
+    ("binary", "roc_auc"): "roc_auc_score(y == task_classes(y)[-1], pred)",
     ("binary", "log_loss"): (
-        "log_loss(y == np.unique(y)[-1], np.clip(pred, 1e-15, 1 - 1e-15), labels=[False, True])"
+        "log_loss(y == task_classes(y)[-1], np.clip(pred, 1e-15, 1 - 1e-15), labels=[False, True])"
     ),
-    ("binary", "accuracy"): "accuracy_score(y == np.unique(y)[-1], pred >= 0.5)",
-    ("binary", "f1"): "f1_score(y == np.unique(y)[-1], pred >= 0.5)",
-    ("multiclass", "log_loss"): "log_loss(y, np.clip(pred, 1e-15, 1), labels=np.unique(y))",
-    ("multiclass", "accuracy"): "accuracy_score(y, np.unique(y)[pred.argmax(axis=1)])",
-    ("multiclass", "macro_f1"): 'f1_score(y, np.unique(y)[pred.argmax(axis=1)], average="macro")',
+    ("binary", "accuracy"): "accuracy_score(y == task_classes(y)[-1], pred >= 0.5)",
+    ("binary", "f1"): "f1_score(y == task_classes(y)[-1], pred >= 0.5)",
+    ("multiclass", "log_loss"): "log_loss(y, np.clip(pred, 1e-15, 1), labels=task_classes(y))",
+    ("multiclass", "accuracy"): "accuracy_score(y, task_classes(y)[pred.argmax(axis=1)])",
+    ("multiclass", "macro_f1"): 'f1_score(y, task_classes(y)[pred.argmax(axis=1)], average="macro")',
 }
 _METRIC_IMPORTS = (
     "mean_squared_error", "mean_absolute_error", "r2_score", "roc_auc_score", "log_loss",
@@ -372,7 +382,7 @@ GREATER_IS_BETTER = {"r2", "roc_auc", "accuracy", "f1", "macro_f1"}
 
 def train_code_render(
     *, config: Config, task_type: str, metric: str, title: str = "", hypothesis: str = "",
-    threads: int = 1,
+    threads: int = 1, classes: list | None = None,
 ) -> str:
     """Return the source of a standalone train module for `config` on a `task_type` task.
 
@@ -399,6 +409,7 @@ def train_code_render(
         _PREAMBLE.format(
             task_type=task_type, metric=metric, greater=metric in GREATER_IS_BETTER,
             threads=max(1, int(threads)),
+            classes=repr(list(classes)) if classes and task_type != "regression" else "None",
         ),
         _PREPARE,
     ]
@@ -576,6 +587,11 @@ def _builder(config: Config, task_type: str, *, name: str) -> str:
                 f"estimator = CalibratedClassifierCV(\n"
                 f"    SVC(C={p.get('C', 1.0)!r}, gamma=\"scale\", random_state=SEED),\n"
                 f"    cv=max(2, min(5, smallest_class)), ensemble=False,\n)"
+            )
+            body.append("if smallest_class < 2:  # a class with one row cannot be cross-validated")
+            body.append(
+                f"    estimator = SVC(C={p.get('C', 1.0)!r}, gamma=\"scale\", probability=True, "
+                "random_state=SEED)"
             )
         body.append("model = make_pipeline(scaled_features(numeric, categorical), estimator)")
     else:

@@ -60,6 +60,8 @@ def test_it_trains_every_family_with_the_output_the_task_needs(task_type):
               "multiclass": datasets.load_wine}[task_type]
     X, y = loader(return_X_y=True, as_frame=True)
     X, y = X.iloc[::2], y.iloc[::2]  # small and fast
+    order = np.random.default_rng(0).permutation(len(y))
+    X, y = X.iloc[order], y.iloc[order]
     X_train, X_test, y_train = X.iloc[:-30], X.iloc[-30:], y.iloc[:-30]
     for family in families(task_type):
         pred, stdout = train(Config(family, default_params(family, task_type)), task_type, X_train, y_train, X_test)
@@ -106,6 +108,18 @@ def test_it_keeps_multiclass_columns_in_sorted_order_when_a_fold_misses_a_class(
         assert pred.shape == (5, 3)
         assert (pred.argmax(axis=1) == 0).all(), family  # setosa is the first sorted class
         assert "DOJO_CV log_loss=" in stdout
+
+
+def test_it_lays_probabilities_out_by_the_task_classes_when_training_lacks_one():
+    X, y = datasets.load_wine(return_X_y=True)
+    seen = y != 2
+    code = train_code_render(
+        config=Config("linear"), task_type="multiclass", metric="log_loss", classes=[0, 1, 2]
+    )
+    with contextlib.redirect_stdout(io.StringIO()):
+        pred = load(code).train(X[seen], y[seen], X[:10], artifacts_dir="/tmp")
+    assert pred.shape == (10, 3)
+    assert (pred[:, 2] == 0).all()
 
 
 def test_it_is_seeded_by_dojo_seed(monkeypatch):

@@ -105,35 +105,28 @@ def test_it_runs_experiments_and_writes_knowledge_over_mcp(frozen_domain, fake_c
     assert PROGRAM.strip() in system_prompt and "rmse (lower is better)" in system_prompt
 
 
-def test_it_writes_the_end_of_run_summary_as_knowledge(frozen_domain, fake_claude):
-    write_script, _ = fake_claude
-    write_script({
-        "turns": [[{"tool": "mcp__dojo__run_experiment", "input": {"code": GOOD_TRAIN, "hypothesis": "ridge"}}]],
-        "oneshot": "placeholder",
-    })
-    run = run_create(domain=frozen_domain, backend="claude")
-    # The summary must cite the experiment the run made: script it once its id is known.
-    script_path = Path(__import__("os").environ["FAKE_CLAUDE_SCRIPT"])
+def test_it_writes_the_end_of_run_summary_as_knowledge(frozen_domain, fake_claude, monkeypatch):
     from agentrun.backends import claude as claude_backend
 
+    write_script, _ = fake_claude
+    script = {"turns": [[{"tool": "mcp__dojo__run_experiment", "input": {"code": GOOD_TRAIN, "hypothesis": "ridge"}}]]}
+    write_script(script)
     original = claude_backend.findings
 
-    def findings_with_id(session):
+    def findings_citing_the_run(session):
+        # The scripted summary cites the experiment the run made, once its id is known.
         ridge = Experiment.objects.get(run=session.run)
-        data = json.loads(script_path.read_text())
-        data["oneshot"] = "```json\n" + FINDINGS_JSON.replace('"$RIDGE"', str(ridge.pk)) + "\n```"
-        script_path.write_text(json.dumps(data))
+        write_script({**script, "oneshot": "```json\n" + FINDINGS_JSON.replace('"$RIDGE"', str(ridge.pk)) + "\n```"})
         return original(session)
 
-    claude_backend.findings = findings_with_id
-    try:
-        run = run_execute(run_id=run.pk)
-    finally:
-        claude_backend.findings = original
+    monkeypatch.setattr(claude_backend, "findings", findings_citing_the_run)
+    run = run_execute(run_id=run_create(domain=frozen_domain, backend="claude").pk)
+
     assert run.status == "completed", run.error
+    ridge = Experiment.objects.get(run=run)
     atom = KnowledgeAtom.objects.get(created_by_run=run)
     assert atom.claim == "Ridge beats the mean predictor clearly" and atom.action == "start from Ridge"
-    assert list(atom.evidence_links.values_list("experiment_id", flat=True)) == [Experiment.objects.get(run=run).pk]
+    assert list(atom.evidence_links.values_list("experiment_id", flat=True)) == [ridge.pk]
     assert run.events.filter(type="knowledge", data__source="end-of-run findings").count() == 1
 
 

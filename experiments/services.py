@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import mimetypes
 import os
 import shutil
@@ -23,7 +24,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from django.conf import settings
-from django.db import connections
+from django.db import connections, transaction
 from django.db.models import F, QuerySet
 from django.utils import timezone
 
@@ -152,14 +153,25 @@ def _trainer_spec(domain: Domain, task: Task, limits: Limits) -> pool.Spec:
     )
 
 
+_evaluate_shas: dict[tuple[int, str], str] = {}
+
+
+def _evaluate_sha(task: Task) -> str:
+    """sha256 of the frozen evaluate; the task fingerprint covers the tool code, so it keys a cache."""
+    key = (task.pk, task.fingerprint)
+    if key not in _evaluate_shas:
+        tool = task.tools.filter(name="evaluate", is_current=True).first()
+        _evaluate_shas[key] = tool.code_sha256 if tool else ""
+    return _evaluate_shas[key]
+
+
 def _evaluator_spec(domain: Domain, task: Task) -> pool.Spec:
     snap = Path(task.snapshot_path)
     isolation = sandbox_isolation(_isolation_setting())
-    evaluate = task.tools.filter(name="evaluate", is_current=True).first()
     python = _python(domain)
     env = sandbox_env(threads=1)
     idle = str(_setting("DOJO_POOL_IDLE_SECONDS", 600))
-    sha = evaluate.code_sha256 if evaluate else ""
+    sha = _evaluate_sha(task)
     return pool.Spec(
         key=("evaluator", task.pk, str(snap), task.fingerprint, task.data_fingerprint, python, sha,
              isolation),
@@ -208,10 +220,17 @@ def _read_json(path: Path) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
-def _save(exp: Experiment, **fields) -> None:
+def _record(exp: Experiment, **fields) -> None:
+    """Set fields to be written with the experiment's next state change (fewer DB writes)."""
     for key, value in fields.items():
         setattr(exp, key, value)
-    exp.save(update_fields=list(fields))
+    exp._unsaved = getattr(exp, "_unsaved", set()) | set(fields)
+
+
+def _save(exp: Experiment, **fields) -> None:
+    _record(exp, **fields)
+    exp.save(update_fields=sorted(exp._unsaved))
+    exp._unsaved = set()
 
 
 def _check_input(domain: Domain, train_code, variables, parent) -> tuple[dict, Experiment | None]:
@@ -277,7 +296,7 @@ def experiment_run(
     )
     try:
         _save(exp, state=Experiment.State.RUNNING, started_at=timezone.now())
-        _execute(exp, domain, task, should_stop)
+        _execute(exp, domain, task, should_stop, started)
     except _Failed as exc:
         _finish_failed(exp, str(exc), started)
     except BaseException as exc:  # noqa: BLE001 - never leave an experiment running
@@ -286,8 +305,6 @@ def experiment_run(
         _finish_failed(exp, reason, started)
         if not isinstance(exc, Exception):
             raise
-    else:
-        _save(exp, total_seconds=time.perf_counter() - started)
     if exp.state == Experiment.State.COMPLETED:
         _track(exp)
     return exp
@@ -313,7 +330,7 @@ def _finish_failed(exp: Experiment, reason: str, started: float) -> None:
     )
 
 
-def _execute(exp: Experiment, domain: Domain, task: Task, should_stop) -> None:
+def _execute(exp: Experiment, domain: Domain, task: Task, should_stop, started: float) -> None:
     limits = experiment_limits(task=task)
     home = Path(settings.DOJO_HOME)
     job_id = f"e{exp.pk}"
@@ -335,6 +352,10 @@ def _execute(exp: Experiment, domain: Domain, task: Task, should_stop) -> None:
             on_stop=lambda: warm.send({"stop": job_id}),
         )
         _move(warm.work / job_id, job_dir)
+        if answer is not None and answer.get("_payload"):
+            # y_pred came through the trainer's pipe; it never sits where the sandbox can write.
+            (job_dir / "y_pred.npy").unlink(missing_ok=True)
+            (job_dir / "y_pred.npy").write_bytes(answer.pop("_payload"))
         if answer is None:
             log_tail = warm.log_tail()
             pool.trainer_discard(warm)
@@ -359,11 +380,11 @@ def _execute(exp: Experiment, domain: Domain, task: Task, should_stop) -> None:
     if isolation == "fallback":
         warnings.append(ISOLATION_HINT)
     try:
-        meta = _read_json(job_dir / "meta.json") or {}
-        _save(
+        meta = answer.get("meta") or _read_json(job_dir / "meta.json") or {}
+        _record(
             exp, isolation=isolation, stdout_tail=_tail(job_dir / "stdout.txt"),
-            stderr_tail=_tail(job_dir / "stderr.txt"), peak_memory_mb=answer.get("peak_memory_mb"),
-            train_seconds=meta.get("train_seconds") if isinstance(meta.get("train_seconds"), (int, float)) else None,
+            stderr_tail=_tail(job_dir / "stderr.txt"), peak_memory_mb=_number(answer.get("peak_memory_mb")),
+            train_seconds=_number(meta.get("train_seconds")),
             environment={**versions, "interpreter": _python(domain), "isolation": isolation,
                          "warm": warm is not None, "threads": limits.threads},
             warnings=warnings,
@@ -372,15 +393,23 @@ def _execute(exp: Experiment, domain: Domain, task: Task, should_stop) -> None:
         scores = _evaluate(evaluator_spec, exp, job_dir)
         artifacts = _collect_artifacts(exp, job_dir, scores.pop("_eval_dir"), limits, warnings)
         primary = task.primary_metric
-        _save(
-            exp, state=Experiment.State.COMPLETED, metrics=scores["metrics"],
-            holdout_metrics=scores["holdout_metrics"], primary_value=scores["metrics"].get(primary),
-            holdout_primary_value=scores["holdout_metrics"].get(primary), finished_at=timezone.now(),
-            warnings=warnings,
-        )
-        Artifact.objects.bulk_create(artifacts)
+        with transaction.atomic():
+            Artifact.objects.bulk_create(artifacts)
+            _save(
+                exp, state=Experiment.State.COMPLETED, metrics=scores["metrics"],
+                holdout_metrics=scores["holdout_metrics"], primary_value=scores["metrics"].get(primary),
+                holdout_primary_value=scores["holdout_metrics"].get(primary), finished_at=timezone.now(),
+                warnings=warnings, total_seconds=time.perf_counter() - started,
+            )
     finally:
         shutil.rmtree(job_dir, ignore_errors=True)
+
+
+def _number(value) -> float | None:
+    """A finite float, or None: the trainer reports these and is not trusted to type them."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
 
 
 def _move(src: Path, dst: Path) -> None:
@@ -408,6 +437,8 @@ def _trainer_outcome(answer: dict, job_dir: Path, limits: Limits) -> None:
         )
     if status not in ("exited",):
         raise _Failed(f"harness error: {answer.get('error') or status}")
+    if answer.get("error"):
+        raise _Failed(str(answer["error"]))
     error = _read_json(job_dir / "error.json")
     if answer.get("signal"):
         sig = answer["signal"]

@@ -7,10 +7,12 @@ The plan, in order:
    elastic net), minus those the data is too big for or knowledge says lose;
 3. for regression with a skewed-looking target, a target transform on the best family;
 4. Optuna TPE (ask-and-tell) around the best two families, each trial refining its family's best;
-5. an equal-weight ensemble of the best distinct families.
-Experiments of one step run in parallel (up to `session.max_parallel`). A result is "claimed" as
-the new best only when it beats the incumbent by more than the seed spread seen so far; a
-candidate whose predictions depend on the seed is first re-run with other seeds. The search stops
+5. a blend of the best distinct families, weighted on their out-of-fold predictions.
+Experiments of one step run in parallel (up to `session.max_parallel`). Every train module also
+prints its out-of-fold score on the training rows; the researcher ranks by that and the validation
+score together (weighted by rows), because a small validation split alone rewards luck. A result
+is "claimed" as the new best only when it beats the incumbent by more than the seed spread seen
+so far; a candidate whose predictions depend on the seed is first re-run with other seeds. The search stops
 on its budget, the run's limits, or a plateau (no claim in a while). Every decision depends only
 on results, in a fixed order, so a run is deterministic for a given seed.
 

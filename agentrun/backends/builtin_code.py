@@ -51,7 +51,7 @@ class Config:
     family: str
     params: dict[str, Any] = field(default_factory=dict)
     target_transform: str = "none"
-    members: tuple[Config, ...] = ()  # ensemble members, averaged with equal weight
+    members: tuple[Config, ...] = ()  # ensemble members, blended with out-of-fold weights
 
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:

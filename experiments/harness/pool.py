@@ -134,9 +134,30 @@ class WarmProcess:
     def request(self, message: dict, *, timeout: float, should_stop=None, on_stop=None) -> dict | None:
         if not self.send(message):
             return None
+        deadline = time.monotonic() + timeout
         answer = self._readline(timeout, should_stop, on_stop)
+        size = (answer or {}).get("payload_bytes") or 0
+        if answer is not None and size:
+            payload = self._read_exact(int(size), deadline)
+            if payload is None:
+                return None
+            answer["_payload"] = payload
         self.last_used = time.monotonic()
         return answer
+
+    def _read_exact(self, size: int, deadline: float) -> bytes | None:
+        while len(self.buf) < size:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            ready, _, _ = select.select([self.fd], [], [], remaining)
+            if ready:
+                chunk = os.read(self.fd, max(1 << 20, size - len(self.buf)))
+                if not chunk:
+                    return None
+                self.buf += chunk
+        data, self.buf = self.buf[:size], self.buf[size:]
+        return data
 
     def log_tail(self, size: int = 4000) -> str:
         try:

@@ -14,17 +14,24 @@ warm parent; when it ends, every other process in the sandbox is killed (this pr
 child subreaper, so even a setsid() grandchild is found). A job line looks like
 {"id", "code", "timeout", "memory_mb", "max_processes", "max_file_mb", "seed"}; the answer is
 {"id", "status": "exited"|"timeout"|"stopped", "returncode", "signal", "seconds",
-"peak_memory_mb"}; the child leaves y_pred.npy / error.json / meta.json / stdout.txt /
-stderr.txt and artifacts/ in <work>/<id>/. A {"stop": id} line kills the running job.
+"peak_memory_mb", "meta", "payload_bytes"}, followed by `payload_bytes` raw bytes: y_pred in .npy
+format. The child hands y_pred and meta (train seconds, peak memory) to this process through a
+pipe; once they are in, everything in the sandbox is SIGKILLed and the answer goes out at once —
+the scored predictions are already out of the sandbox's reach, so the few milliseconds the kernel
+takes to tear the child down are spent after the answer, before the next job. error.json,
+stdout.txt, stderr.txt and artifacts/ stay in <work>/<id>/. A {"stop": id} line kills the
+running job. In `once` mode y_pred.npy and meta.json are written to the job folder instead.
 """
 
 import ctypes
+import io
 import json
 import os
 import pickle
 import resource
 import select
 import signal
+import struct
 import sys
 import time
 import traceback
@@ -92,7 +99,7 @@ def _write_json(path: Path, data: dict) -> None:
 # --- The child: runs one train() -------------------------------------------------------------
 
 
-def _child(job: dict, job_dir: Path, data: tuple) -> None:
+def _child(job: dict, job_dir: Path, data: tuple, result_fd: int) -> None:
     """Never returns: ends with os._exit."""
     code = 1
     try:
@@ -103,12 +110,13 @@ def _child(job: dict, job_dir: Path, data: tuple) -> None:
         err = os.open(job_dir / "stderr.txt", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         os.dup2(out, 1)
         os.dup2(err, 2)
-        os.closerange(3, 1024)  # the control pipes included: the child cannot talk to the harness
+        os.dup2(result_fd, 3)
+        os.closerange(4, 1024)  # the control pipes included: the child cannot talk to the harness
         sys.stdin = open(0, closefd=False)
         sys.stdout = open(1, "w", buffering=1, closefd=False)
         sys.stderr = open(2, "w", buffering=1, closefd=False)
         _limits(job)
-        code = _train(job, job_dir, data)
+        code = _train(job, job_dir, data, 3)
     except BaseException:  # noqa: BLE001 - the child must always end with os._exit
         try:
             traceback.print_exc()
@@ -147,7 +155,7 @@ def _vm_size() -> int:
         return 0
 
 
-def _train(job: dict, job_dir: Path, data: tuple) -> int:
+def _train(job: dict, job_dir: Path, data: tuple, result_fd: int) -> int:
     import random
 
     seed = job.get("seed")
@@ -196,14 +204,19 @@ def _train(job: dict, job_dir: Path, data: tuple) -> int:
             raise TypeError(f"dtype {array.dtype}")
     except (TypeError, ValueError) as exc:
         return _fail(job_dir, "BadPredictions", f"y_pred could not be read as an array of numbers ({exc})")
-    with open(job_dir / "y_pred.tmp", "wb") as fh:
-        np.save(fh, array, allow_pickle=False)
-    os.replace(job_dir / "y_pred.tmp", job_dir / "y_pred.npy")
-    _write_json(job_dir / "meta.json", {
-        "train_seconds": train_seconds,
-        "load_seconds": t0 - started,
-    })
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    usage = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+    meta = json.dumps({"train_seconds": train_seconds, "load_seconds": t0 - started, "peak_memory_mb": usage / 1024}).encode()
+    body = buffer.getbuffer()
+    _write_all(result_fd, struct.pack("<QQ", len(meta), len(body)) + meta + bytes(body))
     return 0
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def _train_frame(exc: BaseException) -> str:
@@ -292,32 +305,94 @@ class LineReader:
         return line.decode() + "\n"
 
 
-def run_job(job: dict, work: Path, data: tuple, control: LineReader | None = None) -> dict:
+class Result:
+    """The child's hand-over: 16-byte header (meta length, npy length), meta JSON, npy bytes."""
+
+    MAX_BYTES = 512 * MB  # far beyond any real y_pred; a bigger claim is refused, not buffered
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.buf = bytearray()
+        self.eof = False
+        self.overflow = False
+
+    def read(self) -> None:
+        chunk = os.read(self.fd, 1 << 22)
+        if not chunk:
+            self.eof = True
+            return
+        self.buf += chunk
+        claimed = sum(struct.unpack_from("<QQ", self.buf)) + 16 if len(self.buf) >= 16 else 0
+        if len(self.buf) > self.MAX_BYTES or claimed > self.MAX_BYTES:
+            self.overflow = self.eof = True
+            self.buf.clear()
+
+    def complete(self) -> bool:
+        if len(self.buf) < 16:
+            return False
+        meta_len, npy_len = struct.unpack_from("<QQ", self.buf)
+        return len(self.buf) >= 16 + meta_len + npy_len
+
+    def parts(self) -> tuple[dict, bytes]:
+        meta_len, npy_len = struct.unpack_from("<QQ", self.buf)
+        try:
+            meta = json.loads(bytes(self.buf[16:16 + meta_len]))
+        except ValueError:
+            meta = {}
+        return (meta if isinstance(meta, dict) else {}), bytes(self.buf[16 + meta_len:16 + meta_len + npy_len])
+
+
+def _kill_everything(pid: int, in_namespace: bool) -> None:
+    """SIGKILL the job's process group and, in our PID namespace, every other process but init
+    and us; no waiting (the reaping happens after the answer is out)."""
+    for target in (lambda: os.killpg(pid, signal.SIGKILL), lambda: os.kill(pid, signal.SIGKILL)):
+        try:
+            target()
+        except OSError:
+            pass
+    if in_namespace:
+        me = os.getpid()
+        for entry in os.listdir("/proc"):
+            if entry.isdigit() and int(entry) not in (1, me):
+                try:
+                    os.kill(int(entry), signal.SIGKILL)
+                except OSError:
+                    pass
+
+
+def run_job(job: dict, work: Path, data: tuple, control: LineReader | None = None) -> tuple[dict, bytes, int]:
+    """Run one job to its answer; return (answer, y_pred .npy bytes or b"", child pid). Call
+    finish_job(pid) afterwards to reap the child and sweep the sandbox."""
     job_dir = work / str(job["id"])
     job_dir.mkdir(parents=True, exist_ok=True)
     (job_dir / "artifacts").mkdir(exist_ok=True)
     (job_dir / "train.py").write_text(job["code"])
-    in_namespace = os.getpid() != 1 and os.path.exists("/proc/1/cmdline") and _is_sandbox_ns()
+    in_namespace = _is_sandbox_ns()
     started = time.monotonic()
-    sys.stdout.flush()
-    pid = os.fork()
-    if pid == 0:
-        _child(job, job_dir, data)
+    pid, pidfd, result_fd = _hand_over(job, work, data)
+    result = Result(result_fd)
     deadline = started + float(job.get("timeout") or 600)
     status = "exited"
-    pidfd = os.pidfd_open(pid)
-    watch = [pidfd] + ([control] if control is not None else [])
+    exited = False
     try:
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 status = "timeout"
                 break
+            watch = [pidfd] + ([] if result.eof else [result_fd]) + ([control] if control is not None else [])
             if control is not None and control.has_line():
                 ready = [control]
             else:
                 ready, _, _ = select.select(watch, [], [], remaining)
+            if result_fd in ready:
+                result.read()
+                if result.complete() or result.overflow:
+                    break
             if pidfd in ready:
+                exited = True
+                while not result.eof:  # whatever the child wrote before it ended
+                    result.read()
                 break
             if control is not None and control in ready:
                 line = control.readline()
@@ -333,27 +408,95 @@ def run_job(job: dict, work: Path, data: tuple, control: LineReader | None = Non
                     break
     finally:
         os.close(pidfd)
-    if status != "exited":
+        os.close(result_fd)
+    answer = {"id": job["id"], "status": status, "seconds": time.monotonic() - started, "returncode": None,
+              "signal": None, "meta": {}, "payload_bytes": 0}
+    payload = b""
+    if result.overflow:
+        answer["error"] = f"y_pred is larger than {Result.MAX_BYTES // MB} MB"
+    if status == "exited" and result.complete() and not result.overflow:
+        answer["meta"], payload = result.parts()
+        answer["returncode"] = 0
+        answer["peak_memory_mb"] = answer["meta"].get("peak_memory_mb")
+        _kill_everything(pid, in_namespace)
+    else:
+        if not exited:
+            _kill_everything(pid, in_namespace)
+        _, wstatus, usage = os.wait4(pid, 0)
+        answer["returncode"] = os.WEXITSTATUS(wstatus) if os.WIFEXITED(wstatus) else None
+        answer["signal"] = os.WTERMSIG(wstatus) if os.WIFSIGNALED(wstatus) else None
+        answer["peak_memory_mb"] = usage.ru_maxrss / 1024
+        pid = 0
+    answer["payload_bytes"] = len(payload)
+    return answer, payload, pid
+
+
+def finish_job(pid: int) -> None:
+    """Reap the job's child (if still unreaped) and kill whatever it left behind."""
+    if pid:
         try:
-            os.killpg(pid, signal.SIGKILL)
-        except OSError:
+            os.waitpid(pid, 0)
+        except ChildProcessError:
             pass
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except OSError:
-            pass
-    _, wstatus, usage = os.wait4(pid, 0)
-    seconds = time.monotonic() - started
+    in_namespace = _is_sandbox_ns()
     _sweep(keep={1} if in_namespace else set(), in_namespace=in_namespace)
-    answer = {
-        "id": job["id"],
-        "status": status,
-        "returncode": os.WEXITSTATUS(wstatus) if os.WIFEXITED(wstatus) else None,
-        "signal": os.WTERMSIG(wstatus) if os.WIFSIGNALED(wstatus) else None,
-        "seconds": seconds,
-        "peak_memory_mb": usage.ru_maxrss / 1024,
-    }
-    return answer
+
+
+# A child forked ahead of time and waiting for its job, so the fork (several ms for a process
+# holding scikit-learn and the data) is paid between experiments rather than during one.
+_standby: tuple[int, int, int] | None = None  # (pid, write end of its job pipe, read end of its result pipe)
+
+
+def standby_fork(work: Path, data: tuple) -> None:
+    global _standby
+    read_fd, write_fd = os.pipe()
+    result_r, result_w = os.pipe()
+    sys.stdout.flush()
+    pid = os.fork()
+    if pid == 0:
+        os.close(write_fd)
+        os.close(result_r)
+        chunks = []
+        while True:
+            chunk = os.read(read_fd, 1 << 20)
+            if not chunk:
+                break
+            chunks.append(chunk)
+        if not chunks:
+            os._exit(0)  # the warm process went away without a job for us
+        os.close(read_fd)
+        job = json.loads(b"".join(chunks))
+        _child(job, work / str(job["id"]), data, result_w)
+    os.close(read_fd)
+    os.close(result_w)
+    _standby = (pid, write_fd, result_r)
+
+
+def _hand_over(job: dict, work: Path, data: tuple) -> tuple[int, int, int]:
+    """Start the job in the standby child (or a fresh fork); return (pid, pidfd, result fd)."""
+    global _standby
+    if _standby is not None:
+        pid, write_fd, result_r = _standby
+        _standby = None
+        try:
+            pidfd = os.pidfd_open(pid)
+            _write_all(write_fd, json.dumps(job).encode())
+            os.close(write_fd)
+            return pid, pidfd, result_r
+        except OSError:  # the standby is gone: fall through to a fresh fork
+            for fd in (write_fd, result_r):
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+    result_r, result_w = os.pipe()
+    sys.stdout.flush()
+    pid = os.fork()
+    if pid == 0:
+        os.close(result_r)
+        _child(job, work / str(job["id"]), data, result_w)
+    os.close(result_w)
+    return pid, os.pidfd_open(pid), result_r
 
 
 def _is_sandbox_ns() -> bool:
@@ -387,7 +530,13 @@ def main() -> int:
         raw = _arg("--job")
         job = json.loads(Path(raw[1:]).read_text() if raw.startswith("@") else raw)
         data = _load_public(public)
-        answer = run_job(job, work, data)
+        answer, payload, pid = run_job(job, work, data)
+        finish_job(pid)
+        if payload:  # written only now: nothing the job started is alive to change it
+            job_dir = work / str(job["id"])
+            (job_dir / "y_pred.npy").write_bytes(payload)
+            _write_json(job_dir / "meta.json", answer["meta"])
+        answer["payload_bytes"] = 0
         answer["versions"] = _versions()
         print(json.dumps(answer), flush=True)
         return 0
@@ -398,6 +547,7 @@ def main() -> int:
 
     gc.collect()
     gc.freeze()  # keep the warm heap out of the children's collections (fewer copied pages)
+    standby_fork(work, data)
     print(json.dumps({"ready": True, "pid": os.getpid(), "versions": _versions()}), flush=True)
     control = LineReader(0)
     while True:
@@ -413,11 +563,18 @@ def main() -> int:
             continue
         if "id" not in job:
             continue
+        pid, payload = 0, b""
         try:
-            answer = run_job(job, work, data, control=control)
+            answer, payload, pid = run_job(job, work, data, control=control)
         except Exception as exc:  # noqa: BLE001 - report, keep serving
-            answer = {"id": job.get("id"), "status": "harness-error", "error": f"{type(exc).__name__}: {exc}"}
-        print(json.dumps(answer), flush=True)
+            answer = {"id": job.get("id"), "status": "harness-error", "error": f"{type(exc).__name__}: {exc}",
+                      "payload_bytes": 0}
+        out = sys.stdout.buffer
+        out.write(json.dumps(answer).encode() + b"\n")
+        out.write(payload)
+        out.flush()
+        finish_job(pid)
+        standby_fork(work, data)
 
 
 if __name__ == "__main__":

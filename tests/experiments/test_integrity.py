@@ -247,3 +247,33 @@ def train(X_train, y_train, X_test, *, artifacts_dir):
     while _processes_with(marker) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert _processes_with(marker) == []
+
+
+def test_it_ignores_a_forged_hand_over_from_train(diabetes, baseline):
+    """train() writing its own "results" to the hand-over pipe (fd 3) gets honest scores or a failure."""
+    exp = run(diabetes, """
+import io, json, os, struct
+import numpy as np
+
+def train(X_train, y_train, X_test, *, artifacts_dir):
+    fake = io.BytesIO()
+    np.save(fake, np.zeros(len(X_test)), allow_pickle=False)
+    meta = json.dumps({"train_seconds": "lots", "peak_memory_mb": "huge", "metrics": {"rmse": 0.0}}).encode()
+    os.write(3, struct.pack("<QQ", len(meta), len(fake.getvalue())) + meta + fake.getvalue())
+    os._exit(0)
+""")
+    # Whatever arrives is only predictions: the trusted evaluator scores them honestly.
+    assert exp.state == "completed", exp.error
+    assert exp.metrics["rmse"] > 100  # all-zero predictions score badly
+    assert exp.train_seconds is None and exp.peak_memory_mb is None
+
+
+def test_it_refuses_an_oversized_hand_over(diabetes, baseline):
+    exp = run(diabetes, """
+import os, struct
+
+def train(X_train, y_train, X_test, *, artifacts_dir):
+    os.write(3, struct.pack("<QQ", 10, 10**12) + b"x" * 64)
+    import time; time.sleep(30)
+""")
+    assert exp.state == "failed" and "larger than 512 MB" in exp.error

@@ -237,6 +237,16 @@ DOJO_CPU_SHARE = env_float("DOJO_CPU_SHARE", 1.0)
 # Per-experiment defaults; a task's config may override each.
 DOJO_TRAIN_TIMEOUT_SECONDS = env_int("DOJO_TRAIN_TIMEOUT_SECONDS", 600)
 DOJO_TRAIN_MEMORY_MB = env_int("DOJO_TRAIN_MEMORY_MB", 8192)
+DOJO_TRAIN_MAX_PROCESSES = env_int("DOJO_TRAIN_MAX_PROCESSES", 512)
+DOJO_TRAIN_MAX_FILE_MB = env_int("DOJO_TRAIN_MAX_FILE_MB", 256)
+DOJO_ARTIFACTS_MAX_FILE_MB = env_int("DOJO_ARTIFACTS_MAX_FILE_MB", 100)
+DOJO_ARTIFACTS_MAX_TOTAL_MB = env_int("DOJO_ARTIFACTS_MAX_TOTAL_MB", 500)
+DOJO_EVALUATE_TIMEOUT_SECONDS = env_float("DOJO_EVALUATE_TIMEOUT_SECONDS", 600.0)
+# Sandbox: "auto" or empty (bwrap when installed, else the weaker fallback), "bwrap" or "fallback".
+DOJO_SANDBOX = env_str("DOJO_SANDBOX", "")  # empty means auto
+# Warm trainer pools: at most this many per machine, each stopped after this many idle seconds.
+DOJO_POOL_MAX = env_int("DOJO_POOL_MAX", 4)
+DOJO_POOL_IDLE_SECONDS = env_int("DOJO_POOL_IDLE_SECONDS", 600)
 # Model used for one-shot tool generation and end-of-run summaries through the Claude Agent SDK.
 DOJO_TOOLGEN_MODEL = env_str("DOJO_TOOLGEN_MODEL", "claude-sonnet-4-5")
 DOJO_CLAUDE_MODEL = env_str("DOJO_CLAUDE_MODEL", "claude-sonnet-4-5")

@@ -45,8 +45,8 @@ CONTRACTS_PATH = Path(contracts.__file__).resolve()
 
 
 def _setting(name: str, default):
-    """A harness knob: settings.<NAME> when the project defines it, else the env var, else the
-    default. (The lead may move these into settings.py; until then the env var works.)"""
+    """A harness knob from settings.py (tests override settings); the env var is read too so a
+    process started with DOJO_SANDBOX=fallback etc. after settings were loaded still obeys it."""
     value = getattr(settings, name, None)
     if value is None or value == "":
         value = os.environ.get(name, "")

@@ -13,6 +13,7 @@ from ninja import Field, Query, Router, Schema, Status
 from agentrun.models import AgentEvent, AgentRun
 from agentrun.services import run_start, run_stop_request
 from dojo_site.errors import NotFound
+from dojo_site.schemas import DB_ID_MAX, DB_INT_MAX, Id, Seed
 from domains.models import Domain
 
 router = Router(tags=["runs"])
@@ -25,14 +26,14 @@ STREAM_KEEPALIVE_SECONDS = 15.0
 
 
 class RunIn(Schema):
-    domain_id: int
+    domain_id: Id
     backend: str = Field(default_factory=lambda: settings.DOJO_DEFAULT_BACKEND, description="builtin or claude")
-    max_turns: int | None = Field(None, ge=1)
-    max_experiments: int | None = Field(None, ge=1)
-    budget_usd: float | None = Field(None, gt=0)
-    max_minutes: float | None = Field(None, gt=0)
+    max_turns: int | None = Field(None, ge=1, le=DB_INT_MAX)
+    max_experiments: int | None = Field(None, ge=1, le=DB_INT_MAX)
+    budget_usd: float | None = Field(None, gt=0, allow_inf_nan=False)
+    max_minutes: float | None = Field(None, gt=0, allow_inf_nan=False)
     prompt: str | None = Field(None, description="Used instead of PROGRAM.md for this run.")
-    seed: int = 0
+    seed: Seed = 0
 
 
 class RunOut(Schema):
@@ -101,7 +102,7 @@ def runs_start(request: HttpRequest, payload: RunIn) -> Status:
 @router.get("/runs", response=list[RunOut])
 def runs_list(
     request: HttpRequest,
-    domain_id: int | None = None,
+    domain_id: Id | None = None,
     status: RunStatus | None = None,
     limit: int = Query(50, ge=1, le=500),
 ) -> list[AgentRun]:
@@ -114,12 +115,12 @@ def runs_list(
 
 
 @router.get("/runs/{run_id}", response=RunOut)
-def runs_show(request: HttpRequest, run_id: int) -> AgentRun:
+def runs_show(request: HttpRequest, run_id: Id) -> AgentRun:
     return _run_get(run_id)
 
 
 @router.post("/runs/{run_id}/stop", response=RunOut)
-def runs_stop(request: HttpRequest, run_id: int) -> AgentRun:
+def runs_stop(request: HttpRequest, run_id: Id) -> AgentRun:
     """Ask the run to stop (409 when it has already finished)."""
     return run_stop_request(run=_run_get(run_id))
 
@@ -127,8 +128,8 @@ def runs_stop(request: HttpRequest, run_id: int) -> AgentRun:
 @router.get("/runs/{run_id}/events", response=EventsOut)
 def runs_events(
     request: HttpRequest,
-    run_id: int,
-    after: int = Query(0, ge=0, description="Return events with seq greater than this."),
+    run_id: Id,
+    after: int = Query(0, ge=0, le=DB_ID_MAX, description="Return events with seq greater than this."),
     limit: int = Query(500, ge=1, le=EVENTS_LIMIT_MAX),
 ) -> dict[str, Any]:
     # The run before its events: a terminal status is committed together with `finalized`.
@@ -146,8 +147,8 @@ def runs_events(
 @router.get("/runs/{run_id}/stream")
 def runs_stream(
     request: HttpRequest,
-    run_id: int,
-    after: int = Query(0, ge=0, description="Start after this seq (the Last-Event-ID header also works)."),
+    run_id: Id,
+    after: int = Query(0, ge=0, le=DB_ID_MAX, description="Start after this seq (the Last-Event-ID header also works)."),
 ) -> StreamingHttpResponse:
     """Server-sent events: one `event: <type>` per run event (id = seq, data = JSON), ending after
     `finalized`. A sync generator, so it works under `manage.py runserver` (reference/stack.md §3)."""

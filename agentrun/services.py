@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import math
 import os
 import threading
 import traceback
@@ -27,6 +28,7 @@ from agentrun.models import AgentEvent, AgentRun
 from agentrun.session import EventCallback, RunSession
 from agentrun.tools import TOOL_SPECS, jsonable
 from dojo_site.errors import Conflict, InvalidInput, NotReady
+from dojo_site.schemas import DB_INT_MAX
 from domains.contracts import TASK_TYPES
 from domains.models import Domain
 from experiments.models import Experiment
@@ -63,8 +65,10 @@ def _positive(value: Any, name: str, *, integer: bool) -> Any:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float) or (integer and not isinstance(value, int)):
         raise InvalidInput(f"{name} must be a {'whole ' if integer else ''}number, got {value!r}")
-    if value <= 0:
+    if (isinstance(value, float) and not math.isfinite(value)) or value <= 0:
         raise InvalidInput(f"{name} must be greater than 0, got {value!r}")
+    if integer and value > DB_INT_MAX:
+        raise InvalidInput(f"{name} must be at most {DB_INT_MAX}, got {value!r}")
     return value
 
 
@@ -98,6 +102,8 @@ def run_create(
         )
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise InvalidInput(f"seed must be a whole number, got {seed!r}")
+    if not -DB_INT_MAX - 1 <= seed <= DB_INT_MAX:
+        raise InvalidInput(f"seed must be between {-DB_INT_MAX - 1} and {DB_INT_MAX}, got {seed}")
     _task_ready_check(domain)
     if prompt is not None and prompt.strip():
         program = prompt

@@ -4,7 +4,9 @@
 
 Builds its own DOJO_HOME and SQLite DB in a temporary folder, sets up two frozen domains through the
 real pipeline (scikit-learn's diabetes; a rows × 20 numeric Parquet file), then times experiments
-with the warm pool and with the cold-spawn fallback (DOJO_POOL_MAX=0). Prints medians.
+with the warm pool and with the cold-spawn fallback (DOJO_POOL_MAX=0). Prints medians, and the
+load averages at the start and the end (this is a 2-core machine: other work on it shows up in
+every figure, so read them together with the load).
 """
 
 import argparse
@@ -33,6 +35,7 @@ def main() -> int:
     parser.add_argument("--skip-big", action="store_true")
     parser.add_argument("--skip-cold", action="store_true")
     args = parser.parse_args()
+    load_start = os.getloadavg()
 
     home = Path(tempfile.mkdtemp(prefix="dojo-bench-"))
     os.environ["DOJO_HOME"] = str(home / "home")
@@ -111,8 +114,10 @@ def main() -> int:
         pool.pool_stop_all()
 
     print()
+    load_end = os.getloadavg()
     print(f"isolation: {sandbox_isolation()}, cpus: {os.cpu_count()}, runs per row: {args.runs} (after 1 warm-up), "
-          f"load average: {os.getloadavg()[0]:.2f}")
+          f"load average (1/5/15 min) at start: {' '.join(f'{x:.2f}' for x in load_start)}, "
+          f"at end: {' '.join(f'{x:.2f}' for x in load_end)}")
     print("| case | path | overhead median (min–max) | in train() median | experiment_run wall median |")
     print("|---|---|---|---|---|")
     for label, path, r in rows:

@@ -1,6 +1,6 @@
 """Research quality of the built-in researcher, against two references on the same splits.
 
-    .venv/bin/python bench/research_quality.py [--datasets diabetes,wine] [--budget 30]
+    .venv/bin/python bench/research_quality.py [--datasets diabetes,wine] [--budget 30] [--no-references]
 
 For each dataset it creates a domain through the real pipeline (SETUP.md → template tools →
 verification → freeze) in a throw-away DOJO_HOME, runs the built-in researcher with a budget of
@@ -212,7 +212,7 @@ def reference_codes(task_type: str) -> dict[str, str]:
     }
 
 
-def bench_one(name: str, home: Path, budget: int) -> dict:
+def bench_one(name: str, home: Path, budget: int, references: bool = True) -> dict:
     from agentrun.services import run_create, run_execute
     from experiments.models import Experiment
     from experiments.services import experiment_run
@@ -238,6 +238,9 @@ def bench_one(name: str, home: Path, budget: int) -> dict:
         "pick": pick.hypothesis[:120] if pick else None,
     }
     for ref, code in reference_codes(task.task_type).items():
+        if not references:
+            row[ref] = {"state": "skipped", "validation": None, "holdout": None}
+            continue
         t0 = time.monotonic()
         exp = experiment_run(domain=domain, train_code=code, hypothesis=f"reference: {ref}", seed=0)
         row[ref] = {
@@ -285,6 +288,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--datasets", default=",".join([*SKLEARN, *SYNTHETIC]))
     parser.add_argument("--budget", type=int, default=30)
+    parser.add_argument("--no-references", action="store_true",
+                        help="Skip the two reference experiments (faster; for timing the researcher).")
     parser.add_argument("--json", type=Path, help="Also write the rows as JSON here.")
     args = parser.parse_args()
     names = [n.strip() for n in args.datasets.split(",") if n.strip()]
@@ -305,7 +310,7 @@ def main() -> None:
     rows = []
     for name in names:
         print(f"== {name}", flush=True)
-        row = bench_one(name, home, args.budget)
+        row = bench_one(name, home, args.budget, references=not args.no_references)
         print(json.dumps(row, default=str), flush=True)
         rows.append(row)
     table_print(rows)

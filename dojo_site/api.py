@@ -1,14 +1,33 @@
+import json
+
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse
 from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, ValidationError
+from ninja.parser import Parser
 from ninja.security import django_auth
 
 from dojo_site.auth import BearerTokenAuth
 from dojo_site.errors import DojoError
 
+
+class StrictJsonParser(Parser):
+    """Standard JSON only. NaN/Infinity and lone surrogates (text no file or database can store) make
+    ninja answer 400 "Cannot parse request body" instead of failing deep inside a service."""
+
+    def parse_body(self, request: HttpRequest):
+        data = json.loads(request.body, parse_constant=_constant_refused)
+        json.dumps(data, ensure_ascii=False).encode()  # UnicodeEncodeError on a lone surrogate
+        return data
+
+
+def _constant_refused(name: str):
+    raise ValueError(f"{name} is not valid JSON")
+
+
 # Every endpoint needs a logged-in session (with CSRF) or an API token.
 api = NinjaAPI(
+    parser=StrictJsonParser(),
     title="Dojo API",
     version="1",
     auth=[BearerTokenAuth(), django_auth],

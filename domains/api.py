@@ -5,6 +5,7 @@ from django.http import HttpRequest
 from ninja import Router, Schema, Status
 
 from dojo_site.errors import NotFound
+from dojo_site.schemas import Id
 from domains.models import Domain
 from domains.services import (
     domain_create,
@@ -97,17 +98,17 @@ def domains_create(request: HttpRequest, payload: DomainIn):
 
 
 @router.get("/domains/{domain_id}", response=DomainOut)
-def domains_show(request: HttpRequest, domain_id: int):
+def domains_show(request: HttpRequest, domain_id: Id):
     return _get_domain(domain_id)
 
 
 @router.patch("/domains/{domain_id}", response=DomainOut)
-def domains_update(request: HttpRequest, domain_id: int, payload: DomainPatch):
+def domains_update(request: HttpRequest, domain_id: Id, payload: DomainPatch):
     return domain_update(domain=_get_domain(domain_id), **payload.dict(exclude_unset=True))
 
 
 @router.delete("/domains/{domain_id}", response={204: None})
-def domains_delete(request: HttpRequest, domain_id: int):
+def domains_delete(request: HttpRequest, domain_id: Id):
     domain_delete(domain=_get_domain(domain_id))
     return Status(204, None)
 
@@ -213,41 +214,41 @@ def _task(domain_id: int):
 
 
 @router.get("/domains/{domain_id}/task", response=TaskOut, tags=["task"])
-def task_show(request: HttpRequest, domain_id: int):
+def task_show(request: HttpRequest, domain_id: Id):
     return task_status(task=_task(domain_id))
 
 
 @router.post("/domains/{domain_id}/task", response={201: TaskOut}, tags=["task"])
-def task_create_endpoint(request: HttpRequest, domain_id: int, payload: TaskCreateIn):
+def task_create_endpoint(request: HttpRequest, domain_id: Id, payload: TaskCreateIn):
     task = task_create(domain=_get_domain(domain_id), **payload.dict())
     return Status(201, task_status(task=task))
 
 
 @router.patch("/domains/{domain_id}/task", response=TaskOut, tags=["task"])
-def task_update_endpoint(request: HttpRequest, domain_id: int, payload: TaskPatch):
+def task_update_endpoint(request: HttpRequest, domain_id: Id, payload: TaskPatch):
     task = task_update(task=_task(domain_id), **payload.dict(exclude_unset=True))
     return task_status(task=task)
 
 
 @router.get("/domains/{domain_id}/task/tools", response=list[ToolOut], tags=["task"])
-def task_tools_list(request: HttpRequest, domain_id: int, history: bool = False):
+def task_tools_list(request: HttpRequest, domain_id: Id, history: bool = False):
     """The current version of each tool; `?history=true` lists every version, newest first."""
     tools = _task(domain_id).tools.all()
     return tools if history else tools.filter(is_current=True)
 
 
 @router.post("/domains/{domain_id}/task/tools/generate", response=list[ToolOut], tags=["task"])
-def task_tools_generate(request: HttpRequest, domain_id: int, payload: ToolsGenerateIn):
+def task_tools_generate(request: HttpRequest, domain_id: Id, payload: ToolsGenerateIn):
     return task_generate(task=_task(domain_id), method=payload.method)
 
 
 @router.post("/domains/{domain_id}/task/tools/import", response=list[ToolOut], tags=["task"])
-def task_tools_import_endpoint(request: HttpRequest, domain_id: int, payload: ToolsImportIn):
+def task_tools_import_endpoint(request: HttpRequest, domain_id: Id, payload: ToolsImportIn):
     return task_tools_import(task=_task(domain_id), load_data=payload.load_data, evaluate=payload.evaluate)
 
 
 @router.post("/domains/{domain_id}/task/tools/verify", response=VerifyOut, tags=["task"])
-def task_tools_verify(request: HttpRequest, domain_id: int):
+def task_tools_verify(request: HttpRequest, domain_id: Id):
     """Runs both tools in the sandbox; a failed verification is a 200 with ok=false and the errors."""
     run = task_verify(task=_task(domain_id))
     checks = {
@@ -258,16 +259,16 @@ def task_tools_verify(request: HttpRequest, domain_id: int):
 
 
 @router.post("/domains/{domain_id}/task/freeze", response=TaskOut, tags=["task"])
-def task_freeze_endpoint(request: HttpRequest, domain_id: int):
+def task_freeze_endpoint(request: HttpRequest, domain_id: Id):
     return task_status(task=task_freeze(task=_task(domain_id)))
 
 
 @router.post("/domains/{domain_id}/task/unfreeze", response=TaskOut, tags=["task"])
-def task_unfreeze_endpoint(request: HttpRequest, domain_id: int, payload: UnfreezeIn):
+def task_unfreeze_endpoint(request: HttpRequest, domain_id: Id, payload: UnfreezeIn):
     return task_status(task=task_unfreeze(task=_task(domain_id), reason=payload.reason))
 
 
 # Last: its {name} would otherwise catch tools/verify, tools/generate and tools/import.
 @router.put("/domains/{domain_id}/task/tools/{name}", response=ToolOut, tags=["task"])
-def task_tool_update(request: HttpRequest, domain_id: int, name: str, payload: ToolCodeIn):
+def task_tool_update(request: HttpRequest, domain_id: Id, name: str, payload: ToolCodeIn):
     return task_tools_save(task=_task(domain_id), codes={name: payload.code}, origin="human")[0]

@@ -7,6 +7,7 @@ task and its tools (generation, verification, freezing).
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import re
 import tempfile
@@ -32,6 +33,9 @@ DEFAULT_SEED = 42
 DEFAULT_HOLDOUT_RATIO = 0.5
 # A data path naming one of scikit-learn's bundled datasets ("sklearn:load_diabetes" or "load_diabetes").
 SKLEARN_LOADER_RE = re.compile(r"^(?:sklearn:)?(load_[a-z_]+)$")
+ENV_VAR_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# numpy's RandomState takes seeds in [0, 2**32).
+SEED_MAX = 2**32 - 1
 
 
 def domain_name_check(name: str) -> str:
@@ -58,6 +62,8 @@ def workspace_check(workspace: str | os.PathLike) -> Path:
     """Return the workspace as an absolute path; raise InvalidInput if it is missing or unwritable."""
     if not str(workspace or "").strip():
         raise InvalidInput("a workspace directory is required")
+    if "\x00" in str(workspace):
+        raise InvalidInput("the workspace path contains a NUL character")
     path = Path(workspace).expanduser().resolve()
     if not path.exists():
         raise InvalidInput(f"workspace does not exist: {path}")
@@ -283,6 +289,9 @@ def domain_update(
     if env_vars is not None:
         if not all(isinstance(k, str) and isinstance(v, str) for k, v in env_vars.items()):
             raise InvalidInput("env vars must map names to strings")
+        bad = [k for k, v in env_vars.items() if not ENV_VAR_NAME_RE.match(k) or "\x00" in v]
+        if bad:
+            raise InvalidInput(f"invalid env var {bad[0]!r}: names are letters, digits and '_' (not first a digit), values have no NUL")
         domain.env_vars = env_vars
     try:
         domain.full_clean(validate_unique=False)
@@ -428,15 +437,18 @@ def _task_config_clean(config: dict, *, base: dict | None = None) -> dict:
                 raise TypeError
             else:
                 value = kind(value)
-        except (TypeError, ValueError):
-            raise InvalidInput(f"task config {key} must be {kind.__name__}, got {value!r}") from None
+                if kind is float and not math.isfinite(value):
+                    raise ValueError
+        except (TypeError, ValueError, OverflowError):
+            expected = f"a finite {kind.__name__}" if kind in (int, float) else kind.__name__
+            raise InvalidInput(f"task config {key} must be {expected}, got {value!r}") from None
         merged[key] = value
     if not 0 < merged.get("test_ratio", DEFAULT_TEST_RATIO) < 1:
         raise InvalidInput(f"test_ratio must be between 0 and 1 (exclusive), got {merged['test_ratio']}")
     if not 0 <= merged.get("holdout_ratio", DEFAULT_HOLDOUT_RATIO) < 1:
         raise InvalidInput(f"holdout_ratio must be in [0, 1) (0 turns the holdout off), got {merged['holdout_ratio']}")
-    if merged.get("seed", DEFAULT_SEED) < 0:
-        raise InvalidInput(f"seed must be 0 or more, got {merged['seed']}")
+    if not 0 <= merged.get("seed", DEFAULT_SEED) <= SEED_MAX:
+        raise InvalidInput(f"seed must be between 0 and {SEED_MAX}, got {merged['seed']}")
     if merged.get("verify_timeout_seconds", 1) <= 0:
         raise InvalidInput("verify_timeout_seconds must be positive")
     return merged

@@ -5,6 +5,7 @@ from django.http import FileResponse, HttpRequest, HttpResponse
 from ninja import Router, Schema, Status
 
 from dojo_site.errors import NotFound
+from dojo_site.schemas import Id, Offset, Seed
 from domains.models import Domain
 from experiments.models import Artifact, Experiment
 from experiments.services import (
@@ -74,8 +75,8 @@ class ExperimentIn(Schema):
     code: str
     hypothesis: str = ""
     variables: dict = {}
-    parent_id: int | None = None
-    seed: int | None = None
+    parent_id: Id | None = None
+    seed: Seed | None = None
 
 
 class CodeOut(Schema):
@@ -94,15 +95,15 @@ def _domain(domain_id: int) -> Domain:
 
 
 @router.get("/domains/{domain_id}/experiments", response=list[ExperimentOut])
-def experiments_list(request: HttpRequest, domain_id: int, sort: Sort = "validation", state: State | None = None,
-                     limit: int = 50, offset: int = 0):
+def experiments_list(request: HttpRequest, domain_id: Id, sort: Sort = "validation", state: State | None = None,
+                     limit: int = 50, offset: Offset = 0):
     limit = max(1, min(limit, 500))
     qs = experiment_leaderboard(domain=_domain(domain_id), sort=sort, state=state)
-    return list(qs[max(0, offset): max(0, offset) + limit])
+    return list(qs[offset: offset + limit])
 
 
 @router.post("/domains/{domain_id}/experiments", response={201: ExperimentDetailOut})
-def experiments_create(request: HttpRequest, domain_id: int, payload: ExperimentIn):
+def experiments_create(request: HttpRequest, domain_id: Id, payload: ExperimentIn):
     """Run one experiment by hand; synchronous, returns it completed or failed."""
     exp = experiment_run(
         domain=_domain(domain_id), train_code=payload.code, hypothesis=payload.hypothesis,
@@ -112,19 +113,19 @@ def experiments_create(request: HttpRequest, domain_id: int, payload: Experiment
 
 
 @router.get("/experiments/{experiment_id}", response=ExperimentDetailOut)
-def experiments_show(request: HttpRequest, experiment_id: int):
+def experiments_show(request: HttpRequest, experiment_id: Id):
     return experiment_get(experiment_id=experiment_id)
 
 
 @router.get("/experiments/{experiment_id}/code", response=CodeOut)
-def experiments_code(request: HttpRequest, experiment_id: int):
+def experiments_code(request: HttpRequest, experiment_id: Id):
     exp = experiment_get(experiment_id=experiment_id)
     return {"id": exp.pk, "code": exp.train_code, "code_sha256": exp.code_sha256, "parent_id": exp.parent_id,
             "parent_code": exp.parent.train_code if exp.parent else None}
 
 
 @router.get("/experiments/{experiment_id}/artifacts/{artifact_id}")
-def experiments_artifact(request: HttpRequest, experiment_id: int, artifact_id: int) -> HttpResponse:
+def experiments_artifact(request: HttpRequest, experiment_id: Id, artifact_id: Id) -> HttpResponse:
     artifact = Artifact.objects.filter(experiment_id=experiment_id, pk=artifact_id).first()
     if artifact is None:
         raise NotFound(f"experiment {experiment_id} has no artifact {artifact_id}")

@@ -178,7 +178,7 @@ def _evaluator_spec(domain: Domain, task: Task) -> pool.Spec:
         kind="evaluator",
         argv=(python, str(pool.EVALUATOR), "serve", "--snapshot", str(snap), "--contracts", str(CONTRACTS_PATH),
               "--task-type", task.task_type, "--metrics", ",".join(task.expected_metrics),
-              "--evaluate-sha", sha, "--idle", idle),
+              "--evaluate-sha", sha, "--work", "{work}", "--idle", idle),
         cwd=Path(domain.workspace_path),
         env=tuple(sorted(env.items())),
         home=Path(settings.DOJO_HOME),
@@ -254,13 +254,49 @@ def _check_input(domain: Domain, train_code, variables, parent) -> tuple[dict, E
     return variables, parent
 
 
+# Readiness checks that passed, by everything they depend on: the task row's contract fields, the
+# current tools' code (read on every call, one light query) and the identity of every snapshot file
+# (inode, size, mtime, ctime: an edit or a replacement on disk changes one). A hit skips only the
+# re-reading and re-hashing of what is provably unchanged.
+_ready_ok: dict[tuple, bool] = {}
+_SNAPSHOT_FILES = ("manifest", "X_train", "y_train", "X_test", "y_test", "split", "load_data", "evaluate")
+
+
+def _ready_key(task: Task) -> tuple | None:
+    from domains.models import TaskTool
+    from domains.snapshot import snapshot_paths
+
+    if not task.is_frozen or not task.snapshot_path:
+        return None
+    tools = tuple(
+        TaskTool.objects.filter(task_id=task.pk, is_current=True).order_by("name", "pk").values_list("name", "pk", "code")
+    )
+    paths = snapshot_paths(task)
+    files = []
+    try:
+        for name in _SNAPSHOT_FILES:
+            st = os.stat(getattr(paths, name))
+            files.append((st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+    except OSError:
+        return None
+    return (task.pk, task.contract_version, task.fingerprint, task.data_fingerprint, task.snapshot_path, tools,
+            tuple(files))
+
+
 def _ready_task(domain: Domain) -> Task:
     from domains.services import task_assert_ready
 
     task = Task.objects.filter(domain=domain).first()
     if task is None:
         raise NotReady(f"domain {domain.name!r} has no task; run `dojo_task setup --domain {domain.name}`")
-    task_assert_ready(task=task)
+    task.domain = domain  # the check's messages name it; no second query
+    key = _ready_key(task)
+    if key is None or key not in _ready_ok:
+        task_assert_ready(task=task)
+        if key is not None:
+            if len(_ready_ok) > 256:
+                _ready_ok.clear()
+            _ready_ok[key] = True
     if not Path(domain.workspace_path).is_dir():
         raise NotReady(f"the workspace {domain.workspace_path} does not exist; fix the domain's workspace path")
     return task
@@ -288,14 +324,15 @@ def experiment_run(
     experiments_fail_stale(domain=domain, limits=experiment_limits(task=task))
     if seed is None:
         seed = int((task.config or {}).get("seed", 0) or 0)
+    # Recorded straight as `running` (one INSERT): it starts running now; nothing is pending.
     exp = Experiment.objects.create(
         domain=domain, run=run, parent=parent, hypothesis=(hypothesis or "").strip(), variables=variables,
         train_code=train_code, code_sha256=hashlib.sha256(train_code.encode()).hexdigest(),
-        state=Experiment.State.PENDING, seed=seed, task_fingerprint=task.fingerprint,
+        state=Experiment.State.RUNNING, started_at=timezone.now(), seed=seed, task_fingerprint=task.fingerprint,
         data_fingerprint=task.data_fingerprint,
     )
+    exp._unsaved = set()
     try:
-        _save(exp, state=Experiment.State.RUNNING, started_at=timezone.now())
         _execute(exp, domain, task, should_stop, started)
     except _Failed as exc:
         _finish_failed(exp, str(exc), started)
@@ -314,10 +351,13 @@ def experiments_fail_stale(*, domain: Domain, limits: Limits) -> int:
     """Fail by-hand experiments of the domain still `running` long after any of them could be: the
     process running them died (kill -9, a crash). Runs' experiments are the agent reaper's."""
     cutoff = timezone.now() - timedelta(seconds=limits.timeout_seconds + 900)
-    return Experiment.objects.filter(
+    stale = Experiment.objects.filter(
         domain=domain, run__isnull=True, state__in=[Experiment.State.RUNNING, Experiment.State.PENDING],
         created_at__lt=cutoff,
-    ).update(
+    )
+    if not stale.exists():  # the usual case: a read, no write lock taken
+        return 0
+    return stale.update(
         state=Experiment.State.FAILED, finished_at=timezone.now(),
         error="the process running this experiment stopped before it finished (crash or kill)",
     )
@@ -352,10 +392,10 @@ def _execute(exp: Experiment, domain: Domain, task: Task, should_stop, started: 
             on_stop=lambda: warm.send({"stop": job_id}),
         )
         _move(warm.work / job_id, job_dir)
-        if answer is not None and answer.get("_payload"):
-            # y_pred came through the trainer's pipe; it never sits where the sandbox can write.
-            (job_dir / "y_pred.npy").unlink(missing_ok=True)
-            (job_dir / "y_pred.npy").write_bytes(answer.pop("_payload"))
+        # y_pred came through the trainer's pipe and stays in memory until it goes down the
+        # evaluator's: it never sits where the sandbox can write (a y_pred.npy left in the job
+        # folder by train() is ignored).
+        y_pred = answer.pop("_payload", b"") if answer is not None else b""
         if answer is None:
             log_tail = warm.log_tail()
             pool.trainer_discard(warm)
@@ -367,7 +407,11 @@ def _execute(exp: Experiment, domain: Domain, task: Task, should_stop, started: 
             warnings.append(f"cold start: {why}")
         answer, result, work = pool.trainer_cold(spec, job, should_stop=should_stop)
         _move(work / job_id, job_dir)
-        shutil.rmtree(work, ignore_errors=True)
+        _discard(work)
+        try:  # written by `trainer.py once` after everything the job started was killed
+            y_pred = (job_dir / "y_pred.npy").read_bytes() if answer is not None else b""
+        except OSError:
+            y_pred = b""
         isolation = result.isolation
         versions = (answer or {}).get("versions", {})
         if answer is None:
@@ -389,20 +433,24 @@ def _execute(exp: Experiment, domain: Domain, task: Task, should_stop, started: 
                          "warm": warm is not None, "threads": limits.threads},
             warnings=warnings,
         )
-        _trainer_outcome(answer, job_dir, limits)
-        scores = _evaluate(evaluator_spec, exp, job_dir)
+        _trainer_outcome(answer, job_dir, limits, y_pred)
+        scores = _evaluate(evaluator_spec, exp, job_dir, y_pred)
         artifacts = _collect_artifacts(exp, job_dir, scores.pop("_eval_dir"), limits, warnings)
         primary = task.primary_metric
-        with transaction.atomic():
-            Artifact.objects.bulk_create(artifacts)
-            _save(
-                exp, state=Experiment.State.COMPLETED, metrics=scores["metrics"],
-                holdout_metrics=scores["holdout_metrics"], primary_value=scores["metrics"].get(primary),
-                holdout_primary_value=scores["holdout_metrics"].get(primary), finished_at=timezone.now(),
-                warnings=warnings, total_seconds=time.perf_counter() - started,
-            )
+        completed = dict(
+            state=Experiment.State.COMPLETED, metrics=scores["metrics"],
+            holdout_metrics=scores["holdout_metrics"], primary_value=scores["metrics"].get(primary),
+            holdout_primary_value=scores["holdout_metrics"].get(primary), finished_at=timezone.now(),
+            warnings=warnings,
+        )
+        if artifacts:
+            with transaction.atomic():
+                Artifact.objects.bulk_create(artifacts)
+                _save(exp, **completed, total_seconds=time.perf_counter() - started)
+        else:  # one UPDATE is atomic by itself
+            _save(exp, **completed, total_seconds=time.perf_counter() - started)
     finally:
-        shutil.rmtree(job_dir, ignore_errors=True)
+        _discard(job_dir)
 
 
 def _number(value) -> float | None:
@@ -422,12 +470,51 @@ def _move(src: Path, dst: Path) -> None:
         dst.mkdir(parents=True, exist_ok=True)
 
 
+_trash_lock = threading.Lock()
+_trash_queue: list[Path] = []
+_trash_thread: tuple[int, threading.Thread] | None = None  # (pid, thread): not inherited by a fork
+
+
+def _discard(path: Path) -> None:
+    """Remove a job folder off the experiment's critical path: it is renamed at once into
+    DOJO_HOME/jobs/.trash (so it is gone from where it was) and deleted by a background thread.
+    Deleting a folder tree costs a few ms on this file system; a rename costs microseconds."""
+    global _trash_thread
+    if not path.exists():
+        return
+    trash = Path(settings.DOJO_HOME) / "jobs" / ".trash"
+    target = trash / f"{path.name}-{os.getpid()}-{threading.get_ident()}-{time.monotonic_ns()}"
+    try:
+        trash.mkdir(parents=True, exist_ok=True)
+        os.replace(path, target)
+    except OSError:
+        shutil.rmtree(path, ignore_errors=True)
+        return
+    with _trash_lock:
+        _trash_queue.append(target)
+        if _trash_thread is None or _trash_thread[0] != os.getpid() or not _trash_thread[1].is_alive():
+            thread = threading.Thread(target=_empty_trash, name="dojo-job-cleanup", daemon=True)
+            _trash_thread = (os.getpid(), thread)
+            thread.start()
+
+
+def _empty_trash() -> None:
+    global _trash_thread
+    while True:
+        with _trash_lock:
+            if not _trash_queue:
+                _trash_thread = None
+                return
+            path = _trash_queue.pop(0)
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def _dead_trainer_message(job_dir: Path, log_tail: str) -> str:
     last = (log_tail.strip().splitlines() or [""])[-1]
     return "the warm trainer process died during the experiment" + (f" ({last})" if last else "")
 
 
-def _trainer_outcome(answer: dict, job_dir: Path, limits: Limits) -> None:
+def _trainer_outcome(answer: dict, job_dir: Path, limits: Limits, y_pred: bytes) -> None:
     status = answer.get("status")
     if status == "stopped":
         raise _Failed("stopped")
@@ -453,33 +540,32 @@ def _trainer_outcome(answer: dict, job_dir: Path, limits: Limits) -> None:
     if answer.get("returncode"):
         last = (_tail(job_dir / "stderr.txt", 4000).strip().splitlines() or ["no output on stderr"])[-1]
         raise _Failed(f"the trainer exited with code {answer['returncode']}: {last}")
-    if not (job_dir / "y_pred.npy").is_file():
+    if not y_pred:
         raise _Failed(
             "train() ended without returning predictions (the process exited early, e.g. sys.exit or os._exit)"
         )
 
 
-def _evaluate(spec: pool.Spec, exp: Experiment, job_dir: Path) -> dict:
+def _evaluate(spec: pool.Spec, exp: Experiment, job_dir: Path, y_pred: bytes) -> dict:
+    """Score y_pred (.npy bytes) with the trusted evaluator; y_pred goes down its stdin right
+    after the request line. One retry when the evaluator died (it is restarted)."""
     for attempt in (1, 2):
         wp = pool.evaluator_get(spec)
         if wp.ready is None:
             raise _Failed(f"the evaluator could not start: {wp.error[-800:]}")
-        request_dir = wp.work / f"e{exp.pk}"
-        request_dir.mkdir(parents=True, exist_ok=True)
-        y_pred = request_dir / "y_pred.npy"
-        if (job_dir / "y_pred.npy").exists():
-            os.replace(job_dir / "y_pred.npy", y_pred)
-        request = {"id": exp.pk, "y_pred": str(y_pred), "validation_dir": str(request_dir / "validation"),
-                   "holdout_dir": str(request_dir / "holdout")}
         with wp.lock:
-            answer = wp.request(request, timeout=_setting("DOJO_EVALUATE_TIMEOUT_SECONDS", 600.0))
+            answer = wp.request({"id": exp.pk, "y_pred_bytes": len(y_pred)}, payload=y_pred,
+                                timeout=_setting("DOJO_EVALUATE_TIMEOUT_SECONDS", 600.0))
         eval_dir = job_dir / "evaluate"
-        _move(request_dir, eval_dir)
+        # Only folders evaluate wrote into come back, renamed for this experiment alone.
+        for part, path in ((answer or {}).get("artifacts") or {}).items():
+            src = Path(str(path))
+            if part in ("validation", "holdout") and src.parent == wp.work:
+                _move(src, eval_dir / part)
         if answer is None:
             tail = wp.log_tail()
             pool.evaluator_forget(wp)
-            if attempt == 1 and (eval_dir / "y_pred.npy").exists():
-                os.replace(eval_dir / "y_pred.npy", job_dir / "y_pred.npy")
+            if attempt == 1:
                 continue
             raise _Failed(f"the evaluator died while scoring: {(tail.splitlines() or ['no output'])[-1]}")
         if not answer.get("ok"):
@@ -500,12 +586,13 @@ def _collect_artifacts(exp: Experiment, job_dir: Path, eval_dir: Path, limits: L
     root = artifacts_root(exp.pk)
     if root.exists():
         shutil.rmtree(root)
-    root.mkdir(parents=True)
-    _move(job_dir / "artifacts", root / "train")
-    if (eval_dir / "validation").exists():
-        _move(eval_dir / "validation", root / "evaluate" / "validation")
-    if (eval_dir / "holdout").exists():
-        _move(eval_dir / "holdout", root / "evaluate" / "holdout")
+    sources = [(job_dir / "artifacts", root / "train"), (eval_dir / "validation", root / "evaluate" / "validation"),
+               (eval_dir / "holdout", root / "evaluate" / "holdout")]
+    sources = [(src, dst) for src, dst in sources if _has_entries(src)]
+    if not sources:
+        return []  # the usual case: nothing written, no folder made, nothing to walk
+    for src, dst in sources:
+        _move(src, dst)
     per_file = limits.artifacts_max_file_mb * 1024 * 1024
     total_cap = limits.artifacts_max_total_mb * 1024 * 1024
     total = 0
@@ -540,6 +627,14 @@ def _collect_artifacts(exp: Experiment, job_dir: Path, eval_dir: Path, limits: L
             ))
         dirs[:] = [d for d in dirs if not os.path.islink(os.path.join(folder, d))]
     return rows
+
+
+def _has_entries(folder: Path) -> bool:
+    try:
+        with os.scandir(folder) as entries:
+            return any(True for _ in entries)
+    except OSError:
+        return False
 
 
 def artifact_file(*, artifact: Artifact) -> Path:

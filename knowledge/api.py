@@ -6,6 +6,7 @@ from django.http import HttpRequest
 from ninja import Field, Query, Router, Schema, Status
 
 from dojo_site.errors import NotFound
+from dojo_site.schemas import Id, Offset
 from domains.models import Domain
 from knowledge.models import Evidence, KnowledgeAtom
 from knowledge.services import SEARCH_LIMIT_MAX, atom_search, atom_write
@@ -18,12 +19,12 @@ LIST_LIMIT_MAX = 500
 
 
 class EvidenceIn(Schema):
-    experiment_id: int
+    experiment_id: Id
     stance: StanceName = "supports"
 
 
 class AtomIn(Schema):
-    domain_id: int | None = Field(None, description="Null writes global knowledge.")
+    domain_id: Id | None = Field(None, description="Null writes global knowledge.")
     context: str = Field(..., description="When this applies.")
     claim: str = Field(..., description="What was found.")
     action: str = ""
@@ -94,15 +95,15 @@ class AtomDetailOut(AtomOut):
 
 
 class KnowledgeListQuery(Schema):
-    domain_id: int | None = None
+    domain_id: Id | None = None
     status: AtomStatus | None = None
     limit: int = Field(100, ge=1, le=LIST_LIMIT_MAX)
-    offset: int = Field(0, ge=0)
+    offset: Offset = 0
 
 
 class KnowledgeSearchQuery(Schema):
     query: str = Field(..., min_length=1)
-    domain_id: int | None = None
+    domain_id: Id | None = None
     limit: int = Field(10, ge=1, le=SEARCH_LIMIT_MAX)
 
 
@@ -167,5 +168,5 @@ def knowledge_create(request: HttpRequest, payload: AtomIn):
 
 
 @router.get("/knowledge/{atom_id}", response=AtomDetailOut)
-def knowledge_show(request: HttpRequest, atom_id: int):
+def knowledge_show(request: HttpRequest, atom_id: Id):
     return _get_atom(atom_id)

@@ -48,6 +48,7 @@ from agentrun.backends.builtin_code import (
 from agentrun.backends.builtin_plan import (
     DataProfile,
     Prior,
+    boosting_early_stopping,
     confidence_from,
     config_is_stochastic,
     data_profile,
@@ -73,6 +74,11 @@ SEED_STRIDE = 1_000
 SKEW_RATIO = 0.76
 # Ensemble members must close at least this share of the best model's gain over the constant.
 ENSEMBLE_MEMBER_GAP = 0.35
+# Tuning trials asked per batch, per parallel slot (see _tune).
+TUNE_TRIALS_PER_SLOT = 2
+# Families whose tuning trials depend on the seed (bootstraps, feature sampling, early-stopping
+# splits), so a new best among them is seed-checked before it is claimed.
+SEEDED_TUNING = frozenset({"random_forest", "extra_trees", "hist_gradient_boosting"})
 
 _researchers: weakref.WeakKeyDictionary[Any, Researcher] = weakref.WeakKeyDictionary()
 
@@ -160,8 +166,10 @@ class Researcher:
         self.sign = 1.0 if self.direction == "minimize" else -1.0
         self.seed = int(session.seed)
         self.domain_name: str = ctx.get("domain") or str(getattr(session.domain, "name", ""))
-        self.profile: DataProfile = data_profile(ctx.get("snapshot_info"))
-        classes = (ctx.get("snapshot_info") or {}).get("classes")
+        # The run context carries the trainer-visible "data" summary of the snapshot.
+        info = ctx.get("snapshot_info") or ctx.get("data") or {}
+        self.profile: DataProfile = data_profile(info)
+        classes = info.get("classes")
         self.classes: list | None = classes if isinstance(classes, list) and classes else None
         self.prior: Prior = knowledge_prior(ctx.get("knowledge") or [], self.task_type)
         remaining = session.experiments_remaining()
@@ -287,13 +295,22 @@ class Researcher:
             top = families[: 3 if self.budget >= 60 else 2]
             if not top:
                 return
-            width = min(self.session.max_parallel, self._room() - reserve)
+            # Two of every three batches go to the leading family, the rest to the runner-up.
+            # A batch is one family: its trials take about as long as each other, so no slot
+            # idles while a slow family's trial finishes next to a fast one's.
+            family = top[0] if slot % 3 != 1 or len(top) == 1 else top[1 % len(top)]
+            slot += 1
+            # A seeded family's new best is re-run with other seeds before it is claimed: keep
+            # room for that, so the checks never eat the ensemble's experiments.
+            checks = self._seed_checks_needed() if family in SEEDED_TUNING else 0
+            # Two trials per slot: the pool starts the next as soon as a slot frees, so a slot
+            # waits for the batch's slowest trial once per two rounds rather than every round.
+            width = min(TUNE_TRIALS_PER_SLOT * self.session.max_parallel, self._room() - reserve - checks)
+            if width <= 0:
+                return
             trials = []
             seen: set[str] = set()
             for _ in range(width):
-                # Two of every three trials go to the leading family, the rest to the runner-up.
-                family = top[0] if slot % 3 != 1 or len(top) == 1 else top[1 % len(top)]
-                slot += 1
                 trial = self._ask(family, seen)
                 if trial is not None:
                     trials.append(trial)
@@ -373,6 +390,8 @@ class Researcher:
         for _ in range(20):
             trial = study.ask(search_space(family, self.task_type))
             params = {**default_params(family, self.task_type), **params_round(trial.params)}
+            if family == "hist_gradient_boosting" and boosting_early_stopping(self.task_type, self.profile):
+                params["early_stopping"] = True  # max_iter becomes a cap; the fit stops when done
             config = Config(family, params, target_transform=transform)
             key = config.key()
             known = self.groups.get(key)
@@ -507,9 +526,12 @@ class Researcher:
             f"{self.metric} {self._fmt(mean)} on CV + validation{seeds}{gain}."
         )
 
+    def _seed_checks_needed(self) -> int:
+        """How many re-runs a seed check takes: two until a seed spread has been seen, then one."""
+        return 1 if self._pooled_spread() is not None else 2
+
     def _seed_check(self, group: Group) -> None:
-        spreads_known = self._pooled_spread() is not None
-        n = min(1 if spreads_known else 2, self._room())
+        n = min(self._seed_checks_needed(), self._room())
         base = group.first
         trials = [
             Trial(

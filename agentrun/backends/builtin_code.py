@@ -272,37 +272,44 @@ def task_classes(y):
 
 
 def cv_folds(n_rows):
-    """Folds for the out-of-fold score: more on small data, none where validation is plenty."""
-    return 5 if n_rows <= 1_000 else 3 if n_rows <= 20_000 else 0
+    """Folds for the out-of-fold score: more on small data, where a score of few rows is noisy;
+    a single held-out fifth (1) once that alone is a few thousand rows' worth of evidence; none
+    where the validation split is plenty."""
+    return 5 if n_rows <= 1_000 else 3 if n_rows <= 5_000 else 1 if n_rows <= 20_000 else 0
 
 
 def out_of_fold(build, numeric, categorical, X, y):
-    """Predict every training row with a model that did not see it (None: no folds).
+    """Predict training rows with models that did not see them: (rows, predictions), or None
+    without folds. With k folds every row is scored; with one, the held-out fifth.
 
     The folds are fixed (random_state=0) whatever the seed, so every configuration is scored
-    on the same folds and their differences are not split noise.
+    on the same rows and their differences are not split noise.
     """
     y = np.asarray(y)
     folds = cv_folds(len(y))
     if not folds:
         return None
     classes = task_classes(y)
-    splitter = KFold(folds, shuffle=True, random_state=0)
-    if TASK_TYPE != "regression" and np.unique(y, return_counts=True)[1].min() >= folds:
-        splitter = StratifiedKFold(folds, shuffle=True, random_state=0)
-    oof = None
+    stratify = TASK_TYPE != "regression" and np.unique(y, return_counts=True)[1].min() >= max(2, folds)
+    if folds == 1:
+        splitter = (StratifiedShuffleSplit if stratify else ShuffleSplit)(1, test_size=0.2, random_state=0)
+    else:
+        splitter = (StratifiedKFold if stratify else KFold)(folds, shuffle=True, random_state=0)
+    rows, preds = [], []
     for fit_rows, score_rows in splitter.split(X, y):
         model = build(numeric, categorical, y[fit_rows])
-        pred = fit_predict(model, X.iloc[fit_rows], y[fit_rows], X.iloc[score_rows], classes)
-        if oof is None:
-            oof = np.zeros((len(y),) + pred.shape[1:])
-        oof[score_rows] = pred
-    return oof
+        preds.append(fit_predict(model, X.iloc[fit_rows], y[fit_rows], X.iloc[score_rows], classes))
+        rows.append(score_rows)
+    rows = np.concatenate(rows)
+    order = np.argsort(rows)
+    return rows[order], np.concatenate(preds)[order]
 
 
 def report_cv(y, oof):
     if oof is not None:
-        print(f"DOJO_CV {METRIC}={cv_score(np.asarray(y), oof):.10g} rows={len(oof)}")
+        rows, pred = oof
+        print(f"DOJO_CV {METRIC}={cv_score(np.asarray(y)[rows], pred):.10g} rows={len(rows)}")
+
 '''
 
 _ENSEMBLE_WEIGHTS = '''
@@ -313,7 +320,8 @@ def ensemble_weights(y, oofs, rounds=20):
     equal weights."""
     if any(oof is None for oof in oofs):
         return np.full(len(oofs), 1 / len(oofs))
-    y = np.asarray(y)
+    y = np.asarray(y)[oofs[0][0]]  # every member is scored on the same rows
+    oofs = [pred for _, pred in oofs]
     sign = -1.0 if GREATER_IS_BETTER else 1.0
     counts = np.zeros(len(oofs))
     blend = np.zeros_like(oofs[0])
@@ -350,7 +358,8 @@ def blend(X_train, y_train, X_test):
     weights = ensemble_weights(y, oofs)
     print("DOJO_WEIGHTS " + " ".join(f"{w:.3f}" for w in weights))
     if all(oof is not None for oof in oofs):
-        report_cv(y, np.tensordot(weights, np.stack(oofs), axes=1))
+        rows = oofs[0][0]
+        report_cv(y, (rows, np.tensordot(weights, np.stack([pred for _, pred in oofs]), axes=1)))
     prediction = 0.0
     for build, weight in zip(MEMBERS, weights):
         if weight > 0:  # a member the selection never picked is not trained again
@@ -447,7 +456,7 @@ def _imports(members: tuple[Config, ...], task_type: str, score: str) -> list[st
     sklearn: dict[str, set[str]] = {
         "sklearn.compose": set(),
         "sklearn.metrics": {name for name in _METRIC_IMPORTS if name + "(" in score},
-        "sklearn.model_selection": {"KFold", "StratifiedKFold"},
+        "sklearn.model_selection": {"KFold", "ShuffleSplit", "StratifiedKFold", "StratifiedShuffleSplit"},
     }
     if families & {"linear", "elastic_net", "linear_interactions", "knn", "svm"}:
         sklearn["sklearn.compose"].add("ColumnTransformer")

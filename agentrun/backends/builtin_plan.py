@@ -36,6 +36,7 @@ SCAN_ORDER = (
 SVM_MAX_ROWS = 5_000
 KNN_MAX_ROWS = 50_000
 INTERACTIONS_MAX_NUMERIC = 40
+INTERACTIONS_MAX_CELLS = 4_000_000
 
 
 def default_params(family: str, task_type: str) -> dict[str, Any]:
@@ -135,9 +136,15 @@ _NUMERIC_DTYPE = re.compile(r"^(u?int|float|bool|Int|UInt|Float|boolean)", re.IG
 
 
 def data_profile(snapshot_info: dict[str, Any] | None) -> DataProfile:
-    """Read rows, features, categoricals and classes from the task's snapshot info, whatever of
-    it is there. The info is written at freeze; its exact keys belong to the domains app."""
-    info = snapshot_info or {}
+    """Read rows, features, categoricals and classes from the task's snapshot info, or from the
+    run context's "data" summary of it, whatever of it is there. The info is written at freeze;
+    its exact keys belong to the domains app."""
+    info = dict(snapshot_info or {})
+    # The run context's "data" summary (what an agent sees) names two of these differently.
+    if "shapes" not in info and isinstance(info.get("X_train"), dict):
+        info["shapes"] = {"X_train": info["X_train"].get("shape")}
+    if "dtypes" not in info and "columns" in info:
+        info["dtypes"] = {"X_train": info["columns"]}
     n_rows = _first_int(info, ("n_train", "train_rows", "rows_train"))
     shapes = info.get("shapes") or {}
     shape = shapes.get("X_train") if isinstance(shapes, dict) else None
@@ -157,7 +164,7 @@ def data_profile(snapshot_info: dict[str, Any] | None) -> DataProfile:
         n_categorical = 0 if _NUMERIC_DTYPE.match(columns) else n_features
     classes = info.get("classes")
     n_classes = len(classes) if isinstance(classes, list) else _first_int(info, ("n_classes",))
-    n_test = _first_int(info, ("n_test", "test_rows", "rows_test"))
+    n_test = _first_int(info, ("n_test", "n_test_rows_to_predict", "test_rows", "rows_test"))
     test_shape = shapes.get("X_test") if isinstance(shapes, dict) else None
     if n_test is None and isinstance(test_shape, list | tuple) and test_shape:
         n_test = _int_or_none(test_shape[0])
@@ -194,12 +201,37 @@ def scan_families(*, task_type: str, profile: DataProfile, skip: set[str]) -> li
             continue
         if family == "knn" and profile.n_rows is not None and profile.n_rows > KNN_MAX_ROWS:
             continue
-        if family == "linear_interactions" and (profile.n_numeric or 0) > INTERACTIONS_MAX_NUMERIC:
-            continue
-        if family == "linear_interactions" and profile.n_numeric is None and (profile.n_features or 0) > INTERACTIONS_MAX_NUMERIC:
+        if family == "linear_interactions" and not _interactions_fit(profile):
             continue
         families.append(family)
     return families
+
+
+# Boosting fits one tree per class and iteration: from this many rows × trees per iteration on,
+# a tuning trial holds out a tenth of its rows to stop when more iterations no longer help.
+BOOSTING_EARLY_STOP_WORK = 10_000
+BOOSTING_EARLY_STOP_MIN_ROWS = 1_000
+
+
+def boosting_early_stopping(task_type: str, profile: DataProfile) -> bool:
+    """Whether HistGradientBoosting's tuning trials stop early (on a held-out tenth of their
+    training rows) instead of always fitting max_iter iterations. Multiclass boosting costs
+    a tree per class per iteration, so there it pays from a few thousand rows; scikit-learn's
+    own "auto" turns it on above 10,000 rows for every task."""
+    if profile.n_rows is None or profile.n_rows < BOOSTING_EARLY_STOP_MIN_ROWS:
+        return False
+    per_iteration = profile.n_classes if task_type == "multiclass" and profile.n_classes else 1
+    return profile.n_rows * per_iteration >= BOOSTING_EARLY_STOP_WORK
+
+
+def _interactions_fit(profile: DataProfile) -> bool:
+    """Pairwise products of up to INTERACTIONS_MAX_NUMERIC numbers; of more only while the data
+    is short enough that rows × products stays small (wide, short tables are cheap)."""
+    numeric = profile.n_numeric if profile.n_numeric is not None else profile.n_features
+    if numeric is None or numeric <= INTERACTIONS_MAX_NUMERIC:
+        return True
+    products = numeric * (numeric + 1) // 2
+    return profile.n_rows is not None and profile.n_rows * products <= INTERACTIONS_MAX_CELLS
 
 
 def config_is_stochastic(config: Config, profile: DataProfile) -> bool:

@@ -4,20 +4,25 @@ becomes an experiment's metrics.
 It imports nothing from Django or the project except domains/contracts.py, loaded by path
 (it has no Django imports), for the per-task-type y_pred checks.
 
-    evaluator.py serve --snapshot DIR --contracts PATH --task-type T --metrics a,b,c
+    evaluator.py serve --snapshot DIR --contracts PATH --task-type T --metrics a,b,c --work DIR
                        [--evaluate-sha SHA] [--idle SECONDS]
 
 At start it loads the whole snapshot (y_test and the split included), checks that the
 materialized evaluate.py has the frozen sha256, imports it, and prints {"ready": true} (or
 {"ready": false, "error": ...}) on its protocol channel, the original stdout; the frozen code's
 own prints go to stderr. Then one JSON request per line on stdin:
-{"id", "y_pred": PATH.npy, "validation_dir", "holdout_dir"} →
-{"id", "ok", "metrics", "holdout_metrics", "error", "seconds"}.
+{"id", "y_pred_bytes": N}, followed by N raw bytes: y_pred in .npy format (no file, no copy) →
+{"id", "ok", "metrics", "holdout_metrics", "artifacts", "error", "seconds"}.
+evaluate writes its artifacts into empty folders under --work made ahead of time; a folder it
+wrote into is renamed to <work>/e<id>-<part> and listed in "artifacts" ({part: path}) for the
+harness to take, and a fresh empty one is made; an unused one is simply used again, so the usual
+request costs no file-system work at all.
 y_pred is read with allow_pickle=False: the trainer wrote it and is not trusted.
 """
 
 import hashlib
 import importlib.util
+import io
 import json
 import math
 import numbers
@@ -72,9 +77,13 @@ def _metrics_check(result, expected: list[str], part: str) -> tuple[dict | None,
 
 class Evaluator:
     def __init__(self, snapshot: Path, contracts_path: Path, task_type: str, metrics: list[str],
-                 evaluate_sha: str | None) -> None:
+                 evaluate_sha: str | None, work: Path) -> None:
         import numpy as np
 
+        self.work = work
+        self.scratch = {part: work / f"next-{part}" for part in ("validation", "holdout")}
+        for folder in self.scratch.values():
+            folder.mkdir(parents=True, exist_ok=True)
         self.np = np
         self.task_type = task_type
         self.metrics = metrics
@@ -106,16 +115,15 @@ class Evaluator:
             if len(idx):
                 self.parts[part] = (idx, _take(self.X_test, idx), _take(self.y_test, idx))
 
-    def score(self, request: dict) -> dict:
+    def score(self, request: dict, payload: bytes) -> dict:
         np = self.np
-        path = Path(request["y_pred"])
-        if not path.is_file():
+        if not payload:
             return {"ok": False, "error": "train() produced no predictions"}
         width = self.n_classes or 1
-        if path.stat().st_size > self.n_rows * width * 16 + 65536:
-            return {"ok": False, "error": f"y_pred file is {path.stat().st_size} bytes, far more than {self.n_rows} rows need"}
+        if len(payload) > self.n_rows * width * 16 + 65536:
+            return {"ok": False, "error": f"y_pred file is {len(payload)} bytes, far more than {self.n_rows} rows need"}
         try:
-            raw = np.load(path, allow_pickle=False)
+            raw = np.load(io.BytesIO(payload), allow_pickle=False)
         except Exception as exc:  # noqa: BLE001 - any unreadable file is the trainer's fault
             return {"ok": False, "error": f"y_pred could not be read ({type(exc).__name__}: {exc})"}
         y_pred, problem = self.contracts.prediction_check(
@@ -123,13 +131,12 @@ class Evaluator:
         )
         if problem:
             return {"ok": False, "error": problem}
-        out = {"ok": True, "metrics": {}, "holdout_metrics": {}}
-        for part, key, folder in (("validation", "metrics", "validation_dir"), ("holdout", "holdout_metrics", "holdout_dir")):
+        out = {"ok": True, "metrics": {}, "holdout_metrics": {}, "artifacts": {}}
+        for part, key in (("validation", "metrics"), ("holdout", "holdout_metrics")):
             if part not in self.parts:
                 continue
             idx, X_part, y_part = self.parts[part]
-            artifacts = Path(request[folder])
-            artifacts.mkdir(parents=True, exist_ok=True)
+            artifacts = self.scratch[part]
             try:
                 result = self.evaluate(
                     y_pred[idx], X_train=self.X_train, X_test=X_part, y_train=self.y_train,
@@ -138,11 +145,27 @@ class Evaluator:
             except Exception as exc:  # noqa: BLE001 - a frozen-tool failure fails the experiment
                 traceback.print_exc()
                 return {"ok": False, "error": f"the frozen evaluate failed on the {part} rows: {type(exc).__name__}: {exc}"}
+            finally:
+                self._hand_over_artifacts(part, request.get("id"), out)
             clean, problem = _metrics_check(result, self.metrics, part)
             if problem:
                 return {"ok": False, "error": problem}
             out[key] = clean
         return out
+
+    def _hand_over_artifacts(self, part: str, request_id, out: dict) -> None:
+        """If evaluate wrote into this part's folder, rename it for the harness and make a fresh one."""
+        folder = self.scratch[part]
+        try:
+            with os.scandir(folder) as entries:
+                used = any(True for _ in entries)
+        except FileNotFoundError:
+            used = False  # evaluate removed it: just make a new one
+        if used:
+            target = self.work / f"e{int(request_id or 0)}-{part}-{time.monotonic_ns()}"
+            os.rename(folder, target)
+            out["artifacts"][part] = str(target)
+        folder.mkdir(parents=True, exist_ok=True)
 
 
 def main() -> int:
@@ -153,7 +176,7 @@ def main() -> int:
     try:
         evaluator = Evaluator(
             Path(_arg("--snapshot")), Path(_arg("--contracts")), _arg("--task-type"),
-            [m for m in (_arg("--metrics") or "").split(",") if m], _arg("--evaluate-sha"),
+            [m for m in (_arg("--metrics") or "").split(",") if m], _arg("--evaluate-sha"), Path(_arg("--work")),
         )
     except Exception as exc:  # noqa: BLE001 - told to the harness, which fails the experiment
         traceback.print_exc()
@@ -161,7 +184,7 @@ def main() -> int:
         return 1
     proto.write(json.dumps({"ready": True, "pid": os.getpid()}) + "\n")
     idle = float(_arg("--idle", "600"))
-    buf = b""
+    buf = bytearray()
     while True:
         if b"\n" not in buf:
             ready, _, _ = select.select([0], [], [], idle)
@@ -172,14 +195,27 @@ def main() -> int:
                 return 0
             buf += chunk
             continue
-        line, buf = buf.split(b"\n", 1)
+        end = buf.index(b"\n")
+        line = bytes(buf[:end])
+        del buf[:end + 1]
         try:
             request = json.loads(line)
         except ValueError:
             continue
+        size = request.get("y_pred_bytes") if isinstance(request, dict) else None
+        size = size if isinstance(size, int) and size > 0 else 0
+        while len(buf) < size:  # the harness sends the payload right after the line
+            chunk = os.read(0, max(1 << 20, size - len(buf)))
+            if not chunk:
+                return 0
+            buf += chunk
+        payload = bytes(buf[:size])
+        del buf[:size]
+        if not isinstance(request, dict):
+            continue
         started = time.perf_counter()
         try:
-            answer = evaluator.score(request)
+            answer = evaluator.score(request, payload)
         except Exception as exc:  # noqa: BLE001
             traceback.print_exc()
             answer = {"ok": False, "error": f"evaluator error: {type(exc).__name__}: {exc}"}

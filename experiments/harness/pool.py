@@ -123,16 +123,23 @@ class WarmProcess:
                 self.error = (msg or {}).get("error") or self.log_tail() or "the warm process did not start"
         return self.ready is not None
 
-    def send(self, message: dict) -> bool:
+    def send(self, message: dict, payload: bytes = b"") -> bool:
+        """One JSON line, then `payload` raw bytes (the receiver knows their length from the line)."""
         try:
-            self.proc.stdin.write((json.dumps(message) + "\n").encode())
+            line = (json.dumps(message) + "\n").encode()
+            if len(payload) < 1 << 20:
+                self.proc.stdin.write(line + payload)  # one write for the usual small y_pred
+            else:
+                self.proc.stdin.write(line)
+                self.proc.stdin.write(payload)
             self.proc.stdin.flush()
             return True
         except (BrokenPipeError, OSError, ValueError):
             return False
 
-    def request(self, message: dict, *, timeout: float, should_stop=None, on_stop=None) -> dict | None:
-        if not self.send(message):
+    def request(self, message: dict, *, timeout: float, payload: bytes = b"", should_stop=None,
+                on_stop=None) -> dict | None:
+        if not self.send(message, payload):
             return None
         deadline = time.monotonic() + timeout
         answer = self._readline(timeout, should_stop, on_stop)

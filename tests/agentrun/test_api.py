@@ -39,7 +39,9 @@ def test_it_refuses_an_unfrozen_task_with_409(client_logged_in, workspace, djang
 
 @pytest.mark.parametrize(
     "payload, status",
-    [({"domain_id": 999}, 404), ({"backend": "gpt"}, 422), ({"max_experiments": 0}, 422), ({"budget_usd": "lots"}, 422)],
+    [({"domain_id": 999}, 404), ({"backend": "gpt"}, 422), ({"max_experiments": 0}, 422), ({"budget_usd": "lots"}, 422),
+     # Numbers no database column holds: 422, not an OverflowError at insert.
+     ({"seed": 2**70}, 422), ({"max_turns": 2**40}, 422), ({"domain_id": 2**70}, 422), ({"budget_usd": float("inf")}, 400)],
 )
 def test_it_rejects_bad_input_with_4xx_json(client_logged_in, frozen_domain_in_transaction, payload, status):
     response = _post(client_logged_in, "/api/runs", {"domain_id": frozen_domain_in_transaction.pk, **payload})
@@ -144,3 +146,11 @@ def test_the_sse_stream_works_over_a_threaded_wsgi_server(live_server, user, fro
     thread.join(30)
     assert names[-1] == "finalized" and names.count("text") >= 3
     assert time.monotonic() - started < 30
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("url", ["/api/runs/99999999999999999999999", "/api/runs/1/events?after=99999999999999999999999",
+                                 "/api/runs?domain_id=99999999999999999999999"])
+def test_it_answers_422_to_numbers_no_database_can_hold(client_logged_in, url):
+    response = client_logged_in.get(url)
+    assert response.status_code == 422 and "detail" in response.json()

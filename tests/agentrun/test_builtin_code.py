@@ -157,3 +157,13 @@ def test_it_refuses_what_it_cannot_render():
         train_code_render(config=Config("linear"), task_type="regression", metric="made_up")
     with pytest.raises(ValueError):
         Config("ensemble")
+
+
+def test_it_scores_one_held_out_fifth_on_mid_sized_data_and_blends_on_those_rows():
+    X, y = mixed_frame(6_000)
+    X_train, X_test, y_train = X.iloc[:5_500], X.iloc[5_500:], y[:5_500]
+    members = (Config("linear", default_params("linear", "binary")), Config("knn", default_params("knn", "binary")))
+    for config in (members[0], Config("ensemble", members=members)):
+        pred, stdout = train(config, "binary", X_train, y_train, X_test)
+        assert pred.shape == (500,) and np.isfinite(pred).all()
+        assert "rows=1100" in stdout, stdout  # a fifth of 5,500 rows, not all of them

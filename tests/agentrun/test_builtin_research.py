@@ -187,3 +187,18 @@ def test_it_compounds_knowledge_across_real_runs(frozen_domain):
     # The rewrite of the same finding became a new version, not a duplicate.
     best_atom.refresh_from_db()
     assert best_atom.status == KnowledgeAtom.Status.SUPERSEDED
+
+
+def test_it_plans_from_the_data_summary_a_real_run_context_carries():
+    from agentrun.backends.builtin_plan import data_profile, scan_families
+
+    summary = {  # agentrun.services' "data" summary of a snapshot manifest
+        "n_train": 8_000, "n_test_rows_to_predict": 2_000,
+        "X_train": {"type": "ndarray", "shape": [8_000, 64]}, "columns": "float64",
+        "classes": list(range(10)),
+    }
+    profile = data_profile(summary)
+    assert (profile.n_rows, profile.n_test, profile.n_features, profile.n_categorical, profile.n_classes) == (
+        8_000, 2_000, 64, 0, 10)
+    families = scan_families(task_type="multiclass", profile=profile, skip=set())
+    assert "svm" not in families and "linear_interactions" not in families

@@ -126,3 +126,12 @@ def test_the_runs_list_shows_every_run(client_logged_in, frozen_domain_in_transa
 def test_pages_need_a_login(client, name, args):
     response = client.get(reverse(f"agentrun:{name}", args=args))
     assert response.status_code == 302 and response["Location"].startswith("/login/")
+
+
+def test_the_start_form_refuses_counts_no_database_can_hold(client_logged_in, frozen_domain_in_transaction):
+    response = client_logged_in.post(
+        reverse("agentrun:start", args=[frozen_domain_in_transaction.pk]), {"backend": "builtin", "max_experiments": str(10**20)}
+    )
+    assert response.status_code == 422
+    assert "max experiments must be at most" in response.content.decode()
+    assert not AgentRun.objects.exists()

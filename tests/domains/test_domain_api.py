@@ -1,3 +1,5 @@
+import json
+
 import pytest
 
 from domains.contracts import TASK_TYPES
@@ -111,3 +113,41 @@ def test_it_documents_the_domain_endpoints_in_openapi(client_logged_in):
     # The API's enum follows the task-type registry (a new type needs its API entry too).
     assert schema["components"]["schemas"]["DomainIn"]["properties"]["task_type"]["enum"] == list(TASK_TYPES)
     assert client_logged_in.get("/api/docs").status_code == 200
+
+
+def test_it_answers_422_to_a_nul_in_the_workspace_path(api):
+    response = api("post", "/domains", _payload("/tmp/\x00x"))
+
+    assert response.status_code == 422
+    assert "NUL" in response.json()["detail"]
+    assert not Domain.objects.exists()
+
+
+@pytest.mark.parametrize("env_vars", [{"": "x"}, {"A=B": "x"}, {"A\x00": "x"}, {"OK": "a\x00b"}])
+def test_it_answers_422_to_env_vars_a_process_cannot_take(api, workspace, env_vars):
+    domain = domain_create(name="houses", task_type="regression", workspace=workspace)
+
+    response = api("patch", f"/domains/{domain.pk}", {"env_vars": env_vars})
+
+    assert response.status_code == 422
+    assert "invalid env var" in response.json()["detail"]
+    domain.refresh_from_db()
+    assert domain.env_vars == {}
+
+
+@pytest.mark.parametrize("path", ["/domains/99999999999999999999999", "/domains/0", "/domains/99999999999999999999999/task"])
+def test_it_answers_422_to_an_id_no_database_can_hold(api, path):
+    response = api("get", path)
+
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"] == ["path", "domain_id"]
+
+
+def test_it_answers_400_to_json_that_is_not_standard(client_logged_in, workspace):
+    # NaN/Infinity and lone surrogates parse in Python but no file or database stores them.
+    payload = json.dumps(_payload(workspace, description="DESCRIPTION"))
+    for body in [payload.replace('"DESCRIPTION"', "NaN"), payload.replace("DESCRIPTION", "\\ud800")]:
+        response = client_logged_in.post("/api/domains", body, content_type="application/json")
+        assert response.status_code == 400
+        assert response.json() == {"detail": "Cannot parse request body"}
+    assert not Domain.objects.exists()

@@ -91,3 +91,31 @@ def test_it_generates_from_a_template_and_refuses_unknown_tools(api, workspace):
     assert api("put", f"{base}/tools/train", {"code": "def train(): pass"}).status_code == 422
     bad = api("put", f"{base}/tools/evaluate", {"code": "def evaluate(:"})
     assert bad.status_code == 422 and "evaluate.py line 1" in bad.json()["detail"]
+
+
+@pytest.mark.parametrize("config, detail", [
+    ('{"seed": 1e400}', "task config seed must be a finite int"),  # JSON's 1e400 parses as infinity
+    ('{"seed": 1180591620717411303424}', "seed must be between 0 and 4294967295"),
+    ('{"holdout_ratio": -1e400}', "task config holdout_ratio must be a finite float"),
+])
+def test_it_answers_422_to_config_numbers_out_of_range(client_logged_in, workspace, config, detail):
+    domain = make_domain(workspace)
+    before = task_of(domain).config
+
+    response = client_logged_in.patch(f"/api/domains/{domain.pk}/task", '{"config": ' + config + "}",
+                                      content_type="application/json")
+
+    assert response.status_code == 422
+    assert detail in response.json()["detail"]
+    assert task_of(domain).config == before
+
+
+def test_it_answers_400_to_nan_in_the_config(client_logged_in, workspace):
+    domain = make_domain(workspace)
+    before = task_of(domain).config
+
+    response = client_logged_in.patch(f"/api/domains/{domain.pk}/task", '{"config": {"verify_timeout_seconds": NaN}}',
+                                      content_type="application/json")
+
+    assert response.status_code == 400
+    assert task_of(domain).config == before

@@ -1,3 +1,5 @@
+import json
+
 import pytest
 
 from knowledge.models import KnowledgeAtom
@@ -131,3 +133,17 @@ def test_it_shows_an_atom_with_versions_and_related(client_logged_in, domain):
     missing = client_logged_in.get("/api/knowledge/99999")
     assert missing.status_code == 404
     assert missing.json() == {"detail": "no knowledge atom with id 99999"}
+
+
+@pytest.mark.parametrize("url", ["/api/knowledge?offset=99999999999999999999999", "/api/knowledge/99999999999999999999999",
+                                 "/api/knowledge?domain_id=99999999999999999999999"])
+def test_it_answers_422_to_numbers_no_database_can_hold(client_logged_in, url):
+    response = client_logged_in.get(url)
+    assert response.status_code == 422 and "detail" in response.json()
+
+
+def test_it_answers_400_to_text_no_database_can_store(client_logged_in, domain):
+    body = json.dumps({"domain_id": domain.pk, "context": "c", "claim": "lone \ud800 surrogate"})
+    response = client_logged_in.post("/api/knowledge", body, content_type="application/json")
+    assert response.status_code == 400 and "detail" in response.json()
+    assert not KnowledgeAtom.objects.exists()

@@ -55,7 +55,8 @@ class Command(BaseCommand):
         config = action("config", help="Change the primary metric or config keys (unfrozen task only).")
         config.add_argument("--metric", help="Primary metric (one of the task type's metrics).")
         config.add_argument(
-            "--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
+            # Not dest="settings": Django reads options.settings as its --settings module.
+            "--set", dest="config_items", action="append", default=[], metavar="KEY=VALUE",
             help="A config key, e.g. --set holdout_ratio=0.3 (repeatable).",
         )
 
@@ -124,7 +125,7 @@ class Command(BaseCommand):
 
     def _config(self, task, options) -> None:
         config = {}
-        for item in options["settings"]:
+        for item in options["config_items"]:
             key, sep, value = item.partition("=")
             if not sep:
                 raise InvalidInput(f"--set takes KEY=VALUE, got {item!r}")

@@ -1,0 +1,12 @@
+"""Bounded integers for API input: a number the database cannot store is a 422, never a 500."""
+
+from typing import Annotated
+
+from pydantic import Field
+
+DB_ID_MAX = 2**63 - 1  # BigAutoField: SQLite INTEGER, PostgreSQL bigint
+DB_INT_MAX = 2**31 - 1  # IntegerField / PositiveIntegerField on PostgreSQL
+
+Id = Annotated[int, Field(ge=1, le=DB_ID_MAX)]
+Offset = Annotated[int, Field(ge=0, le=DB_ID_MAX)]
+Seed = Annotated[int, Field(ge=-DB_INT_MAX - 1, le=DB_INT_MAX)]

@@ -8,7 +8,8 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError
 from rich.console import Console
 
-from dojo_site.errors import DojoError, NotReady
+from dojo_site.errors import DojoError, InvalidInput, NotReady
+from dojo_site.schemas import DB_ID_MAX
 
 # Exit code for "the thing exists but is not ready" (e.g. the task is not frozen).
 EXIT_NOT_READY = 3
@@ -37,6 +38,13 @@ def add_json_argument(parser: ArgumentParser, *, subcommand: bool = False) -> No
         default=argparse.SUPPRESS if subcommand else False,
         help="Print machine-readable JSON.",
     )
+
+
+def limit_checked(limit: int) -> int:
+    """Return --limit capped at what a database LIMIT takes (a huge one means "all"); InvalidInput below 1."""
+    if limit < 1:
+        raise InvalidInput("--limit must be at least 1")
+    return min(limit, DB_ID_MAX)
 
 
 def command_error(exc: DojoError) -> CommandError:

@@ -29,6 +29,7 @@ from django.db.models import F, QuerySet
 from django.utils import timezone
 
 from dojo_site.errors import InvalidInput, NotFound, NotReady
+from dojo_site.schemas import DB_INT_MAX
 from domains import contracts
 from domains.models import Domain, Task
 from domains.sandbox import ISOLATION_HINT, sandbox_env, sandbox_isolation
@@ -320,8 +321,9 @@ def experiment_run(
     its DB connections when it is done (django.db.connections.close_all())."""
     started = time.perf_counter()
     variables, parent = _check_input(domain, train_code, variables, parent)
+    if isinstance(seed, int) and not -DB_INT_MAX - 1 <= seed <= DB_INT_MAX:  # the seed column's range
+        raise InvalidInput(f"seed must be between {-DB_INT_MAX - 1} and {DB_INT_MAX}, got {seed}")
     task = _ready_task(domain)
-    experiments_fail_stale(domain=domain, limits=experiment_limits(task=task))
     if seed is None:
         seed = int((task.config or {}).get("seed", 0) or 0)
     # Recorded straight as `running` (one INSERT): it starts running now; nothing is pending.
@@ -389,7 +391,7 @@ def _execute(exp: Experiment, domain: Domain, task: Task, should_stop, started: 
     if warm is not None:
         answer = warm.request(
             job, timeout=limits.timeout_seconds + 30, should_stop=should_stop,
-            on_stop=lambda: warm.send({"stop": job_id}),
+            on_stop=lambda: warm.send({"stop": job_id}), while_waiting=lambda: _while_training(domain, limits),
         )
         _move(warm.work / job_id, job_dir)
         # y_pred came through the trainer's pipe and stays in memory until it goes down the
@@ -405,6 +407,7 @@ def _execute(exp: Experiment, domain: Domain, task: Task, should_stop, started: 
     else:
         if why:
             warnings.append(f"cold start: {why}")
+        _while_training(domain, limits)
         answer, result, work = pool.trainer_cold(spec, job, should_stop=should_stop)
         _move(work / job_id, job_dir)
         _discard(work)
@@ -471,15 +474,15 @@ def _move(src: Path, dst: Path) -> None:
 
 
 _trash_lock = threading.Lock()
-_trash_queue: list[Path] = []
-_trash_thread: tuple[int, threading.Thread] | None = None  # (pid, thread): not inherited by a fork
+_trash: list[Path] = []
+TRASH_MAX = 32
 
 
 def _discard(path: Path) -> None:
     """Remove a job folder off the experiment's critical path: it is renamed at once into
-    DOJO_HOME/jobs/.trash (so it is gone from where it was) and deleted by a background thread.
+    DOJO_HOME/jobs/.trash (so it is gone from where it was) and deleted later by _empty_trash,
+    which the next experiment calls while its train() runs and this process only waits.
     Deleting a folder tree costs a few ms on this file system; a rename costs microseconds."""
-    global _trash_thread
     if not path.exists():
         return
     trash = Path(settings.DOJO_HOME) / "jobs" / ".trash"
@@ -491,22 +494,28 @@ def _discard(path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
         return
     with _trash_lock:
-        _trash_queue.append(target)
-        if _trash_thread is None or _trash_thread[0] != os.getpid() or not _trash_thread[1].is_alive():
-            thread = threading.Thread(target=_empty_trash, name="dojo-job-cleanup", daemon=True)
-            _trash_thread = (os.getpid(), thread)
-            thread.start()
+        _trash.append(target)
+        backlog = len(_trash) > TRASH_MAX
+    if backlog:  # no warm experiment came along to do it (cold spawns, failures)
+        _empty_trash()
 
 
 def _empty_trash() -> None:
-    global _trash_thread
-    while True:
-        with _trash_lock:
-            if not _trash_queue:
-                _trash_thread = None
-                return
-            path = _trash_queue.pop(0)
+    with _trash_lock:
+        paths = list(_trash)
+        _trash.clear()
+    for path in paths:
         shutil.rmtree(path, ignore_errors=True)
+
+
+def _while_training(domain: Domain, limits: Limits) -> None:
+    """Housekeeping done while the trainer runs (this process would only wait): delete earlier
+    job folders, fail stale by-hand experiments. Never raises: a failure here fails nothing."""
+    try:
+        _empty_trash()
+        experiments_fail_stale(domain=domain, limits=limits)
+    except Exception:  # noqa: BLE001
+        log.exception("housekeeping during an experiment failed")
 
 
 def _dead_trainer_message(job_dir: Path, log_tail: str) -> str:

@@ -74,8 +74,6 @@ SEED_STRIDE = 1_000
 SKEW_RATIO = 0.76
 # Ensemble members must close at least this share of the best model's gain over the constant.
 ENSEMBLE_MEMBER_GAP = 0.35
-# Tuning trials asked per batch, per parallel slot (see _tune).
-TUNE_TRIALS_PER_SLOT = 2
 # Families whose tuning trials depend on the seed (bootstraps, feature sampling, early-stopping
 # splits), so a new best among them is seed-checked before it is claimed.
 SEEDED_TUNING = frozenset({"random_forest", "extra_trees", "hist_gradient_boosting"})
@@ -303,9 +301,7 @@ class Researcher:
             # A seeded family's new best is re-run with other seeds before it is claimed: keep
             # room for that, so the checks never eat the ensemble's experiments.
             checks = self._seed_checks_needed() if family in SEEDED_TUNING else 0
-            # Two trials per slot: the pool starts the next as soon as a slot frees, so a slot
-            # waits for the batch's slowest trial once per two rounds rather than every round.
-            width = min(TUNE_TRIALS_PER_SLOT * self.session.max_parallel, self._room() - reserve - checks)
+            width = min(self.session.max_parallel, self._room() - reserve - checks)
             if width <= 0:
                 return
             trials = []

@@ -138,9 +138,13 @@ class WarmProcess:
             return False
 
     def request(self, message: dict, *, timeout: float, payload: bytes = b"", should_stop=None,
-                on_stop=None) -> dict | None:
+                on_stop=None, while_waiting: Callable[[], None] | None = None) -> dict | None:
+        """Send, then (optionally) run `while_waiting` — work that fits while the other side is
+        busy — then wait for the answer line and its payload."""
         if not self.send(message, payload):
             return None
+        if while_waiting is not None:
+            while_waiting()
         deadline = time.monotonic() + timeout
         answer = self._readline(timeout, should_stop, on_stop)
         size = (answer or {}).get("payload_bytes") or 0

@@ -78,6 +78,26 @@ def test_dojo_run_rejects_bad_limits_in_one_line(frozen_domain):
     assert error.value.returncode == 1
 
 
+@pytest.mark.parametrize(("args", "message"), [
+    # Numbers past the columns' range were an OverflowError traceback at insert.
+    (("--max-experiments", str(10**20)), "^max experiments must be at most 2147483647, got 100000000000000000000$"),
+    (("--seed", str(10**20)), "^seed must be between -2147483648 and 2147483647, got 100000000000000000000$"),
+    (("--budget-usd", "nan"), "^budget \\(USD\\) must be greater than 0, got nan$"),
+])
+def test_dojo_run_rejects_numbers_out_of_range_in_one_line(frozen_domain_in_transaction, args, message):
+    with pytest.raises(CommandError, match=message) as error:
+        _call("dojo_run", "--domain", "diabetes", *args)
+    assert error.value.returncode == 1
+    assert not AgentRun.objects.exists()
+
+
+def test_dojo_runs_ls_takes_a_huge_limit_and_refuses_zero(frozen_domain_in_transaction):
+    run = run_create(domain=frozen_domain_in_transaction)
+    assert json.loads(_call("dojo_runs", "ls", "--domain", "diabetes", "--json", "--limit", str(10**20)))[0]["id"] == run.pk
+    with pytest.raises(CommandError, match="^--limit must be at least 1$"):
+        _call("dojo_runs", "ls", "--domain", "diabetes", "--limit", "-5")
+
+
 def _start_dojo_run(dojo_home, tmp_path, script: dict) -> subprocess.Popen:
     env = _subprocess_env(dojo_home, script, tmp_path, COLUMNS="200")
     return subprocess.Popen(

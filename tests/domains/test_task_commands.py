@@ -1,10 +1,15 @@
 """`manage.py dojo_task`: thin over the services; exit 3 for "not ready", 1 for other errors."""
 
 import json
+import os
+import subprocess
+import sys
 from io import StringIO
 
 import pytest
+from django.conf import settings
 from django.core.management import CommandError, call_command
+from django.db import connection
 
 from domains.models import TaskTool
 from tests.domains.taskkit import EVALUATE_REGRESSION, LOAD_REGRESSION, make_domain, task_of
@@ -109,3 +114,22 @@ def test_it_changes_the_primary_metric_and_config(workspace):
 def test_it_needs_a_domain(db):
     with pytest.raises(CommandError, match="no domain named 'ghost'"):
         run("show", "--domain", "ghost")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_sets_config_keys_from_a_real_command_line(workspace):
+    # `--set` was stored as options["settings"], which Django takes for its --settings module:
+    # from a shell every `dojo_task config --set` ended in a TypeError traceback.
+    domain = make_domain(workspace)
+    env = os.environ | {"DATABASE_URL": f"sqlite:///{connection.settings_dict['NAME']}", "DOJO_HOME": str(settings.DOJO_HOME)}
+
+    def manage(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, str(settings.BASE_DIR / "manage.py"), "dojo_task", "config", "--domain",
+                               domain.name, *args], env=env, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+
+    done = manage("--set", "holdout_ratio=0.3")
+    assert done.returncode == 0, done.stderr
+    assert task_of(domain).config["holdout_ratio"] == 0.3
+    refused = manage("--set", "seed=99999999999999999999999")
+    assert refused.returncode == 1
+    assert refused.stderr.strip() == "CommandError: seed must be between 0 and 4294967295, got 99999999999999999999999"

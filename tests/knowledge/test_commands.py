@@ -83,6 +83,7 @@ def test_it_shows_an_atom_with_its_versions(domain):
         (("--domain", "diabetes", "search", "   "), "Query must not be empty"),
         (("--domain", "diabetes", "search", "x", "--limit", "0"), "Limit must be"),
         (("--domain", "diabetes", "ls", "--limit", "0"), "--limit must be at least 1"),
+        (("ls", "--domain", "nope"), "no domain named 'nope'"),  # --domain after the action, like every dojo_* command
     ],
 )
 def test_it_fails_with_one_clear_line(domain, args, message):
@@ -90,3 +91,10 @@ def test_it_fails_with_one_clear_line(domain, args, message):
         run(*args)
     assert "\n" not in str(info.value)
     assert info.value.returncode == 1
+
+
+def test_it_takes_a_limit_larger_than_any_database_limit(domain):
+    # It was an OverflowError traceback from SQLite; a huge limit now means "all".
+    atom_write(domain=domain, context=CONTEXT, claim="Extra trees beats Ridge")
+    listed = json.loads(run("ls", "--domain", "diabetes", "--json", "--limit", str(10**20)))
+    assert [a["claim"] for a in listed] == ["Extra trees beats Ridge"]

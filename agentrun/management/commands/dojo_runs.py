@@ -13,6 +13,7 @@ from dojo_site.cli import (
     add_json_argument,
     command_error,
     console_for,
+    limit_checked,
     print_json,
 )
 from dojo_site.errors import DojoError
@@ -49,7 +50,7 @@ class Command(BaseCommand):
             runs = runs.filter(domain=domain_resolve(name=options["domain"]))
         if options["status"]:
             runs = runs.filter(status=options["status"])
-        runs = list(runs.order_by("-created_at", "-pk")[: max(1, options["limit"])])
+        runs = list(runs.order_by("-created_at", "-pk")[: limit_checked(options["limit"])])
         if options["json"]:
             print_json(self, [run_json(r) | {"experiments": r.n_experiments} for r in runs])
             return

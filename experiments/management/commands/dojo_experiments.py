@@ -11,6 +11,7 @@ from dojo_site.cli import (
     add_json_argument,
     command_error,
     console_for,
+    limit_checked,
     print_json,
 )
 from dojo_site.errors import DojoError, InvalidInput
@@ -64,10 +65,8 @@ class Command(BaseCommand):
 
     def _ls(self, options) -> None:
         domain = domain_resolve(name=options["domain"])
-        if options["limit"] < 1:
-            raise InvalidInput("--limit must be at least 1")
         sort = "validation" if options["sort"] == "metric" else options["sort"]
-        rows = list(experiment_leaderboard(domain=domain, sort=sort, state=options["state"])[: options["limit"]])
+        rows = list(experiment_leaderboard(domain=domain, sort=sort, state=options["state"])[: limit_checked(options["limit"])])
         if options["json"]:
             print_json(self, [experiment_summary(e) | {"other_contract": getattr(e, "other_contract", False)} for e in rows])
             return

@@ -3,13 +3,15 @@ from rich.table import Table
 from rich.text import Text
 
 from dojo_site.cli import (
+    add_actions,
     add_domain_argument,
     add_json_argument,
     command_error,
     console_for,
+    limit_checked,
     print_json,
 )
-from dojo_site.errors import DojoError, InvalidInput, NotFound
+from dojo_site.errors import DojoError, NotFound
 from domains.services import domain_resolve
 from knowledge.models import KnowledgeAtom
 from knowledge.services import atom_search
@@ -23,15 +25,15 @@ class Command(BaseCommand):
     def add_arguments(self, parser) -> None:
         add_domain_argument(parser)
         add_json_argument(parser)
-        actions = parser.add_subparsers(dest="action", required=True)
-        ls = actions.add_parser("ls", help="List the domain's atoms, most confident first.")
+        add = add_actions(parser)  # so `dojo_knowledge ls --domain X` works too
+        ls = add("ls", "List the domain's atoms, most confident first.")
         ls.add_argument("--status", choices=STATUSES, default="active", help="Default: active.")
         ls.add_argument("--limit", type=int, default=50)
-        search = actions.add_parser("search", help="Rank atoms for a query (the domain's and global ones).")
+        search = add("search", "Rank atoms for a query (the domain's and global ones).")
         search.add_argument("query", metavar="QUERY")
         search.add_argument("--all-domains", action="store_true", help="Search every domain.")
         search.add_argument("--limit", type=int, default=10)
-        show = actions.add_parser("show", help="One atom with its evidence and version history.")
+        show = add("show", "One atom with its evidence and version history.")
         show.add_argument("atom_id", metavar="ID", type=int)
 
     def handle(self, *args, **options) -> None:
@@ -42,12 +44,10 @@ class Command(BaseCommand):
 
     def _ls(self, options) -> None:
         domain = domain_resolve(name=options["domain"])
-        if options["limit"] < 1:
-            raise command_error(InvalidInput("--limit must be at least 1"))
         atoms = domain.atoms.prefetch_related("evidence_links").order_by("-confidence", "-created_at", "-pk")
         if options["status"] != "all":
             atoms = atoms.filter(status=options["status"])
-        self._print_atoms(options, list(atoms[: options["limit"]]), title=f"Knowledge of {domain.name}")
+        self._print_atoms(options, list(atoms[: limit_checked(options["limit"])]), title=f"Knowledge of {domain.name}")
 
     def _search(self, options) -> None:
         domain = None

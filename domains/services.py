@@ -69,6 +69,8 @@ def workspace_check(workspace: str | os.PathLike) -> Path:
         raise InvalidInput(f"workspace does not exist: {path}")
     if not path.is_dir():
         raise InvalidInput(f"workspace is not a directory: {path}")
+    if path == Path(path.anchor):
+        raise InvalidInput("the workspace cannot be the filesystem root; choose a folder for this domain")
     # os.access() says yes to root on most read-only cases; creating a file is the real test.
     try:
         fd, probe = tempfile.mkstemp(prefix=".dojo-write-check-", dir=path)

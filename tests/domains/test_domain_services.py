@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from dojo_site.errors import Conflict, InvalidInput, NotFound
@@ -129,6 +131,13 @@ def test_it_refuses_a_missing_workspace(tmp_path):
         _create(tmp_path / "nope")
     assert not Domain.objects.exists()
     assert not (tmp_path / "nope").exists()
+
+
+def test_it_refuses_the_filesystem_root_as_workspace():
+    with pytest.raises(InvalidInput, match="cannot be the filesystem root"):
+        _create("/")
+    assert not Domain.objects.exists()
+    assert not Path("/PROGRAM.md").exists()
 
 
 def test_it_refuses_a_workspace_under_a_regular_file(tmp_path):

@@ -13,6 +13,7 @@ import logging
 import math
 import mimetypes
 import os
+import secrets
 import shutil
 import signal
 import sys
@@ -375,7 +376,9 @@ def _finish_failed(exp: Experiment, reason: str, started: float) -> None:
 def _execute(exp: Experiment, domain: Domain, task: Task, should_stop, started: float) -> None:
     limits = experiment_limits(task=task)
     home = Path(settings.DOJO_HOME)
-    job_id = f"e{exp.pk}"
+    # Unguessable: the trainer's work folder is writable from inside the sandbox, so an earlier
+    # experiment in the same warm slot must not be able to plant files in the next one's folder.
+    job_id = f"e{exp.pk}-{secrets.token_hex(8)}"
     job = {
         "id": job_id, "code": exp.train_code, "timeout": limits.timeout_seconds, "memory_mb": limits.memory_mb,
         "max_processes": limits.max_processes, "max_file_mb": limits.max_file_mb, "seed": exp.seed,

@@ -277,3 +277,24 @@ def train(X_train, y_train, X_test, *, artifacts_dir):
     import time; time.sleep(30)
 """)
     assert exp.state == "failed" and "larger than 512 MB" in exp.error
+
+
+def test_it_cannot_plant_artifacts_in_the_next_experiments_folder(diabetes, baseline):
+    planter = run(diabetes, """
+import os
+from pathlib import Path
+
+def train(X_train, y_train, X_test, *, artifacts_dir):
+    work = Path(artifacts_dir).parent.parent
+    mine = Path(artifacts_dir).parent.name          # e<pk>-<random>
+    pk = int(mine[1:].split("-")[0])
+    for guess in range(pk + 1, pk + 5):
+        for name in (f"e{guess}", f"e{guess}-{mine.split('-')[-1]}"):
+            target = work / name / "artifacts"
+            target.mkdir(parents=True, exist_ok=True)
+            (target / "planted.txt").write_text("not mine")
+""" + HONEST_TAIL)
+    assert planter.state == "completed", planter.error
+    victim = run(diabetes, LINEAR)
+    assert victim.state == "completed", victim.error
+    assert not victim.artifacts.filter(path__contains="planted").exists()

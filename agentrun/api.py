@@ -154,7 +154,8 @@ def runs_stream(
     `finalized`. A sync generator, so it works under `manage.py runserver` (reference/stack.md §3)."""
     run = _run_get(run_id)
     last_id = request.headers.get("Last-Event-ID", "")
-    if last_id.isdigit():
+    # isdigit() also accepts non-ASCII digits ("²") that int() refuses; bound the length too.
+    if last_id.isascii() and last_id.isdigit() and len(last_id) <= 18:
         after = max(after, int(last_id))
     response = StreamingHttpResponse(_event_stream(run.pk, after), content_type="text/event-stream")
     response["Cache-Control"] = "no-cache"

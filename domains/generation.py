@@ -101,7 +101,10 @@ def setup_parse(*, path: Path) -> SetupSpec:
     """Read SETUP.md; raise GenerationError when it is missing, empty or lacks its sections."""
     if not path.is_file():
         raise GenerationError(f"SETUP.md not found at {path}; write it with a '## Dataset' and an '## Evaluate' section")
-    text = path.read_text(encoding="utf-8", errors="replace")
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError as exc:
+        raise GenerationError(f"SETUP.md at {path} cannot be read: {exc.strerror}") from None
     if not text.strip():
         raise GenerationError(
             f"SETUP.md at {path} is empty; it needs a '## Dataset' section (e.g. '- data: data/train.csv' "

@@ -335,7 +335,7 @@ def domain_resolve(*, name: str | None) -> Domain:
     """The domain named `name` (or with that id), else the current one; NotFound with a hint."""
     if name:
         domain = Domain.objects.filter(name=name).first()
-        if domain is None and name.isdigit():
+        if domain is None and name.isascii() and name.isdigit() and len(name) <= 18:
             domain = Domain.objects.filter(pk=int(name)).first()
         if domain is None:
             raise NotFound(f"no domain named {name!r}; `manage.py dojo_domain ls` lists them")

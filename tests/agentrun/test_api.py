@@ -116,6 +116,9 @@ def test_the_sse_stream_ends_for_a_finished_run_and_resumes_after_a_cursor(clien
     assert [name for name, _ in tail] == ["finalized"]
     after_end = _read_sse(client_logged_in.get(f"/api/runs/{run.pk}/stream", {"after": total}), timeout=5)
     assert after_end == [("end", {"status": "completed"})]
+    for bad in ("²", "9" * 5000, "abc"):
+        ignored = _read_sse(client_logged_in.get(f"/api/runs/{run.pk}/stream", HTTP_LAST_EVENT_ID=bad), timeout=5)
+        assert len(ignored) == total
 
 
 @pytest.mark.django_db

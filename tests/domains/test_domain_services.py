@@ -209,6 +209,9 @@ def test_it_switches_and_resolves_the_current_domain(workspace, tmp_path):
     assert CurrentDomain.objects.count() == 1
     with pytest.raises(NotFound, match="no domain named 'nope'"):
         domain_resolve(name="nope")
+    for odd in ("²", "9" * 5000):
+        with pytest.raises(NotFound):
+            domain_resolve(name=odd)
 
 
 def test_it_says_how_to_get_a_current_domain_when_there_is_none():

@@ -31,6 +31,7 @@ from dojo_site.errors import Conflict, InvalidInput, NotReady
 from dojo_site.schemas import DB_INT_MAX
 from domains.contracts import TASK_TYPES
 from domains.models import Domain
+from domains.services import contract_current
 from experiments.models import Experiment
 
 logger = logging.getLogger(__name__)
@@ -170,7 +171,10 @@ def run_context_build(*, run: AgentRun) -> dict[str, Any]:
         }
         for a in atoms
     ]
-    ranked = Experiment.objects.filter(domain=domain, state=Experiment.State.COMPLETED, primary_value__isnull=False)
+    ranked = contract_current(
+        Experiment.objects.filter(domain=domain, state=Experiment.State.COMPLETED, primary_value__isnull=False),
+        task=task,
+    )
     ranked = ranked.order_by("primary_value" if task.direction == "minimize" else "-primary_value", "pk")
     leaderboard = [
         # Validation numbers only: the holdout never reaches an agent.

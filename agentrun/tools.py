@@ -22,6 +22,7 @@ from jsonschema.exceptions import best_match
 
 from agentrun.models import AgentRun
 from dojo_site.errors import DojoError
+from domains.services import contract_current
 from experiments.models import Experiment
 from knowledge.models import KnowledgeAtom
 
@@ -372,7 +373,8 @@ def _list_experiments(run: AgentRun, args: dict, should_stop: Callable[[], bool]
         queryset = queryset.filter(state=args["state"])
     total = queryset.count()
     if args.get("sort", "best") == "best":
-        queryset = _ranked(queryset, direction)
+        # Ranking only compares like with like: scores from an earlier contract are left out.
+        queryset = _ranked(contract_current(queryset, task=run.domain.task), direction)
     else:
         queryset = queryset.order_by("-created_at", "-pk")
     experiments = [_experiment_brief(e) for e in queryset[: args.get("limit", 20)]]

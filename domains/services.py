@@ -760,6 +760,12 @@ def task_contract_matches(*, task: Task, task_fingerprint: str, data_fingerprint
     return bool(task.fingerprint) and task_fingerprint == task.fingerprint and data_fingerprint == task.data_fingerprint
 
 
+def contract_current(queryset, *, task: Task):
+    """Only the experiments scored under the task's current contract (tools and data alike):
+    numbers from an earlier contract are not comparable and must not rank against these."""
+    return queryset.filter(task_fingerprint=task.fingerprint, data_fingerprint=task.data_fingerprint)
+
+
 def contract_annotate(queryset, *, task: Task):
     """Annotate experiments (any queryset with task_fingerprint / data_fingerprint) with
     `other_contract`: True when scored under another contract than the task's current one."""

@@ -111,6 +111,11 @@ def test_it_builds_the_context_from_program_contract_knowledge_and_leaderboard(f
     Experiment.objects.create(
         domain=frozen_domain, train_code="x", code_sha256="0" * 64, state="completed", hypothesis="ridge alpha=3",
         metrics={"rmse": 54.25}, primary_value=54.25, holdout_metrics={"rmse": 61.75}, holdout_primary_value=61.75,
+        task_fingerprint=frozen_domain.task.fingerprint, data_fingerprint=frozen_domain.task.data_fingerprint,
+    )
+    Experiment.objects.create(  # scored under an earlier contract: not comparable, so not in the leaderboard
+        domain=frozen_domain, train_code="x", code_sha256="0" * 64, state="completed", hypothesis="old contract",
+        metrics={"rmse": 1.0}, primary_value=1.0, task_fingerprint="old", data_fingerprint="old",
     )
     Path(frozen_domain.program_path).write_text("# Program\nTry gradient boosting first.\n")
     run = run_create(domain=frozen_domain)

@@ -131,6 +131,15 @@ def test_it_lists_experiments_best_first_in_the_metric_direction(run, foreign_ex
     assert compared["best_id"] == best.pk
 
 
+def test_it_leaves_experiments_of_an_earlier_contract_out_of_the_ranking(run):
+    Task.objects.filter(domain=run.domain).update(fingerprint="f" * 64, data_fingerprint="d" * 64)
+    run = AgentRun.objects.get(pk=run.pk)  # drop the cached task
+    current = _experiment(run.domain, rmse=50.0, task_fingerprint="f" * 64, data_fingerprint="d" * 64)
+    _experiment(run.domain, rmse=1.0, task_fingerprint="old", data_fingerprint="d" * 64)
+    result = tool_call(run=run, name="list_experiments", arguments={})
+    assert [e["experiment_id"] for e in result["experiments"]] == [current.pk]
+
+
 def test_it_caps_a_huge_result(run):
     experiment = _experiment(
         run.domain, rmse=1.0, stdout_tail="x" * 5_000_000, stderr_tail="y" * 5_000_000,

@@ -319,6 +319,11 @@ def sandbox_command(
         if drop:
             _grant_traverse(path, stop_at=hidden_roots)
         bw += [flag, str(path), str(path)]
+    # A hidden path inside a bound folder (the raw data file inside the workspace, say) would be
+    # exposed again by that bind: cover it once more, after the binds.
+    for h in hidden_paths:
+        if any(_is_under(h, path) and h != path for _, path in binds):
+            bw += ["--tmpfs", str(h)] if h.is_dir() else ["--ro-bind", "/dev/null", str(h)]
     bw += ["--chdir", str(cwd_path)]
 
     if drop:

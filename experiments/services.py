@@ -101,6 +101,18 @@ def experiment_limits(*, task: Task) -> Limits:
 # --- Sandbox specs ---------------------------------------------------------------------------
 
 
+def _raw_data_paths(domain: Domain, task: Task, isolation: str) -> list[Path]:
+    """The task's raw data file when it lives in the workspace: it holds the test rows' labels, and
+    load_data's split is reproducible from the seed, so the trainer must not read it. Only bwrap can
+    cover one file inside the bound workspace; the fallback would have to chmod the user's file."""
+    data_path = str((task.config or {}).get("data_path") or "")
+    if isolation != "bwrap" or not data_path or data_path.startswith("sklearn:"):
+        return []
+    path = Path(data_path).expanduser()
+    path = (path if path.is_absolute() else Path(domain.workspace_path) / path).resolve()
+    return [path] if path.exists() else []
+
+
 def _hidden_paths() -> list[Path]:
     """What no sandboxed process may see: all of DOJO_HOME (re-bound piecemeal where needed), the
     database files and folder, and the project's .env."""
@@ -148,7 +160,7 @@ def _trainer_spec(domain: Domain, task: Task, limits: Limits) -> pool.Spec:
         env=tuple(sorted(env.items())),
         home=Path(settings.DOJO_HOME),
         readable=(snap / "public", Path(domain.workspace_path)),
-        hidden=(*_hidden_paths(), snap / "sealed", snap / "tools"),
+        hidden=(*_hidden_paths(), snap / "sealed", snap / "tools", *_raw_data_paths(domain, task, isolation)),
         isolation=isolation,
         drop_user=True,
         max_slots=_setting("DOJO_POOL_MAX", 4),

@@ -298,3 +298,35 @@ def train(X_train, y_train, X_test, *, artifacts_dir):
     victim = run(diabetes, LINEAR)
     assert victim.state == "completed", victim.error
     assert not victim.artifacts.filter(path__contains="planted").exists()
+
+
+def test_it_hides_the_raw_data_file_in_the_workspace(db, tmp_path):
+    """The raw CSV holds the test rows' labels and the split is reproducible from the seed."""
+    from sklearn.datasets import load_diabetes
+
+    from domains.sandbox import sandbox_isolation
+    from domains.services import domain_create, task_setup
+
+    if sandbox_isolation(None) != "bwrap":
+        pytest.skip("only bubblewrap can hide one file inside the bound workspace")
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    frame = load_diabetes(as_frame=True).frame
+    frame.to_csv(workspace / "data.csv", index=False)
+    domain = domain_create(name="csv-leak", task_type="regression", workspace=workspace,
+                           data_path="data.csv", target_column="target")
+    task_setup(task=domain.task)
+    exp = run(domain, """
+import os
+
+def train(X_train, y_train, X_test, *, artifacts_dir):
+    for path in ("data.csv", os.path.join(os.getcwd(), "data.csv")):
+        try:
+            with open(path) as handle:
+                print("READ", len(handle.read()))
+        except OSError as exc:
+            print("DENIED", exc.errno)
+""" + HONEST_TAIL)
+    assert exp.state == "completed", exp.error
+    assert "READ 0" in exp.stdout_tail or "DENIED" in exp.stdout_tail
+    assert "target" not in exp.stdout_tail and (workspace / "data.csv").stat().st_size > 10_000

@@ -8,6 +8,14 @@ from dataclasses import dataclass
 CONTRACT_VERSION = 1
 
 
+# Per-experiment limits a task may override in task.config["limits"] (defaults in settings.py).
+# Not part of the contract: they may change while the task is frozen.
+LIMIT_KEYS: dict[str, type] = {
+    "timeout_seconds": float, "memory_mb": int, "max_processes": int, "max_file_mb": int,
+    "artifacts_max_file_mb": int, "artifacts_max_total_mb": int, "cpu_share": float,
+}
+
+
 @dataclass(frozen=True)
 class TaskType:
     name: str

@@ -18,6 +18,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from dojo_site.errors import Conflict, InvalidInput, NotFound, NotReady
+from dojo_site.schemas import DB_INT_MAX
 from domains import generation, snapshot, verification
 from domains.contracts import CONTRACT_VERSION, TASK_TYPES, tools_fingerprint
 from domains.models import ApiToken, CurrentDomain, Domain, Task, TaskTool
@@ -409,6 +410,7 @@ TASK_CONFIG_TYPES: dict[str, type] = {
     "seed": int,
     "holdout_ratio": float,
     "verify_timeout_seconds": float,
+    "limits": dict,
 }
 TOOL_NAMES = ("load_data", "evaluate")
 _FROZEN_TOOLS = "the task is frozen, so its tools cannot change; unfreeze it first (`dojo_task unfreeze --reason ...`)"
@@ -421,6 +423,35 @@ def task_for_domain(*, domain: Domain) -> Task:
     return task
 
 
+def _task_limits_clean(limits, *, base: dict | None = None) -> dict:
+    """Per-task experiment limits: known keys, positive finite numbers (cpu_share at most 1);
+    null removes an override."""
+    from domains.contracts import LIMIT_KEYS
+
+    if not isinstance(limits, dict):
+        raise InvalidInput("task config limits must be an object, e.g. {\"timeout_seconds\": 120}")
+    merged = dict(base or {})
+    for key, value in limits.items():
+        kind = LIMIT_KEYS.get(key)
+        if kind is None:
+            raise InvalidInput(f"unknown limit {key!r}; known limits: {', '.join(LIMIT_KEYS)}")
+        if value is None:
+            merged.pop(key, None)
+            continue
+        try:
+            if isinstance(value, bool):
+                raise TypeError
+            number = kind(value)
+            if not math.isfinite(number) or number <= 0 or number > DB_INT_MAX:
+                raise ValueError
+        except (TypeError, ValueError, OverflowError):
+            raise InvalidInput(f"limit {key} must be a positive number, got {value!r}") from None
+        if key == "cpu_share" and number > 1:
+            raise InvalidInput(f"limit cpu_share must be in (0, 1], got {value!r}")
+        merged[key] = number
+    return merged
+
+
 def _task_config_clean(config: dict, *, base: dict | None = None) -> dict:
     if not isinstance(config, dict):
         raise InvalidInput("task config must be an object of key: value")
@@ -429,6 +460,9 @@ def _task_config_clean(config: dict, *, base: dict | None = None) -> dict:
         kind = TASK_CONFIG_TYPES.get(key)
         if kind is None:
             raise InvalidInput(f"unknown task config key {key!r}; known keys: {', '.join(TASK_CONFIG_TYPES)}")
+        if kind is dict:
+            merged[key] = _task_limits_clean(value, base=merged.get(key))
+            continue
         try:
             if kind is list:
                 value = [c.strip() for c in (value.split(",") if isinstance(value, str) else value) if str(c).strip()]
@@ -479,7 +513,8 @@ def task_update(*, task: Task, primary_metric: str | None = None, config: dict |
     """Change the primary metric and/or config keys; refused on a frozen task (Conflict)."""
     with transaction.atomic():
         task = Task.objects.select_for_update().get(pk=task.pk)
-        if task.is_frozen:
+        # Limits are not part of the contract, so they may change on a frozen task.
+        if task.is_frozen and (primary_metric is not None or set(config or {}) - {"limits"}):
             raise Conflict("the task is frozen; unfreeze it before changing its metric or config")
         if primary_metric is not None:
             spec = TASK_TYPES[task.task_type]

@@ -71,10 +71,7 @@ class Limits:
         return max(1, int((os.cpu_count() or 1) * self.cpu_share))
 
 
-LIMIT_KEYS = {
-    "timeout_seconds": float, "memory_mb": int, "max_processes": int, "max_file_mb": int,
-    "artifacts_max_file_mb": int, "artifacts_max_total_mb": int, "cpu_share": float,
-}
+LIMIT_KEYS = contracts.LIMIT_KEYS
 
 
 def experiment_limits(*, task: Task) -> Limits:

@@ -119,3 +119,23 @@ def test_it_answers_400_to_nan_in_the_config(client_logged_in, workspace):
 
     assert response.status_code == 400
     assert task_of(domain).config == before
+
+
+def test_it_sets_per_task_limits_even_on_a_frozen_task(api, workspace):
+    from experiments.services import experiment_limits
+    from tests.factories import frozen_domain
+
+    domain = frozen_domain(workspace=workspace)
+    base = f"/domains/{domain.pk}/task"
+    body = api("patch", base, {"config": {"limits": {"timeout_seconds": 5, "memory_mb": 512}}}).json()
+    assert body["config"]["limits"] == {"timeout_seconds": 5.0, "memory_mb": 512}
+    limits = experiment_limits(task=task_of(domain))
+    assert (limits.timeout_seconds, limits.memory_mb) == (5.0, 512)
+    cleared = api("patch", base, {"config": {"limits": {"memory_mb": None}}}).json()
+    assert cleared["config"]["limits"] == {"timeout_seconds": 5.0}
+    for bad, detail in [({"timeout_seconds": -1}, "must be a positive number"), ({"cpu_share": 2}, "cpu_share"),
+                        ({"colour": 1}, "unknown limit 'colour'"), ([5], "must be an object")]:
+        answer = api("patch", base, {"config": {"limits": bad}})
+        assert answer.status_code == 422 and detail in answer.json()["detail"]
+    assert api("patch", base, {"config": {"seed": 3}}).status_code == 409
+    assert task_of(domain).config["limits"] == {"timeout_seconds": 5.0}

@@ -97,6 +97,27 @@ SETUP_EXAMPLE = (
 )
 
 
+def data_file_resolve(*, data: str, workspace: Path) -> Path:
+    """A data path from SETUP.md or the task config: absolute, or relative to the workspace."""
+    path = Path(data).expanduser()
+    return path if path.is_absolute() else workspace / path
+
+
+def task_data_file(*, task) -> Path | None:
+    """The raw data file the template's load_data reads (SETUP.md first, then the task config),
+    when it exists; None for scikit-learn loaders or when there is no such file."""
+    workspace = Path(task.domain.workspace_path)
+    try:
+        data = setup_parse(path=Path(task.domain.setup_path)).data
+    except GenerationError:
+        data = ""
+    data = data or str((task.config or {}).get("data_path") or "")
+    if not data or data.startswith("sklearn:"):
+        return None
+    path = data_file_resolve(data=data, workspace=workspace).resolve()
+    return path if path.exists() else None
+
+
 def setup_parse(*, path: Path) -> SetupSpec:
     """Read SETUP.md; raise GenerationError when it is missing, empty or lacks its sections."""
     if not path.is_file():
@@ -187,7 +208,7 @@ def generate_from_template(*, spec: SetupSpec, task_type: str, config: dict, wor
                 f"SETUP.md names the data file {data} but no target column; add '- target: COLUMN' "
                 "under '## Dataset'"
             )
-        path = Path(data) if Path(data).is_absolute() else workspace / data
+        path = data_file_resolve(data=data, workspace=workspace)
         suffix = path.suffix.lower()
         if suffix not in (".csv", ".parquet", ".pq"):
             raise GenerationError(f"the data file {data} is neither .csv nor .parquet; the template reads only those")

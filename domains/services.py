@@ -20,7 +20,7 @@ from django.utils import timezone
 from dojo_site.errors import Conflict, InvalidInput, NotFound, NotReady
 from dojo_site.schemas import DB_INT_MAX
 from domains import generation, snapshot, verification
-from domains.contracts import CONTRACT_VERSION, TASK_TYPES, tools_fingerprint
+from domains.contracts import CONTRACT_VERSION, LIMIT_KEYS, TASK_TYPES, tools_fingerprint
 from domains.models import ApiToken, CurrentDomain, Domain, Task, TaskTool
 
 # --- Domains ---------------------------------------------------------------------------------
@@ -426,8 +426,6 @@ def task_for_domain(*, domain: Domain) -> Task:
 def _task_limits_clean(limits, *, base: dict | None = None) -> dict:
     """Per-task experiment limits: known keys, positive finite numbers (cpu_share at most 1);
     null removes an override."""
-    from domains.contracts import LIMIT_KEYS
-
     if not isinstance(limits, dict):
         raise InvalidInput("task config limits must be an object, e.g. {\"timeout_seconds\": 120}")
     merged = dict(base or {})
@@ -721,7 +719,10 @@ def task_freeze(*, task: Task) -> Task:
             locked.fingerprint = fingerprint
             locked.data_fingerprint = written.data_fingerprint
             locked.snapshot_path = str(written.path)
-            locked.snapshot_info = written.info
+            # Where the raw data lives, so the harness can hide it from the trainer: it holds the
+            # test rows' labels and load_data's split is reproducible from the seed.
+            data_file = generation.task_data_file(task=locked)
+            locked.snapshot_info = {**written.info, "data_file": str(data_file) if data_file else ""}
             locked.contract_version = CONTRACT_VERSION
             locked.save()
     except BaseException:

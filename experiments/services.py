@@ -71,7 +71,6 @@ class Limits:
         return max(1, int((os.cpu_count() or 1) * self.cpu_share))
 
 
-LIMIT_KEYS = contracts.LIMIT_KEYS
 
 
 def experiment_limits(*, task: Task) -> Limits:
@@ -87,9 +86,9 @@ def experiment_limits(*, task: Task) -> Limits:
     }
     overrides = (task.config or {}).get("limits") or {}
     for key, value in overrides.items():
-        if key in LIMIT_KEYS and value not in (None, ""):
+        if key in contracts.LIMIT_KEYS and value not in (None, ""):
             try:
-                values[key] = LIMIT_KEYS[key](value)
+                values[key] = contracts.LIMIT_KEYS[key](value)
             except (TypeError, ValueError):
                 log.warning("ignoring task limit %s=%r (not a number)", key, value)
     return Limits(**values)
@@ -98,16 +97,14 @@ def experiment_limits(*, task: Task) -> Limits:
 # --- Sandbox specs ---------------------------------------------------------------------------
 
 
-def _raw_data_paths(domain: Domain, task: Task, isolation: str) -> list[Path]:
-    """The task's raw data file when it lives in the workspace: it holds the test rows' labels, and
+def _raw_data_paths(task: Task, isolation: str) -> list[Path]:
+    """The raw data file recorded at freeze (snapshot_info["data_file"]): it holds the test rows' labels, and
     load_data's split is reproducible from the seed, so the trainer must not read it. Only bwrap can
     cover one file inside the bound workspace; the fallback would have to chmod the user's file."""
-    data_path = str((task.config or {}).get("data_path") or "")
-    if isolation != "bwrap" or not data_path or data_path.startswith("sklearn:"):
+    data_file = (task.snapshot_info or {}).get("data_file") or ""
+    if isolation != "bwrap" or not data_file or not Path(data_file).exists():
         return []
-    path = Path(data_path).expanduser()
-    path = (path if path.is_absolute() else Path(domain.workspace_path) / path).resolve()
-    return [path] if path.exists() else []
+    return [Path(data_file)]
 
 
 def _hidden_paths() -> list[Path]:
@@ -157,7 +154,7 @@ def _trainer_spec(domain: Domain, task: Task, limits: Limits) -> pool.Spec:
         env=tuple(sorted(env.items())),
         home=Path(settings.DOJO_HOME),
         readable=(snap / "public", Path(domain.workspace_path)),
-        hidden=(*_hidden_paths(), snap / "sealed", snap / "tools", *_raw_data_paths(domain, task, isolation)),
+        hidden=(*_hidden_paths(), snap / "sealed", snap / "tools", *_raw_data_paths(task, isolation)),
         isolation=isolation,
         drop_user=True,
         max_slots=_setting("DOJO_POOL_MAX", 4),

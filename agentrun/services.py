@@ -426,10 +426,11 @@ def _findings_write(run: AgentRun, session: RunSession, module: Any) -> None:
 def _finish(
     run: AgentRun, session: RunSession | None, *, failed: bool, error: str, aborted: bool
 ) -> AgentRun:
-    """Close the run: fail leftover experiments, write `result`, the status and `finalized`."""
+    """Close the run: end leftover experiments (`stopped`, or `failed` when the run failed), write
+    `result`, the status and `finalized`."""
     left = Experiment.objects.filter(run=run, state__in=[Experiment.State.PENDING, Experiment.State.RUNNING])
     left.update(
-        state=Experiment.State.FAILED,
+        state=Experiment.State.FAILED if failed else Experiment.State.STOPPED,
         error="stopped" if not failed else f"run ended: {error}"[:1_000],
         finished_at=timezone.now(),
     )
@@ -484,6 +485,9 @@ def _summary(run: AgentRun, session: RunSession | None) -> dict[str, Any]:
     summary: dict[str, Any] = {
         "experiments": experiments.count(),
         "completed": experiments.filter(state=Experiment.State.COMPLETED).count(),
+        # Stopped experiments were ended by a person, not by their code: they are not failures.
+        "failed": experiments.filter(state=Experiment.State.FAILED).count(),
+        "stopped": experiments.filter(state=Experiment.State.STOPPED).count(),
         "primary_metric": task.primary_metric if task else None,
         "best_experiment_id": None,
         "best_value": None,

@@ -91,7 +91,7 @@ TOOL_SPECS: dict[str, ToolSpec] = {
         "input_schema": {
             "type": "object",
             "properties": {
-                "state": {"type": "string", "enum": ["pending", "running", "completed", "failed"]},
+                "state": {"type": "string", "enum": ["pending", "running", "completed", "failed", "stopped"]},
                 "sort": {"type": "string", "enum": ["best", "recent"], "default": "best"},
                 "limit": {"type": "integer", "minimum": 1, "maximum": 50, "default": 20},
             },

@@ -18,7 +18,7 @@ from experiments.services import (
 router = Router(tags=["experiments"])
 
 Sort = Literal["validation", "holdout", "created"]
-State = Literal["pending", "running", "completed", "failed", "archived"]
+State = Literal["pending", "running", "completed", "failed", "stopped", "archived"]
 
 
 class ArtifactOut(Schema):

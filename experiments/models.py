@@ -8,6 +8,9 @@ class Experiment(models.Model):
         RUNNING = "running", "Running"
         COMPLETED = "completed", "Completed"
         FAILED = "failed", "Failed"
+        # Ended by a person's stop (of its run or the experiment): not the code's fault, so it is
+        # kept out of failure counts.
+        STOPPED = "stopped", "Stopped"
         ARCHIVED = "archived", "Archived"
 
     domain = models.ForeignKey("domains.Domain", on_delete=models.CASCADE, related_name="experiments")

@@ -205,6 +205,10 @@ class _Failed(Exception):
     """Ends the experiment `failed` with this message."""
 
 
+class _Stopped(_Failed):
+    """Ends the experiment `stopped`: a stop request killed its trainer."""
+
+
 def _tail(path: Path, size: int = TAIL_BYTES) -> str:
     try:
         with open(path, "rb") as fh:
@@ -321,7 +325,8 @@ def experiment_run(
     seed: int | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> Experiment:
-    """Run one experiment synchronously; return it `completed` or `failed`, never `running`.
+    """Run one experiment synchronously; return it `completed`, `failed`, or `stopped` (when
+    `should_stop` killed its trainer), never `running`.
 
     Raises (before recording anything) InvalidInput for bad arguments and NotReady when the task
     is not frozen or no longer matches its fingerprint. Thread-safe; a worker thread should close
@@ -344,7 +349,7 @@ def experiment_run(
     try:
         _execute(exp, domain, task, should_stop, started)
     except _Failed as exc:
-        _finish_failed(exp, str(exc), started)
+        _finish_failed(exp, str(exc), started, stopped=isinstance(exc, _Stopped))
     except BaseException as exc:  # noqa: BLE001 - never leave an experiment running
         log.exception("experiment %s crashed", exp.pk)
         reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"internal error: {type(exc).__name__}: {exc}"
@@ -372,9 +377,10 @@ def experiments_fail_stale(*, domain: Domain, limits: Limits) -> int:
     )
 
 
-def _finish_failed(exp: Experiment, reason: str, started: float) -> None:
+def _finish_failed(exp: Experiment, reason: str, started: float, *, stopped: bool = False) -> None:
     _save(
-        exp, state=Experiment.State.FAILED, error=reason[:5000], finished_at=timezone.now(),
+        exp, state=Experiment.State.STOPPED if stopped else Experiment.State.FAILED, error=reason[:5000],
+        finished_at=timezone.now(),
         total_seconds=time.perf_counter() - started,
     )
 
@@ -428,7 +434,7 @@ def _execute(exp: Experiment, domain: Domain, task: Task, should_stop, started: 
         versions = (answer or {}).get("versions", {})
         if answer is None:
             if result.stopped:
-                raise _Failed("stopped")
+                raise _Stopped("stopped")
             if result.timed_out:
                 raise _Failed(f"wall-clock limit ({limits.timeout_seconds:g} s) exceeded; the trainer was killed")
             detail = result.killed_reason or (result.stderr_tail.strip().splitlines() or ["no output"])[-1]
@@ -535,7 +541,7 @@ def _dead_trainer_message(job_dir: Path, log_tail: str) -> str:
 def _trainer_outcome(answer: dict, job_dir: Path, limits: Limits, y_pred: bytes) -> None:
     status = answer.get("status")
     if status == "stopped":
-        raise _Failed("stopped")
+        raise _Stopped("stopped")
     if status == "timeout":
         raise _Failed(
             f"wall-clock limit ({limits.timeout_seconds:g} s) exceeded; the trainer and every process it started were killed"

@@ -1,3 +1,4 @@
+from django.conf import settings
 from django.db import models
 from django.urls import reverse
 
@@ -13,6 +14,10 @@ class AgentRun(models.Model):
     TERMINAL = (Status.COMPLETED, Status.FAILED, Status.STOPPED)
 
     domain = models.ForeignKey("domains.Domain", on_delete=models.CASCADE, related_name="runs")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="agent_runs",
+        help_text="The run's tools act with this user's rights; empty: a management command (administrator).",
+    )
     backend = models.CharField(max_length=20, help_text="builtin or claude")
     model = models.CharField(max_length=100, blank=True)
     prompt = models.TextField(blank=True, help_text="PROGRAM.md as it was when the run started.")

@@ -24,3 +24,9 @@ class NotReady(DojoError):
     """The thing exists but is not in a state that allows this (e.g. the task is not frozen)."""
 
     status_code = 409
+
+
+class Forbidden(DojoError):
+    """The user sees the thing but may not do this with it (domains/permissions.py decides)."""
+
+    status_code = 403

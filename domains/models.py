@@ -29,6 +29,17 @@ class Domain(models.Model):
     env_vars = models.JSONField(
         default=dict, blank=True, help_text="Extra environment variables given to the trainer."
     )
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="owned_domains",
+        help_text="Manages the workspace, interpreter, env vars, freezing and members. Empty: staff only.",
+    )
+    hide_holdout_from_viewers = models.BooleanField(
+        default=False, help_text="Viewers see validation scores only; holdout values are blanked for them."
+    )
     program_path = models.CharField(max_length=500, help_text="Absolute path of PROGRAM.md.")
     setup_path = models.CharField(max_length=500, help_text="Absolute path of SETUP.md.")
     created_at = models.DateTimeField(auto_now_add=True)
@@ -85,6 +96,55 @@ class Domain(models.Model):
                 "fingerprint": task.fingerprint,
             },
         }
+
+
+class DomainMember(models.Model):
+    """A user's role on a domain other than its owner's (see domains/permissions.py)."""
+
+    class Role(models.TextChoices):
+        VIEWER = "viewer", "Viewer"
+        EDITOR = "editor", "Editor"
+
+    domain = models.ForeignKey(Domain, on_delete=models.CASCADE, related_name="members")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="domain_memberships")
+    role = models.CharField(max_length=20, choices=Role.choices, default=Role.VIEWER)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["domain", "user__username"]
+        constraints = [
+            models.UniqueConstraint(fields=["domain", "user"], name="domainmember_unique_user"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user} ({self.role}) on {self.domain.name}"
+
+    def get_absolute_url(self) -> str:
+        return self.domain.get_absolute_url() + "#members"
+
+
+class DomainChange(models.Model):
+    """One change of a setting that decides what runs in the sandbox (interpreter, workspace, env vars),
+    kept so the domain's history shows who changed what and when."""
+
+    domain = models.ForeignKey(Domain, on_delete=models.CASCADE, related_name="changes")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
+        help_text="Empty: a management command (local administrator).",
+    )
+    field = models.CharField(max_length=50)
+    old_value = models.TextField(blank=True)
+    new_value = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+
+    def __str__(self) -> str:
+        return f"{self.domain.name}: {self.field} changed"
+
+    def get_absolute_url(self) -> str:
+        return self.domain.get_absolute_url() + "#history"
 
 
 class Task(models.Model):

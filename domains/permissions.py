@@ -1,0 +1,115 @@
+"""Who may see and do what with a domain: the one place that decides it.
+
+The story:
+1. Every domain has an owner (``Domain.owner``) and members (``DomainMember``), each a viewer or an
+   editor. Staff (and superusers) act as the owner of every domain. A domain without an owner is
+   visible to staff only (that is where domains made before owners existed went when no staff user
+   was around to receive them; see docs/decisions.md).
+2. A role allows a set of actions:
+   - ``view``: read the domain, its task, experiments, runs and knowledge (viewer, editor, owner);
+   - ``view_holdout``: see holdout values; a viewer loses it when the owner sets
+     ``hide_holdout_from_viewers``;
+   - ``edit``: edit PROGRAM.md, start and stop runs, run experiments, write knowledge (editor, owner);
+   - ``own``: workspace, interpreter, env vars, task tools, freeze/unfreeze, members, delete (owner).
+3. Whoever may not ``view`` a domain is told it does not exist (NotFound, 404), so ids cannot be probed;
+   whoever may view it but not act gets Forbidden (403).
+4. Lists use ``domains_for_user``; a single object goes through ``domain_get_for_user`` (by id or
+   name) or ``domain_require`` (a domain already fetched through an experiment, a run, an atom).
+   Web views, the API, the admin querysets and the agent tools all call these; management commands
+   act as a local administrator and do not.
+"""
+
+from django.db.models import Q, QuerySet
+
+from dojo_site.errors import Forbidden, NotFound
+from domains.models import Domain, DomainMember
+
+ACTIONS = ("view", "view_holdout", "edit", "own")
+ROLES = ("owner", "editor", "viewer")
+
+_ROLE_ACTIONS = {
+    "owner": {"view", "view_holdout", "edit", "own"},
+    "editor": {"view", "view_holdout", "edit"},
+    "viewer": {"view", "view_holdout"},
+}
+
+
+def _is_admin(user) -> bool:
+    return bool(user is not None and user.is_active and (user.is_staff or user.is_superuser))
+
+
+def _is_user(user) -> bool:
+    return bool(user is not None and user.is_authenticated and user.is_active)
+
+
+def domains_for_user(user) -> QuerySet[Domain]:
+    """Return the domains ``user`` may see (all of them for staff, none for an anonymous user)."""
+    if _is_admin(user):
+        return Domain.objects.all()
+    if not _is_user(user):
+        return Domain.objects.none()
+    return Domain.objects.filter(Q(owner=user) | Q(members__user=user)).distinct()
+
+
+def domain_role(user, domain: Domain) -> str | None:
+    """Return "owner", "editor", "viewer" or None (no access). Staff are "owner" everywhere."""
+    if _is_admin(user):
+        return "owner"
+    if not _is_user(user):
+        return None
+    if domain.owner_id is not None and domain.owner_id == user.pk:
+        return "owner"
+    return DomainMember.objects.filter(domain=domain, user=user).values_list("role", flat=True).first()
+
+
+def domain_may(user, domain: Domain, action: str) -> bool:
+    """True when ``user`` may do ``action`` (one of ACTIONS) on ``domain``."""
+    if action not in ACTIONS:
+        raise ValueError(f"unknown action {action!r}; expected one of {', '.join(ACTIONS)}")
+    role = domain_role(user, domain)
+    if role is None:
+        return False
+    if action == "view_holdout" and role == "viewer" and domain.hide_holdout_from_viewers:
+        return False
+    return action in _ROLE_ACTIONS[role]
+
+
+def domain_require(user, domain: Domain, action: str) -> Domain:
+    """Return ``domain`` when ``user`` may do ``action`` on it.
+
+    Raises NotFound when the user may not even see it (same message as a missing domain) and
+    Forbidden when they see it but may not do ``action``."""
+    if not domain_may(user, domain, "view"):
+        raise NotFound(f"domain {domain.pk} not found")
+    if not domain_may(user, domain, action):
+        raise Forbidden(_forbidden_message(domain, action))
+    return domain
+
+
+def domain_get_for_user(user, pk_or_name: int | str, action: str = "view") -> Domain:
+    """Fetch a domain by id (an int or an all-digit string) or name and check ``action`` on it.
+
+    Raises NotFound when it does not exist or the user may not see it, Forbidden (403) when the
+    user sees it but may not do ``action``."""
+    query = Domain.objects.select_related("task")
+    if isinstance(pk_or_name, int) or (isinstance(pk_or_name, str) and pk_or_name.isdigit()):
+        domain = query.filter(pk=int(pk_or_name)).first()
+    else:
+        domain = query.filter(name=pk_or_name).first()
+    if domain is None or not domain_may(user, domain, "view"):
+        raise NotFound(f"domain {pk_or_name} not found")
+    return domain_require(user, domain, action)
+
+
+def holdout_visible(user, domain: Domain) -> bool:
+    """True when holdout values of ``domain`` may be shown to ``user`` (pages, API, charts)."""
+    return domain_may(user, domain, "view_holdout")
+
+
+def _forbidden_message(domain: Domain, action: str) -> str:
+    needs = {
+        "view_holdout": "the owner hides holdout values from viewers",
+        "edit": "this needs the editor or owner role",
+        "own": "only the domain's owner (or staff) may do this",
+    }.get(action, "not allowed")
+    return f"not allowed on domain {domain.name!r}: {needs}"

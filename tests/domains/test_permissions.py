@@ -4,7 +4,13 @@ import pytest
 
 from dojo_site.errors import Forbidden, NotFound
 from domains.models import DomainMember
-from domains.permissions import domain_get_for_user, domain_may, domain_role, domains_for_user, holdout_visible
+from domains.permissions import (
+    domain_get_for_user,
+    domain_may,
+    domain_role,
+    domains_for_user,
+    holdout_visible,
+)
 from tests.factories import DomainFactory
 
 pytestmark = pytest.mark.django_db

@@ -177,6 +177,14 @@ class Task(models.Model):
     snapshot_info = models.JSONField(default=dict, blank=True, help_text="Shapes, dtypes and sizes.")
     unfrozen_at = models.DateTimeField(null=True, blank=True)
     unfreeze_reason = models.TextField(blank=True)
+    audit = models.JSONField(
+        default=list, blank=True,
+        help_text="Leak audit of the verified contract ({check, severity, detail}); see domains/audit.py.",
+    )
+    audit_override = models.JSONField(
+        default=dict, blank=True,
+        help_text="Who froze despite severe audit findings, when and why ({reason, by, at}).",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

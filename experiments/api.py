@@ -57,6 +57,8 @@ class ExperimentOut(Schema):
     data_fingerprint: str
     environment: dict
     isolation: str
+    code_flags: list
+    audit_trail: list
     created_at: datetime
     finished_at: datetime | None
 

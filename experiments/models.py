@@ -47,6 +47,15 @@ class Experiment(models.Model):
     task_fingerprint = models.CharField(max_length=64, blank=True)
     environment = models.JSONField(default=dict, blank=True, help_text="Python and package versions.")
     isolation = models.CharField(max_length=20, blank=True, help_text="bwrap or fallback.")
+    audit_trail = models.JSONField(
+        default=list, blank=True,
+        help_text="Runtime audit events of train() ({kind, detail}): files opened outside the snapshot, "
+        "dataset loaders, subprocesses, sockets, ctypes, /proc. Bounded; observed inside the sandbox.",
+    )
+    code_flags = models.JSONField(
+        default=list, blank=True,
+        help_text="Static scan of the train code at submission ({line, kind, text}).",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)

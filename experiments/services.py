@@ -36,6 +36,7 @@ from domains.models import Domain, Task
 from domains.sandbox import ISOLATION_HINT, sandbox_env, sandbox_isolation
 from experiments.harness import pool
 from experiments.models import Artifact, Experiment
+from experiments.scan import scan_train_code
 
 log = logging.getLogger(__name__)
 
@@ -343,7 +344,7 @@ def experiment_run(
         domain=domain, run=run, parent=parent, hypothesis=(hypothesis or "").strip(), variables=variables,
         train_code=train_code, code_sha256=hashlib.sha256(train_code.encode()).hexdigest(),
         state=Experiment.State.RUNNING, started_at=timezone.now(), seed=seed, task_fingerprint=task.fingerprint,
-        data_fingerprint=task.data_fingerprint,
+        data_fingerprint=task.data_fingerprint, code_flags=scan_train_code(train_code),
     )
     exp._unsaved = set()
     try:
@@ -772,7 +773,9 @@ def experiment_summary(exp: Experiment, *, holdout: bool = True) -> dict:
         "created_at": exp.created_at.isoformat() if exp.created_at else None,
         "finished_at": exp.finished_at.isoformat() if exp.finished_at else None,
     }
-    if holdout:
+    if holdout:  # people's view; the audit is for reviewers, not something an agent tunes against
+        data["code_flags"] = exp.code_flags
+        data["audit_trail"] = exp.audit_trail
         data["holdout_metrics"] = exp.holdout_metrics
         data["holdout_primary_value"] = exp.holdout_primary_value
     return data

@@ -86,7 +86,11 @@ def experiment_detail(request: HttpRequest, pk: int) -> HttpResponse:
     ]
     context = {
         "exp": exp, "task": task, "metric_rows": metric_rows,
-        "code_html": mark_safe(highlight(exp.train_code, PythonLexer(), HtmlFormatter(noclasses=True, linenos="table"))),  # noqa: S308
+        "code_html": mark_safe(highlight(  # noqa: S308 - pygments escapes the code
+            exp.train_code, PythonLexer(),
+            HtmlFormatter(noclasses=True, linenos="table", hl_lines=sorted({f.get("line") for f in exp.code_flags
+                                                                             if isinstance(f.get("line"), int)})),
+        )),
         "diff": _diff(exp.parent, exp),
         "images": [a for a in artifacts if a.content_type.startswith("image/")],
         "files": [a for a in artifacts if not a.content_type.startswith("image/")],

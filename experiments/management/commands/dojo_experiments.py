@@ -158,6 +158,12 @@ class Command(BaseCommand):
             facts.add_row("warning", Text(warning, style="yellow"))
         for artifact in exp.artifacts.all():
             facts.add_row("artifact", f"{artifact.path} ({artifact.size} B)")
+        for flag in exp.code_flags:
+            style = "red" if flag.get("severity") == "severe" else "yellow"
+            facts.add_row("code flag", Text(f"line {flag.get('line')} {flag.get('kind')} ({flag.get('severity')}): "
+                                            f"{flag.get('text')}", style=style))
+        for event in exp.audit_trail:
+            facts.add_row("audit", Text(f"{event.get('kind')}: {event.get('detail')}", style="yellow"))
         console.print(facts)
         if exp.stderr_tail.strip() and exp.state == Experiment.State.FAILED:
             console.print(Text(exp.stderr_tail[-2000:], style="dim"))

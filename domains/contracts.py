@@ -182,12 +182,16 @@ def contract_text(
     )
 
 
-def tools_fingerprint(*, load_data: str, evaluate: str, contract_version: int = CONTRACT_VERSION) -> str:
-    """sha256 over both tools' code and the contract version: what freeze stores on the task and
-    every experiment checks before it runs."""
+def tools_fingerprint(*, load_data: str, evaluate: str, contract_version: int = CONTRACT_VERSION,
+                      files: dict[str, str] | None = None) -> str:
+    """sha256 over both tools' code, the contract version and the workspace source files the tools
+    import (`files`: relative path → sha256): what freeze stores on the task and every experiment
+    checks before it runs. Without files it is the fingerprint tasks frozen before files had."""
     import hashlib
 
     digest = hashlib.sha256(f"dojo-contract:{contract_version}\n".encode())
     for name, code in (("load_data", load_data), ("evaluate", evaluate)):
         digest.update(f"{name}:{hashlib.sha256(code.encode()).hexdigest()}\n".encode())
+    for path, sha in sorted((files or {}).items()):
+        digest.update(f"file:{path}:{sha}\n".encode())
     return digest.hexdigest()

@@ -23,6 +23,21 @@ class Domain(models.Model):
     )
     git_url = models.CharField(max_length=500, blank=True, help_text="Optional git source of the workspace.")
     git_ref = models.CharField(max_length=200, blank=True)
+    git_commit = models.CharField(
+        max_length=64, blank=True, help_text="The commit the git workspace is checked out at (clone or sync)."
+    )
+    env_python = models.CharField(
+        max_length=500, blank=True,
+        help_text="Interpreter of the environment built by `dojo_domain setup` (empty: none built).",
+    )
+    env_lock = models.TextField(blank=True, help_text="Exact package versions of the built environment.")
+    env_state = models.CharField(
+        max_length=20, blank=True, choices=[("building", "Building"), ("ready", "Ready"), ("failed", "Failed")],
+        help_text="Of the last environment build; a failed build keeps the previous environment.",
+    )
+    env_log = models.TextField(blank=True, help_text="Tail of the last environment build's log.")
+    env_error = models.TextField(blank=True)
+    env_built_at = models.DateTimeField(null=True, blank=True)
     workspace_python = models.CharField(
         max_length=500, blank=True, help_text="Interpreter for the trainer; empty means Dojo's own."
     )
@@ -175,6 +190,10 @@ class Task(models.Model):
     data_fingerprint = models.CharField(max_length=64, blank=True, help_text="sha256 of the snapshot.")
     snapshot_path = models.CharField(max_length=500, blank=True)
     snapshot_info = models.JSONField(default=dict, blank=True, help_text="Shapes, dtypes and sizes.")
+    contract_files = models.JSONField(
+        default=dict, blank=True,
+        help_text="Workspace source files the frozen tools import (relative path → sha256); in the fingerprint.",
+    )
     unfrozen_at = models.DateTimeField(null=True, blank=True)
     unfreeze_reason = models.TextField(blank=True)
     audit = models.JSONField(

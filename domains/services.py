@@ -10,6 +10,7 @@ import hashlib
 import math
 import os
 import re
+import stat
 import tempfile
 from pathlib import Path
 
@@ -651,6 +652,7 @@ def task_verify(*, task: Task) -> verification.ToolsRun:
         python=domain.workspace_python, env_vars=domain.env_vars,
     )
     now = timezone.now()
+    files = workspace_files_hash(workspace=Path(domain.workspace_path), paths=run.workspace_files)
     with transaction.atomic():
         Task.objects.select_for_update().get(pk=task.pk)
         for name, check in (("load_data", run.load_data), ("evaluate", run.evaluate)):
@@ -660,7 +662,7 @@ def task_verify(*, task: Task) -> verification.ToolsRun:
                 continue
             tool.verified_ok = check.ok
             tool.verification_errors = check.errors
-            tool.verification_sample = {**check.sample, "isolation": run.isolation}
+            tool.verification_sample = {**check.sample, "isolation": run.isolation, "workspace_files": files}
             tool.verification_seconds = check.seconds
             tool.verified_at = now
             tool.verified_code_sha256 = sha
@@ -672,11 +674,62 @@ def task_verify(*, task: Task) -> verification.ToolsRun:
 
 
 def task_fingerprint(*, task: Task) -> str:
-    """The fingerprint of the task's current tools ("" when one is missing)."""
+    """The fingerprint of the task's current tools and its frozen workspace files ("" when a tool
+    is missing)."""
     current = task_tools_current(task=task)
     if any(tool is None for tool in current.values()):
         return ""
-    return tools_fingerprint(load_data=current["load_data"].code, evaluate=current["evaluate"].code)
+    return tools_fingerprint(
+        load_data=current["load_data"].code, evaluate=current["evaluate"].code, files=task.contract_files or None
+    )
+
+
+# A workspace module bigger than this is not source code a contract imports.
+CONTRACT_FILE_MAX_BYTES = 20 * 1024 * 1024
+
+
+def workspace_files_hash(*, workspace: Path, paths: list[str]) -> dict[str, str]:
+    """sha256 of each workspace-relative file (as reported by verification, so checked here: a
+    relative path inside the workspace, a regular file of bounded size). A file that is gone or
+    unreadable maps to "" (it then never matches a later hash)."""
+    root = Path(workspace).resolve()
+    out: dict[str, str] = {}
+    for rel in paths:
+        if not isinstance(rel, str) or not rel or "\x00" in rel or os.path.isabs(rel):
+            continue
+        path = (root / rel).resolve()
+        if root not in path.parents:
+            continue
+        out[rel] = _file_sha256(path)
+    return out
+
+
+def _file_sha256(path: Path) -> str:
+    try:
+        with open(path, "rb") as handle:
+            st = os.fstat(handle.fileno())
+            if not stat.S_ISREG(st.st_mode) or st.st_size > CONTRACT_FILE_MAX_BYTES:
+                return ""
+            return hashlib.sha256(handle.read()).hexdigest()
+    except OSError:
+        return ""
+
+
+def _contract_files_changed(*, workspace: Path, files: dict[str, str]) -> list[str]:
+    """The files of `files` (relative path → sha256) whose content on disk differs (or is gone)."""
+    now = workspace_files_hash(workspace=workspace, paths=list(files))
+    return [rel for rel, sha in sorted(files.items()) if now.get(rel) != sha or not sha]
+
+
+def _contract_files_verified(task: Task) -> dict[str, str]:
+    """The workspace files the current tools imported when they were verified, with the hashes
+    they had then."""
+    files: dict[str, str] = {}
+    for tool in task_tools_current(task=task).values():
+        recorded = (tool.verification_sample or {}).get("workspace_files") if tool else None
+        if isinstance(recorded, dict):
+            files.update({str(k): str(v) for k, v in recorded.items()})
+    return files
 
 
 def _freeze_blockers(task: Task) -> list[str]:
@@ -703,7 +756,17 @@ def task_freeze(*, task: Task) -> Task:
     if problems:
         raise NotReady("cannot freeze: " + "; ".join(problems))
     codes = _tools_codes(task)
-    fingerprint = tools_fingerprint(load_data=codes["load_data"], evaluate=codes["evaluate"])
+    # The workspace modules the tools import are part of the contract: they must be what was
+    # verified, and they are fingerprinted with the tools.
+    workspace = Path(task.domain.workspace_path)
+    files = _contract_files_verified(task)
+    changed = _contract_files_changed(workspace=workspace, files=files)
+    if changed:
+        raise NotReady(
+            f"cannot freeze: the workspace file {changed[0]}, imported by load_data/evaluate, changed since "
+            "verification; run `dojo_task verify` again"
+        )
+    fingerprint = tools_fingerprint(load_data=codes["load_data"], evaluate=codes["evaluate"], files=files or None)
     try:
         written = snapshot.snapshot_write(task=task, codes=codes, fingerprint=fingerprint)
     except snapshot.SnapshotFailed as exc:
@@ -713,10 +776,17 @@ def task_freeze(*, task: Task) -> Task:
             locked = Task.objects.select_for_update().get(pk=task.pk)
             if locked.is_frozen:
                 raise Conflict("the task was frozen by someone else meanwhile")
-            if task_fingerprint(task=locked) != fingerprint or _freeze_blockers(locked):
+            current = _tools_codes(locked)
+            same_tools = tools_fingerprint(
+                load_data=current["load_data"], evaluate=current["evaluate"], files=files or None
+            ) == fingerprint
+            if not same_tools or _freeze_blockers(locked) or _contract_files_verified(locked) != files:
                 raise Conflict("the tools changed while the snapshot was written; verify and freeze again")
+            if _contract_files_changed(workspace=workspace, files=files):
+                raise Conflict("a workspace file the tools import changed during the freeze; verify and freeze again")
             locked.frozen_at = timezone.now()
             locked.fingerprint = fingerprint
+            locked.contract_files = files
             locked.data_fingerprint = written.data_fingerprint
             locked.snapshot_path = str(written.path)
             # Where the raw data lives, so the harness can hide it from the trainer: it holds the
@@ -747,6 +817,7 @@ def task_unfreeze(*, task: Task, reason: str) -> Task:
         locked.data_fingerprint = ""
         locked.snapshot_path = ""
         locked.snapshot_info = {}
+        locked.contract_files = {}
         locked.unfrozen_at = timezone.now()
         locked.unfreeze_reason = reason
         locked.save()
@@ -770,8 +841,15 @@ def task_assert_ready(*, task: Task) -> None:
     if any(tool is None for tool in current.values()):
         raise NotReady("the frozen task has lost a tool; unfreeze and set it up again")
     codes = {n: t.code for n, t in current.items()}
-    if tools_fingerprint(load_data=codes["load_data"], evaluate=codes["evaluate"]) != task.fingerprint:
+    files = task.contract_files or {}
+    if tools_fingerprint(load_data=codes["load_data"], evaluate=codes["evaluate"], files=files or None) != task.fingerprint:
         raise NotReady("the task's tools do not match its frozen fingerprint; unfreeze and freeze it again")
+    changed = _contract_files_changed(workspace=Path(task.domain.workspace_path), files=files)
+    if changed:
+        raise NotReady(
+            f"the workspace file {changed[0]} changed after the task was frozen (the frozen load_data/evaluate "
+            "import it, so it is part of the contract); restore it, or unfreeze and freeze the task again"
+        )
     problems = snapshot.snapshot_problems(task, codes=codes)
     if problems:
         raise NotReady(f"the task's snapshot is not usable: {problems[0]}; unfreeze and freeze it again")
@@ -860,6 +938,7 @@ def task_status(*, task: Task) -> dict:
         "data_fingerprint": task.data_fingerprint,
         "snapshot_path": task.snapshot_path,
         "snapshot": task.snapshot_info,
+        "contract_files": task.contract_files or {},
         "unfrozen_at": task.unfrozen_at.isoformat() if task.unfrozen_at else None,
         "unfreeze_reason": task.unfreeze_reason,
         "tools": tools,

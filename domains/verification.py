@@ -48,6 +48,9 @@ class ToolsRun:
     seconds: float
     snapshot: dict | None = None  # shapes/dtypes/classes, in mode "snapshot"
     peak_memory_mb: float | None = None  # of the sandboxed process tree
+    # Workspace-relative source files of the user's own modules the tools imported (as reported
+    # from inside the sandbox: names only; the trusted side hashes them itself).
+    workspace_files: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -138,6 +141,7 @@ def tools_run(
             seconds=run.seconds,
             snapshot=result.get("snapshot"),
             peak_memory_mb=max(run.peak_memory_mb or 0.0, result.get("peak_rss_mb") or 0.0) or None,
+            workspace_files=[f for f in result.get("workspace_files") or [] if isinstance(f, str)][:500],
         )
     finally:
         shutil.rmtree(work, ignore_errors=True)

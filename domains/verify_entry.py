@@ -280,9 +280,42 @@ def _plain(metrics):
     return {k: float(v) for k, v in metrics.items()}
 
 
+def workspace_modules(root, skip):
+    """Relative paths of the source files of every loaded module that lives in the workspace `root`
+    (not under `skip`, a virtual environment or site-packages): what the tools imported from the
+    user's own code. Freeze fingerprints them."""
+    root = os.path.realpath(root)
+    skip = [os.path.realpath(p) for p in skip]
+    skip += [os.path.realpath(p) for p in {sys.prefix, sys.base_prefix, sys.exec_prefix}]
+    found = set()
+    for module in list(sys.modules.values()):
+        path = getattr(module, "__file__", None)
+        if not isinstance(path, str) or not path.endswith(".py"):
+            continue
+        real = os.path.realpath(path)
+        if not real.startswith(root + os.sep) or any(real == s or real.startswith(s + os.sep) for s in skip):
+            continue
+        rel = os.path.relpath(real, root)
+        parts = rel.split(os.sep)
+        if any(p in ("site-packages", "dist-packages", ".venv", "venv", "__pycache__") for p in parts):
+            continue
+        found.add(rel)
+    return sorted(found)[:500]
+
+
 def verify(spec, state, result):
-    # The tools may import the workspace's own modules (the working directory), like train() can.
+    # The tools may import the workspace's own modules (the working directory), like train() can;
+    # fresh from source (a stale __pycache__ must not stand in for what freeze fingerprints).
+    sys.dont_write_bytecode = True
+    sys.pycache_prefix = os.path.join(os.path.dirname(spec["output"]), "pycache")
     sys.path[:0] = [spec["tools_dir"], os.getcwd()]
+    try:
+        return _verify(spec, state, result)
+    finally:
+        result["workspace_files"] = workspace_modules(os.getcwd(), [spec["tools_dir"], os.path.dirname(spec["output"])])
+
+
+def _verify(spec, state, result):
     task = spec["task"]
     ld, ev = result["load_data"], result["evaluate"]
 

@@ -56,6 +56,9 @@ class Experiment(models.Model):
         default=list, blank=True,
         help_text="Static scan of the train code at submission ({line, kind, text}).",
     )
+    provenance = models.JSONField(
+        default=dict, blank=True, help_text="Where the code came from: git commit, environment lock sha256."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)

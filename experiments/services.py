@@ -290,6 +290,11 @@ def _ready_key(task: Task) -> tuple | None:
         for name in _SNAPSHOT_FILES:
             st = os.stat(getattr(paths, name))
             files.append((st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+        # The workspace modules the frozen tools import are part of the contract too.
+        workspace = Path(task.domain.workspace_path)
+        for rel in sorted(task.contract_files or {}):
+            st = os.stat(workspace / rel)
+            files.append((rel, st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
     except OSError:
         return None
     return (task.pk, task.contract_version, task.fingerprint, task.data_fingerprint, task.snapshot_path, tools,

@@ -94,6 +94,13 @@ class Evaluator:
                 "the materialized evaluate.py does not match the frozen tool (it was changed on disk); "
                 "re-freeze the task"
             )
+        # The frozen evaluate may import the workspace's own modules (our working directory), as it
+        # did in verification; their sources are part of the task fingerprint, checked before every
+        # experiment. Appended, so they never shadow the libraries this trusted process uses; no
+        # bytecode read or written (a stale __pycache__ must not stand in for the checked source).
+        sys.dont_write_bytecode = True
+        sys.pycache_prefix = str(work / ".pycache")
+        sys.path.append(os.getcwd())
         self.evaluate = _load_module("evaluate", snapshot / "tools" / "evaluate.py").evaluate
         public, sealed = snapshot / "public", snapshot / "sealed"
         with open(public / "X_train.pkl", "rb") as fh:

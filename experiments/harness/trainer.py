@@ -207,6 +207,20 @@ def _vm_size() -> int:
         return 0
 
 
+def _workspace_importable(job_dir: Path) -> None:
+    """Put the workspace (our working directory) first on sys.path, as `python train.py` run from
+    the repository root would, so train() can import the user's own modules.
+
+    Only this forked child imports them; the warm parent never does, so an edit to a module is
+    seen by the next experiment. Bytecode is neither read nor written: a __pycache__ left in the
+    workspace may be older than its source within the same second (pyc checks mtime in seconds)."""
+    sys.dont_write_bytecode = True
+    sys.pycache_prefix = str(job_dir / ".pycache")
+    workspace = os.getcwd()
+    if workspace not in sys.path:
+        sys.path.insert(0, workspace)
+
+
 def _train(job: dict, job_dir: Path, data: tuple, result_fd: int) -> int:
     import random
 
@@ -223,6 +237,7 @@ def _train(job: dict, job_dir: Path, data: tuple, result_fd: int) -> int:
     artifacts = job_dir / "artifacts"
     os.environ["DOJO_ARTIFACTS_DIR"] = str(artifacts)
     X_train, y_train, X_test = data
+    _workspace_importable(job_dir)
     started = time.perf_counter()
     try:
         source = (job_dir / "train.py").read_text()

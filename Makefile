@@ -11,7 +11,7 @@ include .env
 export $(shell sed -n 's/^\([A-Za-z_][A-Za-z0-9_]*\)=.*/\1/p' .env)
 endif
 
-.PHONY: install demo test serve lint browser-deps
+.PHONY: install demo test test-postgres serve lint browser-deps postgres-up
 
 install: $(STAMP)
 
@@ -19,7 +19,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,postgres]'
 	touch $(STAMP)
 
 demo: install
@@ -41,6 +41,16 @@ lint: install
 
 test: install browser-deps lint
 	$(VENV)/bin/pytest
+
+# The whole suite again on PostgreSQL (this machine's, 127.0.0.1:5432, trust auth); CI runs both.
+PG_URL ?= postgres://postgres@127.0.0.1:5432/dojo_ci
+postgres-up:
+	@pg_isready -q -h 127.0.0.1 -p 5432 || pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql) main start
+	@psql -q -h 127.0.0.1 -U postgres -tc "SELECT 1 FROM pg_database WHERE datname = 'dojo_ci'" | grep -q 1 || \
+		psql -q -h 127.0.0.1 -U postgres -c "CREATE DATABASE dojo_ci"
+
+test-postgres: install browser-deps postgres-up
+	DATABASE_URL=$(PG_URL) SECRET_KEY=$${SECRET_KEY:-test-postgres-only-key} $(VENV)/bin/pytest -p no:cacheprovider
 
 # runserver and qcluster together; Ctrl-C stops both. `make serve ADDR=0.0.0.0:8000` to listen wider.
 serve: install

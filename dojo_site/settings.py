@@ -135,7 +135,7 @@ def database_from_url(url: str) -> dict:
         if not parsed.path.lstrip("/"):
             raise ImproperlyConfigured("DATABASE_URL for postgres needs a database name: postgres://user:pass@host:5432/dojo")
         return {
-            "ENGINE": "django.db.backends.postgresql",
+            "ENGINE": "dojo_site.db.postgresql",  # strips NUL, see dojo_site/db
             "NAME": unquote(parsed.path.lstrip("/")),
             "USER": unquote(parsed.username or ""),
             "PASSWORD": unquote(parsed.password or ""),
@@ -149,7 +149,7 @@ def database_from_url(url: str) -> dict:
 
 def _sqlite_database(path: Path) -> dict:
     return {
-        "ENGINE": "django.db.backends.sqlite3",
+        "ENGINE": "dojo_site.db.sqlite3",  # strips NUL, see dojo_site/db
         "NAME": path,
         "OPTIONS": {
             # IMMEDIATE takes the write lock at BEGIN, so concurrent writers (web + workers)

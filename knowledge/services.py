@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from django.conf import settings
-from django.db import models, transaction
+from django.db import connection, models, transaction
 from django.db.models import Q
 
 from dojo_site.errors import Conflict, InvalidInput
@@ -129,6 +129,26 @@ def _active_atoms(domain: Domain | None) -> models.QuerySet[KnowledgeAtom]:
     return atoms.filter(domain=domain) if domain is not None else atoms.filter(domain__isnull=True)
 
 
+# Advisory-lock key space of knowledge writes (any constant no other lock of ours uses).
+_KNOWLEDGE_LOCK_SPACE = 0x6B6E6F77  # "know"
+
+
+def _writers_serialised(domain: Domain | None) -> None:
+    """Make concurrent atom_write calls of one domain take turns, until the transaction ends.
+
+    SQLite's IMMEDIATE transactions already serialise every writer. On PostgreSQL, locking the
+    domain's active atoms (select_for_update) is not enough: the first write of a claim has no row
+    to lock yet, so four writers of one new finding all saw "no match" and created four atoms. A
+    transaction-scoped advisory lock per domain covers that first write too."""
+    if connection.vendor != "postgresql":
+        return
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_advisory_xact_lock(%s, %s)",
+            [_KNOWLEDGE_LOCK_SPACE, (domain.pk if domain is not None else 0) % 2**31],
+        )
+
+
 def atom_write(
     *,
     domain: Domain | None,
@@ -161,8 +181,7 @@ def atom_write(
     threshold = float(settings.DOJO_KNOWLEDGE_SIMILARITY)
 
     with transaction.atomic():
-        # Locking the domain's active atoms serialises writers per domain on PostgreSQL; SQLite's
-        # IMMEDIATE transactions already serialise all writers.
+        _writers_serialised(domain)
         candidates = list(_active_atoms(domain).select_for_update().order_by("pk"))
         scores = text.similarities(
             f"{context}\n{claim}", [atom.linking_text() for atom in candidates]

@@ -86,3 +86,4 @@ def logged_in_page(page, live_server, transactional_db, user):
     page.click("button[type=submit]")
     page.wait_for_url(f"{live_server.url}/domains/")
     return page
+

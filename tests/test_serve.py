@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 from django.conf import settings
-from django.db import connection
+
+from tests.dburl import subprocess_database_url
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -46,7 +47,7 @@ def _children(pid: int) -> list[int]:
 def test_it_serves_the_web_and_the_worker_and_stops_both_on_ctrl_c():
     port = _free_port()
     env = os.environ | {
-        "DATABASE_URL": f"sqlite:///{connection.settings_dict['NAME']}",
+        "DATABASE_URL": subprocess_database_url(),
         "DOJO_HOME": str(settings.DOJO_HOME),
     }
     serve = subprocess.Popen(

@@ -15,7 +15,7 @@ ROOT = Path(settings.BASE_DIR)
 def test_it_parses_an_absolute_sqlite_url(tmp_path):
     db = database_from_url(f"sqlite:///{tmp_path}/dojo.sqlite3")
 
-    assert db["ENGINE"] == "django.db.backends.sqlite3"
+    assert db["ENGINE"] == "dojo_site.db.sqlite3"
     assert db["NAME"] == tmp_path / "dojo.sqlite3"
     assert db["OPTIONS"]["transaction_mode"] == "IMMEDIATE"
     assert "journal_mode=WAL" in db["OPTIONS"]["init_command"]
@@ -31,7 +31,7 @@ def test_it_parses_a_relative_sqlite_url(tmp_path, monkeypatch):
 def test_it_parses_a_postgres_url_with_escaped_parts(scheme):
     db = database_from_url(f"{scheme}://dojo:p%40ss%2Fw@db.example:6543/dojo_prod")
 
-    assert db["ENGINE"] == "django.db.backends.postgresql"
+    assert db["ENGINE"] == "dojo_site.db.postgresql"
     assert (db["NAME"], db["USER"], db["PASSWORD"], db["HOST"], db["PORT"]) == (
         "dojo_prod", "dojo", "p@ss/w", "db.example", "6543"
     )

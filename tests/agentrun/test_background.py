@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 from django.conf import settings as django_settings
-from django.db import connection
 from django.utils import timezone
 from django_q.conf import Conf
 from django_q.models import OrmQ, Schedule
@@ -22,6 +21,7 @@ from agentrun.services import run_create, run_reap, run_start
 from experiments.models import Experiment
 from tests.agentrun.conftest import MEAN_TRAIN
 from tests.agentrun.helpers import assert_events_contiguous, wait_for
+from tests.dburl import subprocess_database_url
 
 WORKER = Path(__file__).with_name("worker_process.py")
 
@@ -97,7 +97,7 @@ def _subprocess_env(home: Path, script: dict, tmp_path: Path, **extra: str) -> d
     script_file.write_text(json.dumps(script))
     return {
         **os.environ,
-        "DATABASE_URL": f"sqlite:///{connection.settings_dict['NAME']}",
+        "DATABASE_URL": subprocess_database_url(),
         # The same key as this process: django-q2 signs queued tasks with it.
         "SECRET_KEY": django_settings.SECRET_KEY,
         "DOJO_HOME": str(home),

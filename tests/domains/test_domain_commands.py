@@ -8,10 +8,10 @@ from io import StringIO
 import pytest
 from django.conf import settings
 from django.core.management import CommandError, call_command
-from django.db import connection
 
 from dojo_site.auth import token_hash
 from domains.models import ApiToken, CurrentDomain, Domain
+from tests.dburl import subprocess_database_url
 
 pytestmark = pytest.mark.django_db
 
@@ -80,7 +80,7 @@ def test_it_refuses_a_duplicate_name_from_the_command_line(workspace, tmp_path):
 
 def _manage(args: list[str], *, wrap: list[str] | None = None) -> subprocess.CompletedProcess:
     env = os.environ | {
-        "DATABASE_URL": f"sqlite:///{connection.settings_dict['NAME']}",
+        "DATABASE_URL": subprocess_database_url(),
         "DOJO_HOME": str(settings.DOJO_HOME),
     }
     cmd = (wrap or []) + [sys.executable, str(settings.BASE_DIR / "manage.py"), *args]

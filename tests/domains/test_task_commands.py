@@ -9,9 +9,9 @@ from io import StringIO
 import pytest
 from django.conf import settings
 from django.core.management import CommandError, call_command
-from django.db import connection
 
 from domains.models import TaskTool
+from tests.dburl import subprocess_database_url
 from tests.domains.taskkit import EVALUATE_REGRESSION, LOAD_REGRESSION, make_domain, task_of
 
 pytestmark = pytest.mark.django_db
@@ -121,7 +121,7 @@ def test_it_sets_config_keys_from_a_real_command_line(workspace):
     # `--set` was stored as options["settings"], which Django takes for its --settings module:
     # from a shell every `dojo_task config --set` ended in a TypeError traceback.
     domain = make_domain(workspace)
-    env = os.environ | {"DATABASE_URL": f"sqlite:///{connection.settings_dict['NAME']}", "DOJO_HOME": str(settings.DOJO_HOME)}
+    env = os.environ | {"DATABASE_URL": subprocess_database_url(), "DOJO_HOME": str(settings.DOJO_HOME)}
 
     def manage(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, str(settings.BASE_DIR / "manage.py"), "dojo_task", "config", "--domain",

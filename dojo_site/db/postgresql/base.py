@@ -1,0 +1,11 @@
+from django.db.backends.postgresql import base, operations
+
+from dojo_site.db import NulSafeOperationsMixin, NulSafeWrapperMixin
+
+
+class DatabaseOperations(NulSafeOperationsMixin, operations.DatabaseOperations):
+    pass
+
+
+class DatabaseWrapper(NulSafeWrapperMixin, base.DatabaseWrapper):
+    ops_class = DatabaseOperations

@@ -16,11 +16,14 @@ class AgentrunConfig(AppConfig):
 
 def _reap_on_worker_start(sender: object, proc_name: str = "", **kwargs: object) -> None:
     """When qcluster starts a worker, fail the runs a dead worker left behind (a restart after a
-    crash or kill -9). The Schedule made by migration 0002 repeats this every minute."""
+    crash or kill -9) and the half-written snapshots a killed freeze left. The Schedule made by
+    migration 0002 repeats the reaping every minute."""
     from agentrun.services import run_reap, run_reaper_schedule_ensure
+    from domains.snapshot import snapshots_partial_clean
 
     try:
         run_reaper_schedule_ensure()
         run_reap()
+        snapshots_partial_clean()
     except Exception:  # never keep a worker from starting
         logger.exception("reaper failed at worker start")

@@ -1,6 +1,8 @@
 import json
 
+from django.conf import settings
 from django.contrib.auth.decorators import login_required
+from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse
 from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, ValidationError
@@ -40,6 +42,14 @@ api = NinjaAPI(
 @api.exception_handler(DojoError)
 def dojo_error(request: HttpRequest, exc: DojoError) -> HttpResponse:
     return api.create_response(request, {"detail": str(exc)}, status=exc.status_code)
+
+
+@api.exception_handler(RequestDataTooBig)
+def body_too_big(request: HttpRequest, exc: RequestDataTooBig) -> HttpResponse:
+    limit_mb = settings.DATA_UPLOAD_MAX_MEMORY_SIZE / 1024 / 1024
+    return api.create_response(
+        request, {"detail": f"Request body too large (the limit is {limit_mb:.1f} MB)."}, status=413
+    )
 
 
 @api.exception_handler(ValidationError)

@@ -176,6 +176,15 @@ DATABASES = {
 }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
+# A shared database means several processes, often several machines, serve one Dojo: each would
+# generate its own key under its own DOJO_HOME, and sessions (and django-q2's signed tasks) made on one
+# would be refused by the others behind a load balancer. Refuse to start instead.
+if DATABASES["default"]["ENGINE"].endswith("postgresql") and not os.environ.get("SECRET_KEY"):
+    raise ImproperlyConfigured(
+        "SECRET_KEY must be set when Dojo runs on PostgreSQL: every web node and worker must share "
+        "one key (generate one with: python -c 'import secrets; print(secrets.token_urlsafe(50))')"
+    )
+
 CACHES = {
     "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
     # django-q2 keeps cluster stats in a cache every process must see.

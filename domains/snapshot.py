@@ -17,7 +17,9 @@ import json
 import os
 import pickle
 import shutil
+import socket
 import stat
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,8 +97,10 @@ def snapshot_write(*, task: Task, codes: dict[str, str], fingerprint: str) -> Sn
     domain = task.domain
     base = Path(settings.DOJO_HOME) / "snapshots" / f"domain-{domain.pk}"
     base.mkdir(parents=True, exist_ok=True)
+    snapshots_partial_clean()
     name = f"{fingerprint[:16]}-{timezone.now():%Y%m%dT%H%M%S%f}"
-    partial = base / f"{name}.partial"
+    # The writer's host and pid in the name tell a later start whether the writer is still alive.
+    partial = base / f"{name}.{socket.gethostname()}.{os.getpid()}.partial"
     paths = snapshot_paths(base / name)
     (partial / "public").mkdir(parents=True)
     (partial / "sealed").mkdir()
@@ -173,6 +177,46 @@ def snapshot_remove(path: Path | str) -> None:
             target.chmod(target.stat().st_mode | stat.S_IRWXU)
     root.chmod(root.stat().st_mode | stat.S_IRWXU)
     shutil.rmtree(root, ignore_errors=True)
+
+
+# A half-written snapshot of another machine is removed only when it is this old (its writer may
+# still be running there; no freeze takes a day).
+PARTIAL_MAX_AGE_SECONDS = 24 * 3600
+
+
+def snapshots_partial_clean() -> list[Path]:
+    """Remove half-written snapshots (`*.partial`) whose writer is gone; return what was removed.
+
+    A freeze killed with -9 cannot clean up after itself, and a snapshot can be hundreds of MB. A
+    partial written on this machine goes when its writer's pid is dead; one from another host (or
+    without a pid in its name) when older than PARTIAL_MAX_AGE_SECONDS. Runs at every freeze and when
+    a worker starts."""
+    removed = []
+    host = socket.gethostname()
+    now = time.time()
+    for partial in (Path(settings.DOJO_HOME) / "snapshots").glob("*/*.partial"):
+        parts = partial.name.rsplit(".", 3)  # name, host, pid, "partial"
+        if len(parts) == 4 and parts[1] == host and parts[2].isdigit():
+            stale = not _pid_alive(int(parts[2]))
+        else:
+            try:
+                stale = now - partial.stat().st_mtime > PARTIAL_MAX_AGE_SECONDS
+            except FileNotFoundError:
+                continue
+        if stale:
+            snapshot_remove(partial)
+            removed.append(partial)
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def data_fingerprint_compute(root: Path) -> str:

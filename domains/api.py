@@ -7,9 +7,11 @@ from ninja import Router, Schema, Status
 from dojo_site.errors import NotFound
 from dojo_site.schemas import Id
 from domains.models import Domain
+from domains.permissions import domain_get_for_user
 from domains.services import (
     domain_create,
     domain_delete,
+    domain_git_sync,
     domain_update,
     task_create,
     task_for_domain,
@@ -34,7 +36,9 @@ DomainStatus = Literal["active", "paused", "archived"]
 class DomainIn(Schema):
     name: str
     task_type: TaskTypeName
-    workspace: str
+    workspace: str = ""
+    git_url: str = ""
+    git_ref: str = ""
     description: str = ""
     data_path: str = ""
     target_column: str = ""
@@ -68,6 +72,11 @@ class DomainOut(Schema):
     status: str
     workspace_path: str
     workspace_python: str
+    git_url: str
+    git_ref: str
+    git_commit: str
+    env_python: str
+    env_state: str
     env_vars: dict
     program_path: str
     setup_path: str
@@ -111,6 +120,25 @@ def domains_update(request: HttpRequest, domain_id: Id, payload: DomainPatch):
 def domains_delete(request: HttpRequest, domain_id: Id):
     domain_delete(domain=_get_domain(domain_id))
     return Status(204, None)
+
+
+class SyncIn(Schema):
+    ref: str | None = None
+
+
+class SyncOut(Schema):
+    previous: str
+    commit: str
+    ref: str
+    changed_files: list[str]
+    contract_files_changed: list[str]
+
+
+@router.post("/domains/{domain_id}/workspace/sync", response=SyncOut)
+def workspace_sync(request: HttpRequest, domain_id: Id, payload: SyncIn):
+    """Fetch the git workspace and check out `ref` (default: the domain's recorded ref)."""
+    domain = domain_get_for_user(request.user, domain_id, "own")
+    return domain_git_sync(domain=domain, ref=payload.ref)
 
 
 # --- end of domains --------------------------------------------------------------------------

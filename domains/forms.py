@@ -4,6 +4,7 @@ from dojo_site.errors import DojoError
 from domains.contracts import TASK_TYPES
 from domains.models import Domain
 from domains.services import domain_name_check, workspace_check
+from domains.workspaces import git_url_check
 
 METRIC_CHOICES = [("", "the task type's default")] + [
     (task.label, [(m, m) for m in task.metrics]) for task in TASK_TYPES.values()
@@ -16,8 +17,15 @@ class DomainForm(forms.Form):
     name = forms.CharField(max_length=100, help_text="Short and unique; the CLI's --domain NAME.")
     task_type = forms.ChoiceField(choices=[(t.name, t.label) for t in TASK_TYPES.values()])
     workspace = forms.CharField(
-        max_length=500, help_text="Absolute path of your data/repository folder on this machine."
+        max_length=500, required=False,
+        help_text="Absolute path of your data/repository folder on this machine (or give a git URL).",
     )
+    git_url = forms.CharField(
+        max_length=500, required=False, label="Git URL",
+        help_text="Instead of a folder: https://, ssh://, git@host:path or a local repository path; "
+        "cloned into Dojo's workspaces folder.",
+    )
+    git_ref = forms.CharField(max_length=200, required=False, label="Git ref", help_text="Branch, tag or commit (default: the default branch).")
     data_path = forms.CharField(
         max_length=500, required=False,
         help_text="Data file relative to the workspace (CSV/Parquet), or sklearn:load_diabetes.",
@@ -39,13 +47,29 @@ class DomainForm(forms.Form):
         return name
 
     def clean_workspace(self) -> str:
+        if not self.cleaned_data["workspace"].strip():
+            return ""
         try:
             return str(workspace_check(self.cleaned_data["workspace"]))
         except DojoError as exc:
             raise forms.ValidationError(str(exc)) from None
 
+    def clean_git_url(self) -> str:
+        if not self.cleaned_data["git_url"].strip():
+            return ""
+        try:
+            return git_url_check(self.cleaned_data["git_url"])
+        except DojoError as exc:
+            raise forms.ValidationError(str(exc)) from None
+
     def clean(self) -> dict:
         data = super().clean()
+        workspace, git_url = data.get("workspace"), data.get("git_url")
+        if "workspace" in data and "git_url" in data:
+            if not workspace and not git_url:
+                self.add_error("workspace", "give your data/repository folder, or a git URL to clone")
+            elif workspace and git_url:
+                self.add_error("git_url", "give either a workspace folder or a git URL, not both")
         task_type, metric = data.get("task_type"), data.get("metric")
         if task_type and metric and metric not in TASK_TYPES[task_type].metrics:
             self.add_error(

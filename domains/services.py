@@ -10,6 +10,7 @@ import hashlib
 import math
 import os
 import re
+import shutil
 import stat
 import tempfile
 from pathlib import Path
@@ -20,7 +21,7 @@ from django.utils import timezone
 
 from dojo_site.errors import Conflict, InvalidInput, NotFound, NotReady
 from dojo_site.schemas import DB_INT_MAX
-from domains import generation, snapshot, verification
+from domains import generation, snapshot, verification, workspaces
 from domains.contracts import CONTRACT_VERSION, LIMIT_KEYS, TASK_TYPES, tools_fingerprint
 from domains.models import ApiToken, CurrentDomain, Domain, Task, TaskTool
 
@@ -177,11 +178,16 @@ def domain_create(
     target_column: str = "",
     metric: str = "",
     id_columns: list[str] | str | None = None,
+    git_url: str = "",
+    git_ref: str = "",
 ) -> Domain:
     """Create the domain, its unfrozen task, PROGRAM.md and SETUP.md, and make it current.
 
-    All or nothing: on any failure no row is left and no file this call created remains.
-    Existing PROGRAM.md / SETUP.md files in the workspace are kept as they are.
+    With `git_url` (instead of a workspace) the repository is cloned into
+    DOJO_HOME/workspaces/<name> and checked out at `git_ref` (default: the remote's default
+    branch); the commit is recorded on the domain. All or nothing: on any failure no row is left
+    and no file (nor clone) this call created remains. Existing PROGRAM.md / SETUP.md files in the
+    workspace are kept as they are.
     """
     name = domain_name_check(name)
     task = _task_type_checked(task_type)
@@ -194,6 +200,28 @@ def domain_create(
     data_path = (data_path or "").strip()
     target_column = (target_column or "").strip()
     ids = _id_columns_clean(id_columns)
+    git_url, git_ref = (git_url or "").strip(), workspaces.git_ref_check(git_ref)
+    if git_url:
+        if str(workspace or "").strip():
+            raise InvalidInput("give either a workspace folder or a git URL, not both")
+        git_url = workspaces.git_url_check(git_url)
+        if Domain.objects.filter(name=name).exists():
+            raise Conflict(f"a domain named {name!r} already exists")
+        clone = workspaces.git_clone(url=git_url, ref=git_ref, target=workspaces.clone_target(name))
+        try:
+            with transaction.atomic():
+                domain = domain_create(
+                    name=name, task_type=task_type, workspace=clone.path, description=description,
+                    data_path=data_path, target_column=target_column, metric=metric, id_columns=ids,
+                )
+                Domain.objects.filter(pk=domain.pk).update(git_url=git_url, git_ref=git_ref, git_commit=clone.commit)
+        except BaseException:
+            shutil.rmtree(clone.path, ignore_errors=True)
+            raise
+        domain.refresh_from_db()
+        return domain
+    if git_ref:
+        raise InvalidInput("a git ref needs a git URL")
     path = workspace_check(workspace)
     if Domain.objects.filter(name=name).exists():
         raise Conflict(f"a domain named {name!r} already exists")
@@ -305,6 +333,31 @@ def domain_update(
     except IntegrityError:
         raise Conflict(f"a domain named {domain.name!r} already exists") from None
     return domain
+
+
+def domain_git_sync(*, domain: Domain, ref: str | None = None) -> dict:
+    """Fetch the domain's git workspace and check out `ref` (None: its recorded ref; "" the remote's
+    default branch); record the ref and the new commit.
+
+    Returns {"previous", "commit", "ref", "changed_files", "contract_files_changed"}: the last lists
+    the files the frozen contract imports that the move changed (experiments then refuse to run
+    until the task is frozen again). InvalidInput (GitFailed) with the checkout unchanged when the
+    domain has no git URL, the fetch fails, the ref does not exist or local edits are in the way."""
+    if not domain.git_url:
+        raise InvalidInput(f"domain {domain.name!r} has no git URL: its workspace is a local folder")
+    ref = domain.git_ref if ref is None else workspaces.git_ref_check(ref)
+    synced = workspaces.git_sync(path=domain.workspace, ref=ref)
+    domain.git_ref, domain.git_commit = ref, synced.commit
+    domain.save(update_fields=["git_ref", "git_commit", "updated_at"])
+    task = domain.task_or_none
+    contract = sorted(set(task.contract_files or {}) & set(synced.changed_files)) if task and task.is_frozen else []
+    return {
+        "previous": synced.previous,
+        "commit": synced.commit,
+        "ref": ref,
+        "changed_files": synced.changed_files[:1000],
+        "contract_files_changed": contract,
+    }
 
 
 def domain_delete(*, domain: Domain) -> None:

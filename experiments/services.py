@@ -320,6 +320,19 @@ def _ready_task(domain: Domain) -> Task:
     return task
 
 
+def experiment_provenance(*, domain: Domain) -> dict:
+    """Where an experiment's code and packages came from: the workspace's git commit (read from .git,
+    no subprocess), the domain's git URL, and the sha256 of its environment lock."""
+    from domains.workspaces import git_head
+
+    out = {"git_commit": git_head(domain.workspace_path) or domain.git_commit, "interpreter": _python(domain)}
+    if domain.git_url:
+        out["git_url"] = domain.git_url
+    if domain.env_lock:
+        out["env_lock_sha256"] = hashlib.sha256(domain.env_lock.encode()).hexdigest()
+    return out
+
+
 def experiment_run(
     *,
     domain: Domain,
@@ -350,6 +363,7 @@ def experiment_run(
         train_code=train_code, code_sha256=hashlib.sha256(train_code.encode()).hexdigest(),
         state=Experiment.State.RUNNING, started_at=timezone.now(), seed=seed, task_fingerprint=task.fingerprint,
         data_fingerprint=task.data_fingerprint, code_flags=scan_train_code(train_code),
+        provenance=experiment_provenance(domain=domain),
     )
     exp._unsaved = set()
     try:

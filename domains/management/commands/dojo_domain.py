@@ -11,7 +11,7 @@ from dojo_site.cli import (
 )
 from dojo_site.errors import DojoError
 from domains.models import Domain
-from domains.services import domain_current, domain_resolve, domain_use
+from domains.services import domain_current, domain_git_sync, domain_resolve, domain_use
 
 
 class Command(BaseCommand):
@@ -27,6 +27,8 @@ class Command(BaseCommand):
         action("current", help="Print the current domain.")
         show = action("show", help="Show a domain (default: --domain or the current one).")
         show.add_argument("target", metavar="NAME", nargs="?")
+        sync = action("sync", help="Fetch the domain's git workspace and check out --ref (default: its recorded ref).")
+        sync.add_argument("--ref", default=None, help="Branch, tag or commit to move to.")
 
     def handle(self, *args, **options) -> None:
         try:
@@ -95,3 +97,23 @@ class Command(BaseCommand):
             for key, value in task["config"].items():
                 table.add_row(f"config.{key}", str(value))
         console.print(table)
+
+    def _sync(self, options) -> None:
+        domain = domain_resolve(name=options["domain"])
+        result = domain_git_sync(domain=domain, ref=options["ref"])
+        if options["json"]:
+            print_json(self, result)
+            return
+        if result["commit"] == result["previous"]:
+            self.stdout.write(f"{domain.name}: already at {result['commit'][:12]} ({result['ref'] or 'default branch'})")
+        else:
+            self.stdout.write(
+                f"{domain.name}: {result['previous'][:12]} -> {result['commit'][:12]} "
+                f"({result['ref'] or 'default branch'}), {len(result['changed_files'])} files changed"
+            )
+        if result["contract_files_changed"]:
+            self.stdout.write(
+                "The frozen contract imports changed files: " + ", ".join(result["contract_files_changed"])
+                + ". Experiments refuse to run until you unfreeze and freeze the task again "
+                "(`manage.py dojo_task unfreeze --reason ...` then `dojo_task setup`)."
+            )

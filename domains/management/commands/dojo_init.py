@@ -17,7 +17,13 @@ class Command(BaseCommand):
     def add_arguments(self, parser) -> None:
         parser.add_argument("--name", "--domain", dest="name", help="Unique domain name.")
         parser.add_argument("--task-type", help=f"One of: {', '.join(TASK_TYPES)}.")
-        parser.add_argument("--workspace", default=".", help="Your data/repository folder (default: .).")
+        parser.add_argument("--workspace", default=None, help="Your data/repository folder (default: .).")
+        parser.add_argument(
+            "--git-url", default="",
+            help="Clone this repository (https://, ssh://, git@host:path or a local path) into "
+            "DOJO_HOME/workspaces/NAME and use it as the workspace, instead of --workspace.",
+        )
+        parser.add_argument("--git-ref", default="", help="Branch, tag or commit to check out (default: the remote's default branch).")
         parser.add_argument("--data-path", default="", help="Data file, relative to the workspace, or sklearn:load_NAME.")
         parser.add_argument("--target-column", default="", help="Column to predict.")
         parser.add_argument("--id-columns", default="", help="Comma-separated id columns, never used as features.")
@@ -41,7 +47,9 @@ class Command(BaseCommand):
             domain = domain_create(
                 name=name,
                 task_type=task_type,
-                workspace=options["workspace"],
+                workspace=options["workspace"] or ("" if options["git_url"] else "."),
+                git_url=options["git_url"],
+                git_ref=options["git_ref"],
                 description=options["description"],
                 data_path=options["data_path"],
                 target_column=options["target_column"],
@@ -59,6 +67,8 @@ class Command(BaseCommand):
         console.print(f"[bold green]Created domain {domain.name}[/] ({task.task_type}, "
                       f"primary metric {task.primary_metric}, {task.direction}); it is now the current domain.")
         console.print(f"  workspace  {domain.workspace_path}")
+        if domain.git_url:
+            console.print(f"  git        {domain.git_url} @ {domain.git_ref or '(default branch)'} = {domain.git_commit[:12]}")
         console.print(f"  program    {domain.program_path}")
         console.print(f"  setup      {domain.setup_path}")
         console.print("Next: describe the data and scoring in SETUP.md, then generate, verify and freeze "

@@ -5,6 +5,7 @@ from django.http import HttpRequest
 from agentrun.models import AgentEvent, AgentRun
 from agentrun.services import run_stop_request
 from dojo_site.errors import DojoError
+from domains.admin import DomainScopedAdmin
 
 
 class AgentEventInline(admin.TabularInline):
@@ -21,7 +22,8 @@ class AgentEventInline(admin.TabularInline):
 
 
 @admin.register(AgentRun)
-class AgentRunAdmin(admin.ModelAdmin):
+class AgentRunAdmin(DomainScopedAdmin):
+    change_action = "edit"
     list_display = ["id", "domain", "backend", "status", "cost_usd", "turns", "stop_requested", "heartbeat_at", "created_at"]
     list_filter = ["status", "backend", "domain"]
     list_select_related = ["domain"]
@@ -29,7 +31,7 @@ class AgentRunAdmin(admin.ModelAdmin):
     date_hierarchy = "created_at"
     # Everything here is written by the run loop; stopping goes through the action.
     readonly_fields = [
-        "domain", "backend", "model", "prompt", "status", "max_turns", "max_experiments", "budget_usd",
+        "domain", "created_by", "backend", "model", "prompt", "status", "max_turns", "max_experiments", "budget_usd",
         "max_minutes", "seed", "cost_usd", "turns", "stop_requested", "heartbeat_at", "queue_task_id",
         "worker_pid", "error", "result", "created_at", "started_at", "finished_at",
     ]
@@ -54,7 +56,8 @@ class AgentRunAdmin(admin.ModelAdmin):
 
 
 @admin.register(AgentEvent)
-class AgentEventAdmin(admin.ModelAdmin):
+class AgentEventAdmin(DomainScopedAdmin):
+    domain_lookup = "run__domain"
     list_display = ["id", "run", "seq", "type", "created_at"]
     list_filter = ["type"]
     list_select_related = ["run"]

@@ -14,7 +14,7 @@ from agentrun.models import AgentEvent, AgentRun
 from agentrun.services import run_start, run_stop_request
 from dojo_site.errors import NotFound
 from dojo_site.schemas import DB_ID_MAX, DB_INT_MAX, Id, Seed
-from domains.models import Domain
+from domains.permissions import domain_get_for_user, domain_may, domain_require, domains_for_user
 
 router = Router(tags=["runs"])
 
@@ -82,20 +82,20 @@ class EventsOut(Schema):
     events: list[EventOut]
 
 
-def _run_get(run_id: int) -> AgentRun:
+def _run_get(request: HttpRequest, run_id: int, action: str = "view") -> AgentRun:
+    """The run when the user may see its domain (404 otherwise, as for a missing run); `action` checked too."""
     run = AgentRun.objects.select_related("domain").filter(pk=run_id).first()
-    if run is None:
+    if run is None or not domain_may(request.user, run.domain, "view"):
         raise NotFound(f"no run {run_id}")
+    domain_require(request.user, run.domain, action)
     return run
 
 
 @router.post("/runs", response={201: RunOut})
 def runs_start(request: HttpRequest, payload: RunIn) -> Status:
     """Start a run in the background (a django-q2 worker executes it). 409 if the task is not frozen."""
-    domain = Domain.objects.filter(pk=payload.domain_id).first()
-    if domain is None:
-        raise NotFound(f"no domain {payload.domain_id}")
-    run = run_start(domain=domain, **payload.dict(exclude={"domain_id"}))
+    domain = domain_get_for_user(request.user, payload.domain_id, "edit")
+    run = run_start(domain=domain, **payload.dict(exclude={"domain_id"}), created_by=request.user)
     return Status(201, run)
 
 
@@ -106,7 +106,8 @@ def runs_list(
     status: RunStatus | None = None,
     limit: int = Query(50, ge=1, le=500),
 ) -> list[AgentRun]:
-    runs = AgentRun.objects.select_related("domain").order_by("-created_at", "-pk")
+    runs = AgentRun.objects.select_related("domain").filter(domain__in=domains_for_user(request.user))
+    runs = runs.order_by("-created_at", "-pk")
     if domain_id is not None:
         runs = runs.filter(domain_id=domain_id)
     if status is not None:
@@ -116,13 +117,13 @@ def runs_list(
 
 @router.get("/runs/{run_id}", response=RunOut)
 def runs_show(request: HttpRequest, run_id: Id) -> AgentRun:
-    return _run_get(run_id)
+    return _run_get(request, run_id)
 
 
 @router.post("/runs/{run_id}/stop", response=RunOut)
 def runs_stop(request: HttpRequest, run_id: Id) -> AgentRun:
     """Ask the run to stop (409 when it has already finished)."""
-    return run_stop_request(run=_run_get(run_id))
+    return run_stop_request(run=_run_get(request, run_id, "edit"))
 
 
 @router.get("/runs/{run_id}/events", response=EventsOut)
@@ -133,7 +134,7 @@ def runs_events(
     limit: int = Query(500, ge=1, le=EVENTS_LIMIT_MAX),
 ) -> dict[str, Any]:
     # The run before its events: a terminal status is committed together with `finalized`.
-    run = _run_get(run_id)
+    run = _run_get(request, run_id)
     events = list(run.events.filter(seq__gt=after).order_by("seq")[:limit])
     return {
         "run_id": run.pk,
@@ -152,7 +153,7 @@ def runs_stream(
 ) -> StreamingHttpResponse:
     """Server-sent events: one `event: <type>` per run event (id = seq, data = JSON), ending after
     `finalized`. A sync generator, so it works under `manage.py runserver` (reference/stack.md §3)."""
-    run = _run_get(run_id)
+    run = _run_get(request, run_id)
     last_id = request.headers.get("Last-Event-ID", "")
     # isdigit() also accepts non-ASCII digits ("²") that int() refuses; bound the length too.
     if last_id.isascii() and last_id.isdigit() and len(last_id) <= 18:

@@ -83,10 +83,12 @@ def run_create(
     max_minutes: float | None = None,
     prompt: str | None = None,
     seed: int = 0,
+    created_by=None,
 ) -> AgentRun:
     """A queued run on `domain`. Refuses (NotReady) unless the task is frozen and intact.
 
-    The prompt is PROGRAM.md as it is now, unless `prompt` overrides it for this run.
+    The prompt is PROGRAM.md as it is now, unless `prompt` overrides it for this run. The run's
+    tools act with `created_by`'s rights (None: a management command, i.e. the administrator).
     """
     from domains.services import domain_file_read
 
@@ -112,6 +114,7 @@ def run_create(
         program = domain_file_read(domain=domain, which="program")
     return AgentRun.objects.create(
         domain=domain,
+        created_by=created_by,
         backend=backend,
         model=settings.DOJO_CLAUDE_MODEL if backend == "claude" else "",
         prompt=program,

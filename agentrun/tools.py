@@ -22,6 +22,7 @@ from jsonschema.exceptions import best_match
 
 from agentrun.models import AgentRun
 from dojo_site.errors import DojoError
+from domains.permissions import domain_require
 from domains.services import contract_current
 from experiments.models import Experiment
 from knowledge.models import KnowledgeAtom
@@ -197,6 +198,11 @@ TOOL_SPECS: dict[str, ToolSpec] = {
 _VALIDATORS = {name: Draft202012Validator(spec["input_schema"]) for name, spec in TOOL_SPECS.items()}
 
 
+# A run acts with its creator's rights, checked at every call (a member removed mid-run stops
+# writing at once): tools that change the lab need "edit", the others "view".
+_WRITING_TOOLS = frozenset({"run_experiment", "write_knowledge", "log_metrics", "log_params"})
+
+
 class ToolError(Exception):
     """A bad call the agent can fix; becomes {"ok": False, "error": message}."""
 
@@ -224,6 +230,8 @@ def tool_call(
         where = ".".join(str(p) for p in error.absolute_path)
         return {"ok": False, "error": f"{name}: invalid arguments: {where + ': ' if where else ''}{error.message}"}
     try:
+        if run.created_by_id is not None:  # None: started by a management command (administrator)
+            domain_require(run.created_by, run.domain, "edit" if name in _WRITING_TOOLS else "view")
         result = handler(run, arguments, should_stop)
     except ToolError as exc:
         return {"ok": False, "error": f"{name}: {exc}"}

@@ -13,6 +13,7 @@ from agentrun.models import AgentEvent, AgentRun
 from agentrun.services import run_start, run_stop_request
 from dojo_site.errors import DojoError
 from domains.models import Domain
+from domains.permissions import domain_may, domains_for_user, web_domain_get, web_domain_require
 
 # Events per poll response and on the first render of the live page.
 POLL_EVENTS = 200
@@ -26,21 +27,26 @@ def _runs_with_counts() -> QuerySet[AgentRun]:
     )
 
 
-def _get_run(pk: int) -> AgentRun:
-    return get_object_or_404(_runs_with_counts(), pk=pk)
+def _get_run(request: HttpRequest, pk: int, action: str = "view") -> AgentRun:
+    """The run when the user may see its domain (else 404); `action` on it checked too (else 403)."""
+    run = get_object_or_404(_runs_with_counts(), pk=pk)
+    web_domain_require(request.user, run.domain, action)
+    return run
 
 
 @login_required
 def run_list(request: HttpRequest) -> HttpResponse:
-    page = Paginator(_runs_with_counts().order_by("-created_at", "-pk"), 50).get_page(request.GET.get("page"))
+    runs = _runs_with_counts().filter(domain__in=domains_for_user(request.user))
+    page = Paginator(runs.order_by("-created_at", "-pk"), 50).get_page(request.GET.get("page"))
     return render(request, "agentrun/run_list.html", {"page": page, "runs": page.object_list})
 
 
-def _domain_runs_context(domain: Domain, form: RunStartForm) -> dict:
+def _domain_runs_context(request: HttpRequest, domain: Domain, form: RunStartForm) -> dict:
     task = domain.task_or_none
     return {
         "domain": domain,
         "form": form,
+        "may_edit": domain_may(request.user, domain, "edit"),
         "task": task,
         "runs": _runs_with_counts().filter(domain=domain).order_by("-created_at", "-pk")[:30],
     }
@@ -48,8 +54,8 @@ def _domain_runs_context(domain: Domain, form: RunStartForm) -> dict:
 
 @login_required
 def run_domain_list(request: HttpRequest, domain_id: int) -> HttpResponse:
-    domain = get_object_or_404(Domain, pk=domain_id)
-    context = _domain_runs_context(domain, RunStartForm())
+    domain = web_domain_get(request.user, domain_id)
+    context = _domain_runs_context(request, domain, RunStartForm())
     # The domain page's Runs tab loads the fragment; a plain visit gets the whole page.
     template = "agentrun/partials/domain_runs.html" if request.htmx else "agentrun/domain_runs.html"
     return render(request, template, context)
@@ -58,17 +64,17 @@ def run_domain_list(request: HttpRequest, domain_id: int) -> HttpResponse:
 @login_required
 @require_POST
 def run_start_view(request: HttpRequest, domain_id: int) -> HttpResponse:
-    domain = get_object_or_404(Domain, pk=domain_id)
+    domain = web_domain_get(request.user, domain_id, "edit")
     form = RunStartForm(request.POST)
     if form.is_valid():
         try:
-            run = run_start(domain=domain, **form.cleaned_data)
+            run = run_start(domain=domain, **form.cleaned_data, created_by=request.user)
         except DojoError as exc:
             form.add_error(None, str(exc))
         else:
             messages.success(request, f"Run {run.pk} queued: a worker (manage.py qcluster) picks it up.")
             return redirect(run)
-    return render(request, "agentrun/domain_runs.html", _domain_runs_context(domain, form), status=422)
+    return render(request, "agentrun/domain_runs.html", _domain_runs_context(request, domain, form), status=422)
 
 
 def _status_context(run: AgentRun) -> dict:
@@ -91,7 +97,7 @@ def _status_context(run: AgentRun) -> dict:
 
 @login_required
 def run_detail(request: HttpRequest, pk: int) -> HttpResponse:
-    run = _get_run(pk)
+    run = _get_run(request, pk)
     total = run.events.count()
     events = list(run.events.order_by("-seq")[:PAGE_EVENTS])[::-1]
     context = {
@@ -110,7 +116,7 @@ def run_poll(request: HttpRequest, pk: int) -> HttpResponse:
     rendered without hx-trigger once the run is terminal and every event is out, which ends polling."""
     # The run is read before its events: a terminal status is committed with `finalized`,
     # so a terminal run read here has all its events visible below.
-    run = _get_run(pk)
+    run = _get_run(request, pk)
     try:
         after = max(0, int(request.GET.get("after", 0)))
     except ValueError:
@@ -128,7 +134,7 @@ def run_poll(request: HttpRequest, pk: int) -> HttpResponse:
 @login_required
 @require_POST
 def run_stop(request: HttpRequest, pk: int) -> HttpResponse:
-    run = get_object_or_404(AgentRun, pk=pk)
+    run = _get_run(request, pk, "edit")
     try:
         run = run_stop_request(run=run)
     except DojoError as exc:

@@ -6,21 +6,119 @@ from django.utils.html import format_html
 
 from dojo_site.errors import DojoError
 from domains.generation import tool_code_check
-from domains.models import ApiToken, CurrentDomain, Domain, Task, TaskTool
-from domains.services import task_tools_save, token_revoke
+from domains.models import (
+    ApiToken,
+    CurrentDomain,
+    Domain,
+    DomainChange,
+    DomainMember,
+    Task,
+    TaskTool,
+)
+from domains.permissions import domain_may, domains_for_user
+from domains.services import domain_update, task_tools_save, token_revoke, workspace_python_check
+
+
+class DomainScopedAdmin(admin.ModelAdmin):
+    """The admin asks domains/permissions.py too: a user lists the rows of the domains they see and
+    changes only rows of domains where they have `change_action`. (Staff act as owner of every
+    domain today, so this narrows nothing for them; it keeps the admin in step if that changes.)"""
+
+    domain_lookup = "domain"  # the path from this model to its Domain
+    change_action = "own"
+
+    def _domain_of(self, obj) -> Domain | None:
+        for part in self.domain_lookup.split("__"):
+            obj = obj if part == "self" else getattr(obj, part, None)
+        return obj
+
+    def get_queryset(self, request: HttpRequest):
+        qs = super().get_queryset(request)
+        if request.user.is_superuser:
+            return qs
+        visible = domains_for_user(request.user)
+        if self.domain_lookup == "self":
+            return qs.filter(pk__in=visible)
+        return qs.filter(**{f"{self.domain_lookup}__in": visible})
+
+    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
+        if not super().has_change_permission(request, obj):
+            return False
+        domain = self._domain_of(obj) if obj is not None else None
+        return domain is None or domain_may(request.user, domain, self.change_action)
+
+    def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
+        if not super().has_delete_permission(request, obj):
+            return False
+        domain = self._domain_of(obj) if obj is not None else None
+        return domain is None or domain_may(request.user, domain, "own")
+
+
+class DomainAdminForm(forms.ModelForm):
+    class Meta:
+        model = Domain
+        fields = "__all__"
+
+    def clean(self) -> dict:
+        data = super().clean()
+        python = (data.get("workspace_python") or "").strip()
+        if "workspace_python" in self.changed_data and python:
+            try:
+                workspace_python_check(python=python, workspace=self.instance.workspace_path)
+            except DojoError as exc:
+                self.add_error("workspace_python", str(exc))
+        return data
+
+
+class DomainMemberInline(admin.TabularInline):
+    model = DomainMember
+    extra = 1
+    fields = ["user", "role", "created_at"]
+    readonly_fields = ["created_at"]
+    autocomplete_fields = ["user"]
+
+
+class DomainChangeInline(admin.TabularInline):
+    model = DomainChange
+    extra = 0
+    can_delete = False
+    fields = ["created_at", "user", "field", "old_value", "new_value"]
+    readonly_fields = fields
+
+    def has_add_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
+
+
+# Changes of these go through domain_update, which records them in the domain's history.
+DOMAIN_HISTORY_FORM_FIELDS = ("workspace_python", "env_vars")
 
 
 @admin.register(Domain)
-class DomainAdmin(admin.ModelAdmin):
-    list_display = ["name", "status", "task_type", "task_frozen", "workspace_path", "created_at"]
+class DomainAdmin(DomainScopedAdmin):
+    form = DomainAdminForm
+    domain_lookup = "self"
+    list_display = ["name", "owner", "status", "task_type", "task_frozen", "workspace_path", "created_at"]
     list_filter = ["status", "task__task_type", ("task__frozen_at", admin.EmptyFieldListFilter)]
-    search_fields = ["name", "description", "workspace_path"]
-    list_select_related = ["task"]
+    search_fields = ["name", "description", "workspace_path", "owner__username"]
+    list_select_related = ["task", "owner"]
     readonly_fields = ["workspace_path", "program_path", "setup_path", "task_link", "created_at", "updated_at"]
     fields = [
-        "name", "description", "status", "workspace_path", "program_path", "setup_path",
-        "workspace_python", "env_vars", "git_url", "git_ref", "task_link", "created_at", "updated_at",
+        "name", "description", "status", "owner", "hide_holdout_from_viewers", "workspace_path", "program_path",
+        "setup_path", "workspace_python", "env_vars", "git_url", "git_ref", "task_link", "created_at", "updated_at",
     ]
+    autocomplete_fields = ["owner"]
+    inlines = [DomainMemberInline, DomainChangeInline]
+
+    def save_model(self, request: HttpRequest, obj: Domain, form, change: bool) -> None:
+        tracked = {f: form.cleaned_data[f] for f in DOMAIN_HISTORY_FORM_FIELDS if change and f in form.changed_data}
+        for field in tracked:
+            setattr(obj, field, form.initial[field])  # domain_update applies them and records the change
+        super().save_model(request, obj, form, change)
+        if tracked:
+            try:
+                domain_update(domain=obj, **tracked, user=request.user)
+            except DojoError as exc:
+                self.message_user(request, f"Not changed: {exc}", messages.ERROR)
 
     # A domain comes with its task and files; only domain_create makes all three (web form, CLI, API).
     def has_add_permission(self, request: HttpRequest) -> bool:
@@ -63,8 +161,25 @@ TASK_MACHINE_FIELDS = [
 ]
 
 
+@admin.register(DomainChange)
+class DomainChangeAdmin(DomainScopedAdmin):
+    """The domain's history: read-only, written by domain_update."""
+
+    list_display = ["created_at", "domain", "user", "field", "old_value", "new_value"]
+    list_filter = ["field"]
+    search_fields = ["domain__name", "user__username"]
+    list_select_related = ["domain", "user"]
+    readonly_fields = ["domain", "user", "field", "old_value", "new_value", "created_at"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
+
+
 @admin.register(Task)
-class TaskAdmin(admin.ModelAdmin):
+class TaskAdmin(DomainScopedAdmin):
     list_display = ["domain", "task_type", "primary_metric", "direction", "is_frozen", "contract_version", "updated_at"]
     list_filter = ["task_type", "direction", ("frozen_at", admin.EmptyFieldListFilter)]
     search_fields = ["domain__name"]
@@ -110,8 +225,9 @@ class TaskToolForm(forms.ModelForm):
 
 
 @admin.register(TaskTool)
-class TaskToolAdmin(admin.ModelAdmin):
+class TaskToolAdmin(DomainScopedAdmin):
     form = TaskToolForm
+    domain_lookup = "task__domain"
     list_display = ["__str__", "task", "name", "version", "is_current", "origin", "verified_ok", "verified_at", "created_at"]
     list_filter = ["name", "origin", "is_current", "verified_ok"]
     search_fields = ["task__domain__name", "code"]

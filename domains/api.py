@@ -4,14 +4,15 @@ from typing import Literal
 from django.http import HttpRequest
 from ninja import Router, Schema, Status
 
-from dojo_site.errors import NotFound
 from dojo_site.schemas import Id
-from domains.models import Domain
-from domains.permissions import domain_get_for_user
+from domains.models import Domain, DomainChange, DomainMember
+from domains.permissions import domain_get_for_user, domains_for_user
 from domains.services import (
     domain_create,
     domain_delete,
     domain_git_sync,
+    domain_member_remove,
+    domain_member_set,
     domain_update,
     task_create,
     task_for_domain,
@@ -52,6 +53,7 @@ class DomainPatch(Schema):
     status: DomainStatus | None = None
     workspace_python: str | None = None
     env_vars: dict[str, str] | None = None
+    hide_holdout_from_viewers: bool | None = None
 
 
 class TaskSummaryOut(Schema):
@@ -80,6 +82,8 @@ class DomainOut(Schema):
     env_vars: dict
     program_path: str
     setup_path: str
+    owner: str | None
+    hide_holdout_from_viewers: bool
     created_at: datetime
     updated_at: datetime
     task: TaskSummaryOut | None
@@ -88,37 +92,67 @@ class DomainOut(Schema):
     def resolve_task(obj: Domain):
         return obj.task_or_none
 
+    @staticmethod
+    def resolve_owner(obj: Domain) -> str | None:
+        return obj.owner.username if obj.owner_id else None
 
-def _get_domain(domain_id: int) -> Domain:
-    domain = Domain.objects.select_related("task").filter(pk=domain_id).first()
-    if domain is None:
-        raise NotFound(f"no domain with id {domain_id}")
-    return domain
+
+class MemberIn(Schema):
+    username: str
+    role: Literal["viewer", "editor"] = "viewer"
+
+
+class MemberOut(Schema):
+    username: str
+    role: str
+    created_at: datetime
+
+    @staticmethod
+    def resolve_username(obj: DomainMember) -> str:
+        return obj.user.username
+
+
+class DomainChangeOut(Schema):
+    field: str
+    old_value: str
+    new_value: str
+    user: str | None
+    created_at: datetime
+
+    @staticmethod
+    def resolve_user(obj: DomainChange) -> str | None:
+        return obj.user.username if obj.user_id else None
+
+
+def _get_domain(request: HttpRequest, domain_id: int, action: str = "view") -> Domain:
+    return domain_get_for_user(request.user, domain_id, action)
 
 
 @router.get("/domains", response=list[DomainOut])
 def domains_list(request: HttpRequest):
-    return Domain.objects.select_related("task")
+    return domains_for_user(request.user).select_related("task", "owner")
 
 
 @router.post("/domains", response={201: DomainOut})
 def domains_create(request: HttpRequest, payload: DomainIn):
-    return Status(201, domain_create(**payload.dict()))
+    return Status(201, domain_create(**payload.dict(), owner=request.user))
 
 
 @router.get("/domains/{domain_id}", response=DomainOut)
 def domains_show(request: HttpRequest, domain_id: Id):
-    return _get_domain(domain_id)
+    return _get_domain(request, domain_id)
 
 
 @router.patch("/domains/{domain_id}", response=DomainOut)
 def domains_update(request: HttpRequest, domain_id: Id, payload: DomainPatch):
-    return domain_update(domain=_get_domain(domain_id), **payload.dict(exclude_unset=True))
+    """Owner only. A new workspace_python must answer with its version when run in the sandbox (else 422)."""
+    domain = _get_domain(request, domain_id, "own")
+    return domain_update(domain=domain, **payload.dict(exclude_unset=True), user=request.user)
 
 
 @router.delete("/domains/{domain_id}", response={204: None})
 def domains_delete(request: HttpRequest, domain_id: Id):
-    domain_delete(domain=_get_domain(domain_id))
+    domain_delete(domain=_get_domain(request, domain_id, "own"))
     return Status(204, None)
 
 
@@ -139,6 +173,31 @@ def workspace_sync(request: HttpRequest, domain_id: Id, payload: SyncIn):
     """Fetch the git workspace and check out `ref` (default: the domain's recorded ref)."""
     domain = domain_get_for_user(request.user, domain_id, "own")
     return domain_git_sync(domain=domain, ref=payload.ref)
+
+
+@router.get("/domains/{domain_id}/members", response=list[MemberOut])
+def domains_members(request: HttpRequest, domain_id: Id):
+    return _get_domain(request, domain_id).members.select_related("user")
+
+
+@router.post("/domains/{domain_id}/members", response={201: MemberOut})
+def domains_member_add(request: HttpRequest, domain_id: Id, payload: MemberIn):
+    """Owner only: add a member or change their role."""
+    domain = _get_domain(request, domain_id, "own")
+    return Status(201, domain_member_set(domain=domain, username=payload.username, role=payload.role))
+
+
+@router.delete("/domains/{domain_id}/members", response={204: None})
+def domains_member_remove(request: HttpRequest, domain_id: Id, username: str):
+    """Owner only: `?username=NAME` stops being a member."""
+    domain_member_remove(domain=_get_domain(request, domain_id, "own"), username=username)
+    return Status(204, None)
+
+
+@router.get("/domains/{domain_id}/history", response=list[DomainChangeOut])
+def domains_history(request: HttpRequest, domain_id: Id):
+    """Changes of the workspace, the interpreter and the env vars, newest first."""
+    return _get_domain(request, domain_id).changes.select_related("user")
 
 
 # --- end of domains --------------------------------------------------------------------------
@@ -237,48 +296,48 @@ class UnfreezeIn(Schema):
     reason: str
 
 
-def _task(domain_id: int):
-    return task_for_domain(domain=_get_domain(domain_id))
+def _task(request: HttpRequest, domain_id: int, action: str = "view"):
+    return task_for_domain(domain=_get_domain(request, domain_id, action))
 
 
 @router.get("/domains/{domain_id}/task", response=TaskOut, tags=["task"])
 def task_show(request: HttpRequest, domain_id: Id):
-    return task_status(task=_task(domain_id))
+    return task_status(task=_task(request, domain_id))
 
 
 @router.post("/domains/{domain_id}/task", response={201: TaskOut}, tags=["task"])
 def task_create_endpoint(request: HttpRequest, domain_id: Id, payload: TaskCreateIn):
-    task = task_create(domain=_get_domain(domain_id), **payload.dict())
+    task = task_create(domain=_get_domain(request, domain_id, "own"), **payload.dict())
     return Status(201, task_status(task=task))
 
 
 @router.patch("/domains/{domain_id}/task", response=TaskOut, tags=["task"])
 def task_update_endpoint(request: HttpRequest, domain_id: Id, payload: TaskPatch):
-    task = task_update(task=_task(domain_id), **payload.dict(exclude_unset=True))
+    task = task_update(task=_task(request, domain_id, "own"), **payload.dict(exclude_unset=True))
     return task_status(task=task)
 
 
 @router.get("/domains/{domain_id}/task/tools", response=list[ToolOut], tags=["task"])
 def task_tools_list(request: HttpRequest, domain_id: Id, history: bool = False):
     """The current version of each tool; `?history=true` lists every version, newest first."""
-    tools = _task(domain_id).tools.all()
+    tools = _task(request, domain_id).tools.all()
     return tools if history else tools.filter(is_current=True)
 
 
 @router.post("/domains/{domain_id}/task/tools/generate", response=list[ToolOut], tags=["task"])
 def task_tools_generate(request: HttpRequest, domain_id: Id, payload: ToolsGenerateIn):
-    return task_generate(task=_task(domain_id), method=payload.method)
+    return task_generate(task=_task(request, domain_id, "own"), method=payload.method)
 
 
 @router.post("/domains/{domain_id}/task/tools/import", response=list[ToolOut], tags=["task"])
 def task_tools_import_endpoint(request: HttpRequest, domain_id: Id, payload: ToolsImportIn):
-    return task_tools_import(task=_task(domain_id), load_data=payload.load_data, evaluate=payload.evaluate)
+    return task_tools_import(task=_task(request, domain_id, "own"), load_data=payload.load_data, evaluate=payload.evaluate)
 
 
 @router.post("/domains/{domain_id}/task/tools/verify", response=VerifyOut, tags=["task"])
 def task_tools_verify(request: HttpRequest, domain_id: Id):
     """Runs both tools in the sandbox; a failed verification is a 200 with ok=false and the errors."""
-    run = task_verify(task=_task(domain_id))
+    run = task_verify(task=_task(request, domain_id, "own"))
     checks = {
         check.name: {"ok": check.ok, "errors": check.errors, "sample": check.sample, "seconds": check.seconds}
         for check in (run.load_data, run.evaluate)
@@ -288,15 +347,15 @@ def task_tools_verify(request: HttpRequest, domain_id: Id):
 
 @router.post("/domains/{domain_id}/task/freeze", response=TaskOut, tags=["task"])
 def task_freeze_endpoint(request: HttpRequest, domain_id: Id):
-    return task_status(task=task_freeze(task=_task(domain_id)))
+    return task_status(task=task_freeze(task=_task(request, domain_id, "own")))
 
 
 @router.post("/domains/{domain_id}/task/unfreeze", response=TaskOut, tags=["task"])
 def task_unfreeze_endpoint(request: HttpRequest, domain_id: Id, payload: UnfreezeIn):
-    return task_status(task=task_unfreeze(task=_task(domain_id), reason=payload.reason))
+    return task_status(task=task_unfreeze(task=_task(request, domain_id, "own"), reason=payload.reason))
 
 
 # Last: its {name} would otherwise catch tools/verify, tools/generate and tools/import.
 @router.put("/domains/{domain_id}/task/tools/{name}", response=ToolOut, tags=["task"])
 def task_tool_update(request: HttpRequest, domain_id: Id, name: str, payload: ToolCodeIn):
-    return task_tools_save(task=_task(domain_id), codes={name: payload.code}, origin="human")[0]
+    return task_tools_save(task=_task(request, domain_id, "own"), codes={name: payload.code}, origin="human")[0]

@@ -81,3 +81,43 @@ class DomainForm(forms.Form):
 
 class DomainFileForm(forms.Form):
     text = forms.CharField(widget=forms.Textarea(attrs={"rows": 18}), required=False, strip=False)
+
+
+class DomainSettingsForm(forms.Form):
+    """The owner's settings: what runs in the sandbox and what viewers see."""
+
+    workspace_python = forms.CharField(
+        max_length=500, required=False, label="Trainer interpreter",
+        help_text="Absolute path; empty means Dojo's own. It must answer with its version when run in the sandbox.",
+    )
+    env_vars = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 4}), required=False, label="Environment variables",
+        help_text="One NAME=value per line, given to the trainer.",
+    )
+    hide_holdout_from_viewers = forms.BooleanField(
+        required=False, label="Hide holdout values from viewers",
+    )
+
+    def clean_env_vars(self) -> dict[str, str]:
+        env: dict[str, str] = {}
+        for number, line in enumerate(self.cleaned_data["env_vars"].splitlines(), start=1):
+            if not line.strip():
+                continue
+            name, sep, value = line.partition("=")
+            if not sep:
+                raise forms.ValidationError(f"line {number}: write NAME=value")
+            env[name.strip()] = value
+        return env
+
+    @staticmethod
+    def initial_for(domain: Domain) -> dict:
+        return {
+            "workspace_python": domain.workspace_python,
+            "env_vars": "\n".join(f"{k}={v}" for k, v in domain.env_vars.items()),
+            "hide_holdout_from_viewers": domain.hide_holdout_from_viewers,
+        }
+
+
+class DomainMemberForm(forms.Form):
+    username = forms.CharField(max_length=150)
+    role = forms.ChoiceField(choices=[("viewer", "Viewer: reads"), ("editor", "Editor: PROGRAM.md, runs, experiments")])

@@ -19,7 +19,9 @@ The story:
    act as a local administrator and do not.
 """
 
+from django.core.exceptions import PermissionDenied
 from django.db.models import Q, QuerySet
+from django.http import Http404
 
 from dojo_site.errors import Forbidden, NotFound
 from domains.models import Domain, DomainMember
@@ -80,7 +82,7 @@ def domain_require(user, domain: Domain, action: str) -> Domain:
     Raises NotFound when the user may not even see it (same message as a missing domain) and
     Forbidden when they see it but may not do ``action``."""
     if not domain_may(user, domain, "view"):
-        raise NotFound(f"domain {domain.pk} not found")
+        raise NotFound(f"no domain with id {domain.pk}")
     if not domain_may(user, domain, action):
         raise Forbidden(_forbidden_message(domain, action))
     return domain
@@ -94,16 +96,29 @@ def domain_get_for_user(user, pk_or_name: int | str, action: str = "view") -> Do
     query = Domain.objects.select_related("task")
     if isinstance(pk_or_name, int) or (isinstance(pk_or_name, str) and pk_or_name.isdigit()):
         domain = query.filter(pk=int(pk_or_name)).first()
+        missing = f"no domain with id {pk_or_name}"
     else:
         domain = query.filter(name=pk_or_name).first()
+        missing = f"no domain named {pk_or_name!r}"
     if domain is None or not domain_may(user, domain, "view"):
-        raise NotFound(f"domain {pk_or_name} not found")
+        raise NotFound(missing)
     return domain_require(user, domain, action)
 
 
 def holdout_visible(user, domain: Domain) -> bool:
     """True when holdout values of ``domain`` may be shown to ``user`` (pages, API, charts)."""
     return domain_may(user, domain, "view_holdout")
+
+
+def knowledge_visible_q(user) -> Q:
+    """Filter for KnowledgeAtom: global atoms (no domain) and the atoms of domains the user sees."""
+    return Q(domain__isnull=True) | Q(domain__in=domains_for_user(user))
+
+
+def knowledge_global_require(user) -> None:
+    """Global knowledge reaches every domain's agents: only staff write it (Forbidden otherwise)."""
+    if not _is_admin(user):
+        raise Forbidden("only staff may write global knowledge; give a domain_id")
 
 
 def _forbidden_message(domain: Domain, action: str) -> str:
@@ -113,3 +128,26 @@ def _forbidden_message(domain: Domain, action: str) -> str:
         "own": "only the domain's owner (or staff) may do this",
     }.get(action, "not allowed")
     return f"not allowed on domain {domain.name!r}: {needs}"
+
+
+# --- Web views: the same decisions as Django's 404 / 403 -------------------------------------
+
+
+def web_domain_get(user, pk_or_name: int | str, action: str = "view") -> Domain:
+    """domain_get_for_user for a view: Http404 when unseen, PermissionDenied (403) when not allowed."""
+    try:
+        return domain_get_for_user(user, pk_or_name, action)
+    except NotFound as exc:
+        raise Http404(str(exc)) from None
+    except Forbidden as exc:
+        raise PermissionDenied(str(exc)) from None
+
+
+def web_domain_require(user, domain: Domain, action: str) -> Domain:
+    """domain_require for a view: Http404 when unseen, PermissionDenied (403) when not allowed."""
+    try:
+        return domain_require(user, domain, action)
+    except NotFound as exc:
+        raise Http404(str(exc)) from None
+    except Forbidden as exc:
+        raise PermissionDenied(str(exc)) from None

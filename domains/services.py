@@ -7,6 +7,7 @@ task and its tools (generation, verification, freezing).
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 import re
@@ -23,7 +24,16 @@ from dojo_site.errors import Conflict, InvalidInput, NotFound, NotReady
 from dojo_site.schemas import DB_INT_MAX
 from domains import generation, snapshot, verification, workspaces
 from domains.contracts import CONTRACT_VERSION, LIMIT_KEYS, TASK_TYPES, tools_fingerprint
-from domains.models import ApiToken, CurrentDomain, Domain, Task, TaskTool
+from domains.models import (
+    ApiToken,
+    CurrentDomain,
+    Domain,
+    DomainChange,
+    DomainMember,
+    Task,
+    TaskTool,
+)
+from domains.sandbox import sandbox_env, sandbox_run
 
 # --- Domains ---------------------------------------------------------------------------------
 
@@ -180,14 +190,16 @@ def domain_create(
     id_columns: list[str] | str | None = None,
     git_url: str = "",
     git_ref: str = "",
+    owner=None,
 ) -> Domain:
     """Create the domain, its unfrozen task, PROGRAM.md and SETUP.md, and make it current.
 
     With `git_url` (instead of a workspace) the repository is cloned into
     DOJO_HOME/workspaces/<name> and checked out at `git_ref` (default: the remote's default
-    branch); the commit is recorded on the domain. All or nothing: on any failure no row is left
-    and no file (nor clone) this call created remains. Existing PROGRAM.md / SETUP.md files in the
-    workspace are kept as they are.
+    branch); the commit is recorded on the domain. `owner` is the user who created it from the web
+    or the API (None from a management command: staff-only until an owner is set in the admin).
+    All or nothing: on any failure no row is left and no file (nor clone) this call created
+    remains. Existing PROGRAM.md / SETUP.md files in the workspace are kept as they are.
     """
     name = domain_name_check(name)
     task = _task_type_checked(task_type)
@@ -237,6 +249,7 @@ def domain_create(
                 name=name,
                 description=(description or "").strip(),
                 workspace_path=str(path),
+                owner=owner,
                 program_path=str(program_path),
                 setup_path=str(setup_path),
             )
@@ -292,46 +305,115 @@ def _validation_message(exc: ValidationError) -> str:
     return " ".join(exc.messages)
 
 
+# Settings that decide what runs in the sandbox; every change of one is kept in DomainChange.
+HISTORY_FIELDS = ("workspace_path", "workspace_python", "env_vars")
+PYTHON_CHECK_TIMEOUT = 30
+_PYTHON_VERSION_RE = re.compile(r"^3\.(\d+)\.(\d+)$")
+# Asks for the version and for a Python-only computation on a fresh nonce, so a program that
+# merely prints something version-like is not taken for an interpreter.
+_PYTHON_PROBE = "import sys; print('%d.%d.%d' % sys.version_info[:3]); print(sum(map(ord, sys.argv[1])))"
+
+
+def workspace_python_check(*, python: str, workspace: str | os.PathLike) -> str:
+    """Run `python -c` inside the sandbox (cwd = the workspace) and return the version it answers ("3.x.y").
+
+    Raises InvalidInput with the reason when the path is not an executable file, the program fails,
+    times out, or does not answer like a Python 3 interpreter. Records nothing."""
+    if not os.path.isabs(python):
+        raise InvalidInput(f"workspace python must be an absolute path: {python}")
+    if not (os.path.isfile(python) and os.access(python, os.X_OK)):
+        raise InvalidInput(f"workspace python is not an executable file: {python}")
+    nonce = os.urandom(8).hex()
+    run = sandbox_run(
+        [python, "-c", _PYTHON_PROBE, nonce], cwd=workspace, timeout=PYTHON_CHECK_TIMEOUT,
+        env=sandbox_env(), memory_mb=2048, output_cap=4096,
+    )
+    if run.killed_reason:
+        raise InvalidInput(f"workspace python {python} did not answer: {run.killed_reason}")
+    lines = run.stdout_tail.strip().splitlines()
+    version = lines[0].strip() if lines else ""
+    if run.returncode != 0 or len(lines) != 2 or not _PYTHON_VERSION_RE.match(version) \
+            or lines[1].strip() != str(sum(map(ord, nonce))):
+        detail = (run.stderr_tail.strip().splitlines() or lines or ["no output"])[-1][:200]
+        raise InvalidInput(
+            f"{python} is not a Python 3 interpreter (run with -c in the sandbox it answered: {detail})"
+        )
+    return version
+
+
+def _history_value(value) -> str:
+    if isinstance(value, dict):
+        return json.dumps(value, sort_keys=True)
+    return str(value)
+
+
 def domain_update(
     *,
     domain: Domain,
     name: str | None = None,
     description: str | None = None,
     status: str | None = None,
+    workspace: str | os.PathLike | None = None,
     workspace_python: str | None = None,
     env_vars: dict[str, str] | None = None,
+    hide_holdout_from_viewers: bool | None = None,
+    user=None,
 ) -> Domain:
-    """Change the given fields (None leaves a field as it is)."""
+    """Change the given fields (None leaves a field as it is); return the domain.
+
+    Raises InvalidInput / Conflict before changing anything: a new interpreter must answer with its
+    version when run in the sandbox (workspace_python_check). A change of the workspace, the
+    interpreter or the env vars is recorded in DomainChange with `user` (None: a management command),
+    in the same transaction as the change."""
+    before = {field: getattr(domain, field) for field in HISTORY_FIELDS}
     if name is not None:
         name = domain_name_check(name)
         if Domain.objects.filter(name=name).exclude(pk=domain.pk).exists():
             raise Conflict(f"a domain named {name!r} already exists")
-        domain.name = name
-    if description is not None:
-        domain.description = description.strip()
-    if status is not None:
-        if status not in Domain.Status.values:
-            raise InvalidInput(f"unknown status {status!r}; choose one of: {', '.join(Domain.Status.values)}")
-        domain.status = status
+    if status is not None and status not in Domain.Status.values:
+        raise InvalidInput(f"unknown status {status!r}; choose one of: {', '.join(Domain.Status.values)}")
+    new_workspace = str(workspace_check(workspace)) if workspace is not None else domain.workspace_path
     if workspace_python is not None:
         workspace_python = workspace_python.strip()
-        if workspace_python and not (os.path.isfile(workspace_python) and os.access(workspace_python, os.X_OK)):
-            raise InvalidInput(f"workspace python is not an executable file: {workspace_python}")
-        domain.workspace_python = workspace_python
+        if workspace_python:
+            workspace_python_check(python=workspace_python, workspace=new_workspace)
     if env_vars is not None:
         if not all(isinstance(k, str) and isinstance(v, str) for k, v in env_vars.items()):
             raise InvalidInput("env vars must map names to strings")
         bad = [k for k, v in env_vars.items() if not ENV_VAR_NAME_RE.match(k) or "\x00" in v]
         if bad:
             raise InvalidInput(f"invalid env var {bad[0]!r}: names are letters, digits and '_' (not first a digit), values have no NUL")
+    if name is not None:
+        domain.name = name
+    if description is not None:
+        domain.description = description.strip()
+    if status is not None:
+        domain.status = status
+    if workspace is not None:
+        domain.workspace_path = new_workspace
+    if workspace_python is not None:
+        domain.workspace_python = workspace_python
+    if env_vars is not None:
         domain.env_vars = env_vars
+    if hide_holdout_from_viewers is not None:
+        domain.hide_holdout_from_viewers = bool(hide_holdout_from_viewers)
     try:
         domain.full_clean(validate_unique=False)
-        domain.save()
+        with transaction.atomic():
+            domain.save()
+            for field, old in before.items():
+                new_value = getattr(domain, field)
+                if new_value != old:
+                    DomainChange.objects.create(
+                        domain=domain, user=user, field=field,
+                        old_value=_history_value(old), new_value=_history_value(new_value),
+                    )
     except ValidationError as exc:
+        domain.refresh_from_db()
         raise InvalidInput(_validation_message(exc)) from None
     except IntegrityError:
-        raise Conflict(f"a domain named {domain.name!r} already exists") from None
+        domain.refresh_from_db()
+        raise Conflict(f"a domain named {name!r} already exists") from None
     return domain
 
 
@@ -358,6 +440,31 @@ def domain_git_sync(*, domain: Domain, ref: str | None = None) -> dict:
         "changed_files": synced.changed_files[:1000],
         "contract_files_changed": contract,
     }
+
+
+def domain_member_set(*, domain: Domain, username: str, role: str) -> DomainMember:
+    """Give `username` the role ("viewer" or "editor") on `domain`, adding or changing the membership.
+
+    Raises NotFound for an unknown or inactive user, InvalidInput for an unknown role or for the
+    domain's owner (who already has every right). Returns the membership."""
+    from django.contrib.auth import get_user_model
+
+    if role not in DomainMember.Role.values:
+        raise InvalidInput(f"unknown role {role!r}; choose one of: {', '.join(DomainMember.Role.values)}")
+    user = get_user_model().objects.filter(username=(username or "").strip(), is_active=True).first()
+    if user is None:
+        raise NotFound(f"no user named {username!r}")
+    if user.pk == domain.owner_id:
+        raise InvalidInput(f"{user.username} owns {domain.name}; the owner needs no role")
+    member, _ = DomainMember.objects.update_or_create(domain=domain, user=user, defaults={"role": role})
+    return member
+
+
+def domain_member_remove(*, domain: Domain, username: str) -> None:
+    """Remove `username`'s membership of `domain`; NotFound when they are not a member."""
+    deleted, _ = DomainMember.objects.filter(domain=domain, user__username=(username or "").strip()).delete()
+    if not deleted:
+        raise NotFound(f"{username!r} is not a member of {domain.name}")
 
 
 def domain_delete(*, domain: Domain) -> None:

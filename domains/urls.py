@@ -10,6 +10,10 @@ urlpatterns: list = [
     path("new/", views.domain_new, name="new"),
     path("<int:pk>/", views.domain_detail, name="detail"),
     path("<int:pk>/files/<str:which>/", views.domain_file, name="file"),
+    # Members & settings (owner only): the interpreter, env vars, the holdout flag, who has which role.
+    path("<int:pk>/settings/", views.domain_settings, name="settings"),
+    path("<int:pk>/members/", views.domain_member_add, name="member_add"),
+    path("<int:pk>/members/<str:username>/remove/", views.domain_member_delete, name="member_remove"),
     # The task: its panel (the Task tab) and one POST per action (generate, verify, freeze,
     # unfreeze, import, config, tool), each answering with the refreshed panel.
     path("<int:pk>/task/", views.task_panel, name="task"),

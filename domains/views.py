@@ -4,20 +4,24 @@ from django import forms
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpRequest, HttpResponse
-from django.shortcuts import get_object_or_404, redirect, render
+from django.shortcuts import redirect, render
 from django.template.loader import select_template
 from django.urls import reverse
 from django.views.decorators.http import require_http_methods, require_POST
 
 from dojo_site.errors import DojoError
-from domains.forms import DomainFileForm, DomainForm
+from domains.forms import DomainFileForm, DomainForm, DomainMemberForm, DomainSettingsForm
 from domains.models import Domain, Task, TaskTool
+from domains.permissions import domain_may, domain_role, domains_for_user, web_domain_get
 from domains.services import (
     DOMAIN_FILES,
     domain_create,
     domain_current,
     domain_file_read,
     domain_file_write,
+    domain_member_remove,
+    domain_member_set,
+    domain_update,
     task_for_domain,
     task_freeze,
     task_generate,
@@ -40,18 +44,23 @@ DOMAIN_TABS = [
     ("experiments", "Experiments", "/experiments/domain/{id}/"),
     ("runs", "Runs", "/runs/domain/{id}/"),
     ("knowledge", "Knowledge", "/knowledge/domain/{id}/"),
+    ("settings", "Members & settings", None),
 ]
 FILE_NAMES = {"program": "PROGRAM.md", "setup": "SETUP.md"}
 
 
-def _get_domain(pk: int) -> Domain:
-    return get_object_or_404(Domain.objects.select_related("task"), pk=pk)
+def _get_domain(request: HttpRequest, pk: int, action: str = "view") -> Domain:
+    """404 for a domain the user may not see, 403 for an action they may not do (domains/permissions.py)."""
+    return web_domain_get(request.user, pk, action)
 
 
 @login_required
 def domain_list(request: HttpRequest) -> HttpResponse:
-    domains = Domain.objects.select_related("task")
-    return render(request, "domains/domain_list.html", {"domains": domains, "current": domain_current()})
+    domains = domains_for_user(request.user).select_related("task")
+    current = domain_current()
+    if current is not None and not domain_may(request.user, current, "view"):
+        current = None
+    return render(request, "domains/domain_list.html", {"domains": domains, "current": current})
 
 
 @login_required
@@ -60,7 +69,7 @@ def domain_new(request: HttpRequest) -> HttpResponse:
     form = DomainForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         try:
-            domain = domain_create(**form.cleaned_data)
+            domain = domain_create(**form.cleaned_data, owner=request.user)
         except DojoError as exc:
             form.add_error(None, str(exc))
         else:
@@ -71,7 +80,7 @@ def domain_new(request: HttpRequest) -> HttpResponse:
 
 @login_required
 def domain_detail(request: HttpRequest, pk: int) -> HttpResponse:
-    domain = _get_domain(pk)
+    domain = _get_domain(request, pk)
     tab = request.GET.get("tab", "overview")
     tabs = [
         {"key": key, "label": label, "url": url.format(id=domain.pk) if url else None}
@@ -79,8 +88,12 @@ def domain_detail(request: HttpRequest, pk: int) -> HttpResponse:
     ]
     if tab not in {t["key"] for t in tabs}:
         tab = "overview"
+    role = domain_role(request.user, domain)
     context = {
         "domain": domain,
+        "role": role,
+        "may_edit": domain_may(request.user, domain, "edit"),
+        "may_own": role == "owner",
         "task": domain.task_or_none,
         "tabs": tabs,
         "tab": tab,
@@ -91,8 +104,94 @@ def domain_detail(request: HttpRequest, pk: int) -> HttpResponse:
         ).template.name,
     }
     if tab == "overview":
-        context["files"] = [_file_context(domain, which) for which in DOMAIN_FILES]
+        context["files"] = [
+            {**_file_context(domain, which), "may_write": _may_write_file(request, domain, which)}
+            for which in DOMAIN_FILES
+        ]
+    if tab == "settings":
+        context.update(_settings_context(domain))
     return render(request, "domains/domain_detail.html", context)
+
+
+def _may_write_file(request: HttpRequest, domain: Domain, which: str) -> bool:
+    return domain_may(request.user, domain, _FILE_ACTIONS[which])
+
+
+# PROGRAM.md is the researcher's brief (editors write it); SETUP.md describes the contract (owner).
+_FILE_ACTIONS = {"program": "edit", "setup": "own"}
+
+
+def _settings_context(domain: Domain, **forms_) -> dict:
+    return {
+        "members": domain.members.select_related("user"),
+        "changes": domain.changes.select_related("user")[:50],
+        "settings_form": forms_.get("settings_form") or DomainSettingsForm(initial=DomainSettingsForm.initial_for(domain)),
+        "member_form": forms_.get("member_form") or DomainMemberForm(),
+    }
+
+
+def _settings_url(domain: Domain) -> str:
+    return reverse("domains:detail", args=[domain.pk]) + "?tab=settings"
+
+
+@login_required
+@require_POST
+def domain_settings(request: HttpRequest, pk: int) -> HttpResponse:
+    """Owner only: the interpreter (checked in the sandbox), env vars and the holdout flag."""
+    domain = _get_domain(request, pk, "own")
+    form = DomainSettingsForm(request.POST)
+    if form.is_valid():
+        try:
+            domain_update(domain=domain, **form.cleaned_data, user=request.user)
+        except DojoError as exc:
+            form.add_error(None, str(exc))
+        else:
+            messages.success(request, "Settings saved.")
+            return redirect(_settings_url(domain))
+    return _settings_page(request, domain, settings_form=form)
+
+
+@login_required
+@require_POST
+def domain_member_add(request: HttpRequest, pk: int) -> HttpResponse:
+    """Owner only: add a member or change their role."""
+    domain = _get_domain(request, pk, "own")
+    form = DomainMemberForm(request.POST)
+    if form.is_valid():
+        try:
+            member = domain_member_set(domain=domain, **form.cleaned_data)
+        except DojoError as exc:
+            form.add_error(None, str(exc))
+        else:
+            messages.success(request, f"{member.user.username} is now a {member.role}.")
+            return redirect(_settings_url(domain))
+    return _settings_page(request, domain, member_form=form)
+
+
+@login_required
+@require_POST
+def domain_member_delete(request: HttpRequest, pk: int, username: str) -> HttpResponse:
+    """Owner only: remove a member."""
+    domain = _get_domain(request, pk, "own")
+    try:
+        domain_member_remove(domain=domain, username=username)
+    except DojoError as exc:
+        messages.error(request, str(exc))
+    else:
+        messages.success(request, f"{username} removed.")
+    return redirect(_settings_url(domain))
+
+
+def _settings_page(request: HttpRequest, domain: Domain, **forms_) -> HttpResponse:
+    tabs = [
+        {"key": key, "label": label, "url": url.format(id=domain.pk) if url else None}
+        for key, label, url in DOMAIN_TABS
+    ]
+    context = {
+        "domain": domain, "role": "owner", "may_edit": True, "may_own": True, "task": domain.task_or_none,
+        "tabs": tabs, "tab": "settings", "active_tab": tabs[-1], **_settings_context(domain, **forms_),
+    }
+    return render(request, "domains/domain_detail.html", context, status=422)
 
 
 def _file_context(domain: Domain, which: str, *, editing: bool = False, form=None, error: str = "") -> dict:
@@ -118,7 +217,7 @@ def domain_file(request: HttpRequest, pk: int, which: str) -> HttpResponse:
     """PROGRAM.md / SETUP.md in place: GET shows it (?edit=1: the editor), POST writes it back."""
     if which not in DOMAIN_FILES:
         raise Http404("unknown file")
-    domain = _get_domain(pk)
+    domain = _get_domain(request, pk, _FILE_ACTIONS[which] if request.method == "POST" else "view")
     if request.method == "POST":
         form = DomainFileForm(request.POST)
         error = ""
@@ -137,7 +236,9 @@ def domain_file(request: HttpRequest, pk: int, which: str) -> HttpResponse:
     else:
         if not request.htmx:
             return redirect(domain)
-        context = _file_context(domain, which, editing=request.GET.get("edit") == "1")
+        may_write = _may_write_file(request, domain, which)
+        context = _file_context(domain, which, editing=may_write and request.GET.get("edit") == "1")
+    context["may_write"] = _may_write_file(request, domain, which)
     return render(request, "domains/partials/domain_file.html", {"file": context})
 
 
@@ -190,7 +291,10 @@ class TaskGenerateForm(forms.Form):
 
 def _task_panel(request: HttpRequest, domain: Domain, *, error: str = "", notice: str = "", forms_: dict | None = None) -> HttpResponse:
     task = domain.task_or_none
-    context: dict = {"domain": domain, "task": task, "panel": True, "error": error, "notice": notice}
+    context: dict = {
+        "domain": domain, "task": task, "panel": True, "error": error, "notice": notice,
+        "may_own": domain_may(request.user, domain, "own"),
+    }
     if task is not None:
         status = task_status(task=task)
         tools = task_tools_current(task=task)
@@ -228,7 +332,7 @@ def _snapshot_parts(snap: dict) -> list[dict]:
 
 @login_required
 def task_panel(request: HttpRequest, pk: int) -> HttpResponse:
-    domain = _get_domain(pk)
+    domain = _get_domain(request, pk)
     if not request.htmx:
         return redirect(reverse("domains:detail", args=[domain.pk]) + "?tab=task")
     return _task_panel(request, domain)
@@ -240,7 +344,7 @@ def task_action(request: HttpRequest, pk: int, action: str) -> HttpResponse:
     """One POST per action; errors become a message in the panel, never a 500."""
     if action not in TASK_ACTIONS:
         raise Http404("unknown task action")
-    domain = _get_domain(pk)
+    domain = _get_domain(request, pk, "own")
     error = notice = ""
     forms_: dict = {}
     try:
@@ -292,7 +396,7 @@ def task_action(request: HttpRequest, pk: int, action: str) -> HttpResponse:
                 notice = "Task settings saved."
     except DojoError as exc:
         error = str(exc)
-    domain = _get_domain(pk)
+    domain = _get_domain(request, pk)
     if not request.htmx:
         if error:
             messages.error(request, error)

@@ -2,6 +2,7 @@ from django.contrib import admin
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
+from domains.admin import DomainScopedAdmin
 from experiments.models import Artifact, Experiment
 
 
@@ -17,7 +18,8 @@ class ArtifactInline(admin.TabularInline):
 
 
 @admin.register(Experiment)
-class ExperimentAdmin(admin.ModelAdmin):
+class ExperimentAdmin(DomainScopedAdmin):
+    change_action = "edit"
     list_display = ["id", "domain", "state", "primary_value", "holdout_primary_value", "short_hypothesis", "run",
                     "isolation", "created_at"]
     list_filter = ["state", "domain", "isolation"]

@@ -4,9 +4,10 @@ from typing import Literal
 from django.http import FileResponse, HttpRequest, HttpResponse
 from ninja import Router, Schema, Status
 
-from dojo_site.errors import NotFound
+from dojo_site.errors import Forbidden, NotFound
 from dojo_site.schemas import Id, Offset, Seed
 from domains.models import Domain
+from domains.permissions import domain_get_for_user, domain_require, holdout_visible
 from experiments.models import Artifact, Experiment
 from experiments.services import (
     artifact_file,
@@ -70,7 +71,10 @@ class ExperimentDetailOut(ExperimentOut):
 
     @staticmethod
     def resolve_artifacts(obj: Experiment):
-        return list(obj.artifacts.all())
+        artifacts = list(obj.artifacts.all())
+        if getattr(obj, "hidden_artifacts", False):
+            artifacts = [a for a in artifacts if not a.is_holdout]
+        return artifacts
 
 
 class ExperimentIn(Schema):
@@ -89,47 +93,66 @@ class CodeOut(Schema):
     parent_code: str | None
 
 
-def _domain(domain_id: int) -> Domain:
-    domain = Domain.objects.filter(pk=domain_id).first()
-    if domain is None:
-        raise NotFound(f"domain {domain_id} does not exist")
-    return domain
+def _domain(request: HttpRequest, domain_id: int, action: str = "view") -> Domain:
+    return domain_get_for_user(request.user, domain_id, action)
+
+
+def _experiment(request: HttpRequest, experiment_id: int) -> Experiment:
+    """The experiment when the user may see its domain (else 404), holdout blanked when hidden from them."""
+    exp = experiment_get(experiment_id=experiment_id)
+    try:
+        domain_require(request.user, exp.domain, "view")
+    except NotFound:
+        raise NotFound(f"experiment #{experiment_id} does not exist") from None
+    return _shown(request, exp.domain, exp)
+
+
+def _shown(request: HttpRequest, domain: Domain, exp: Experiment) -> Experiment:
+    if not holdout_visible(request.user, domain):
+        exp.holdout_blanked()
+        exp.hidden_artifacts = True
+    return exp
 
 
 @router.get("/domains/{domain_id}/experiments", response=list[ExperimentOut])
 def experiments_list(request: HttpRequest, domain_id: Id, sort: Sort = "validation", state: State | None = None,
                      limit: int = 50, offset: Offset = 0):
     limit = max(1, min(limit, 500))
-    qs = experiment_leaderboard(domain=_domain(domain_id), sort=sort, state=state)
-    return list(qs[offset: offset + limit])
+    domain = _domain(request, domain_id)
+    if sort == "holdout" and not holdout_visible(request.user, domain):
+        raise Forbidden("the owner hides holdout values from viewers: sort by validation or created")
+    qs = experiment_leaderboard(domain=domain, sort=sort, state=state)
+    return [_shown(request, domain, exp) for exp in qs[offset: offset + limit]]
 
 
 @router.post("/domains/{domain_id}/experiments", response={201: ExperimentDetailOut})
 def experiments_create(request: HttpRequest, domain_id: Id, payload: ExperimentIn):
     """Run one experiment by hand; synchronous, returns it completed or failed."""
+    domain = _domain(request, domain_id, "edit")
     exp = experiment_run(
-        domain=_domain(domain_id), train_code=payload.code, hypothesis=payload.hypothesis,
+        domain=domain, train_code=payload.code, hypothesis=payload.hypothesis,
         variables=payload.variables, parent=payload.parent_id, seed=payload.seed,
     )
-    return Status(201, exp)
+    return Status(201, _shown(request, domain, exp))
 
 
 @router.get("/experiments/{experiment_id}", response=ExperimentDetailOut)
 def experiments_show(request: HttpRequest, experiment_id: Id):
-    return experiment_get(experiment_id=experiment_id)
+    return _experiment(request, experiment_id)
 
 
 @router.get("/experiments/{experiment_id}/code", response=CodeOut)
 def experiments_code(request: HttpRequest, experiment_id: Id):
-    exp = experiment_get(experiment_id=experiment_id)
+    exp = _experiment(request, experiment_id)
     return {"id": exp.pk, "code": exp.train_code, "code_sha256": exp.code_sha256, "parent_id": exp.parent_id,
             "parent_code": exp.parent.train_code if exp.parent else None}
 
 
 @router.get("/experiments/{experiment_id}/artifacts/{artifact_id}")
 def experiments_artifact(request: HttpRequest, experiment_id: Id, artifact_id: Id) -> HttpResponse:
+    exp = _experiment(request, experiment_id)
     artifact = Artifact.objects.filter(experiment_id=experiment_id, pk=artifact_id).first()
-    if artifact is None:
+    if artifact is None or (artifact.is_holdout and getattr(exp, "hidden_artifacts", False)):
         raise NotFound(f"experiment {experiment_id} has no artifact {artifact_id}")
     path = artifact_file(artifact=artifact)
     return FileResponse(open(path, "rb"), as_attachment=True, filename=path.name,  # noqa: SIM115

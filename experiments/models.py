@@ -80,6 +80,16 @@ class Experiment(models.Model):
     def get_absolute_url(self) -> str:
         return reverse("experiments:detail", args=[self.pk])
 
+    def holdout_blanked(self) -> "Experiment":
+        """Blank the holdout values of this in-memory object (for a viewer from whom the owner hides
+        them, domains.permissions.holdout_visible); never saved. Returns self."""
+        self.holdout_metrics = {}
+        self.holdout_primary_value = None
+        if hasattr(self, "gap"):
+            self.gap = None
+        self._holdout_blanked = True
+        return self
+
 
 class Artifact(models.Model):
     experiment = models.ForeignKey(Experiment, on_delete=models.CASCADE, related_name="artifacts")
@@ -100,3 +110,8 @@ class Artifact(models.Model):
 
     def get_absolute_url(self) -> str:
         return reverse("experiments:artifact", args=[self.experiment_id, self.pk])
+
+    @property
+    def is_holdout(self) -> bool:
+        """Written by evaluate() on the holdout rows: hidden wherever holdout values are."""
+        return self.path.startswith("evaluate/holdout")

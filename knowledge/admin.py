@@ -6,6 +6,8 @@ from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 
 from dojo_site.errors import DojoError
+from domains.admin import DomainScopedAdmin
+from domains.permissions import knowledge_visible_q
 from knowledge.models import Evidence, KnowledgeAtom
 from knowledge.services import atom_restore, atom_retract, atom_set_confidence, atoms_merge
 
@@ -23,7 +25,8 @@ class ConfidenceForm(forms.Form):
 
 
 @admin.register(KnowledgeAtom)
-class KnowledgeAtomAdmin(admin.ModelAdmin):
+class KnowledgeAtomAdmin(DomainScopedAdmin):
+    change_action = "edit"
     list_display = [
         "id", "short_claim", "domain", "status", "confidence", "version", "contradictions",
         "evidence_count", "created_at",
@@ -48,7 +51,11 @@ class KnowledgeAtomAdmin(admin.ModelAdmin):
     actions = ["retract", "restore", "merge", "set_confidence"]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[KnowledgeAtom]:
-        return super().get_queryset(request).annotate(evidence_total=Count("evidence_links"))
+        # Global atoms too (no domain): admin.ModelAdmin's queryset, narrowed by the same rule as the pages.
+        qs = admin.ModelAdmin.get_queryset(self, request)
+        if not request.user.is_superuser:
+            qs = qs.filter(knowledge_visible_q(request.user))
+        return qs.annotate(evidence_total=Count("evidence_links"))
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         # New atoms must go through atom_write (API, agents) so they are linked to similar ones.
@@ -117,7 +124,9 @@ class KnowledgeAtomAdmin(admin.ModelAdmin):
 
 
 @admin.register(Evidence)
-class EvidenceAdmin(admin.ModelAdmin):
+class EvidenceAdmin(DomainScopedAdmin):
+    domain_lookup = "experiment__domain"
+    change_action = "edit"
     list_display = ["id", "atom", "experiment", "stance", "created_at"]
     list_filter = ["stance", "atom__domain"]
     search_fields = ["atom__claim", "experiment__hypothesis"]

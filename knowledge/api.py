@@ -8,6 +8,7 @@ from ninja import Field, Query, Router, Schema, Status
 from dojo_site.errors import NotFound
 from dojo_site.schemas import Id, Offset
 from domains.models import Domain
+from domains.permissions import domain_get_for_user, knowledge_global_require, knowledge_visible_q
 from knowledge.models import Evidence, KnowledgeAtom
 from knowledge.services import SEARCH_LIMIT_MAX, atom_search, atom_write
 
@@ -90,8 +91,9 @@ class AtomDetailOut(AtomOut):
         return [*reversed(newer), obj, *obj.older_versions()]
 
     @staticmethod
-    def resolve_related(obj: KnowledgeAtom) -> list[KnowledgeAtom]:
-        return list(_atoms().filter(related=obj).order_by("-pk"))
+    def resolve_related(obj: KnowledgeAtom, context) -> list[KnowledgeAtom]:
+        visible = knowledge_visible_q(context["request"].user)
+        return list(_atoms().filter(visible, related=obj).order_by("-pk"))
 
 
 class KnowledgeListQuery(Schema):
@@ -114,17 +116,14 @@ def _atoms() -> QuerySet[KnowledgeAtom]:
     )
 
 
-def _get_domain(domain_id: int | None) -> Domain | None:
+def _get_domain(request: HttpRequest, domain_id: int | None, action: str = "view") -> Domain | None:
     if domain_id is None:
         return None
-    domain = Domain.objects.filter(pk=domain_id).first()
-    if domain is None:
-        raise NotFound(f"no domain with id {domain_id}")
-    return domain
+    return domain_get_for_user(request.user, domain_id, action)
 
 
-def _get_atom(atom_id: int) -> KnowledgeAtom:
-    atom = _atoms().filter(pk=atom_id).first()
+def _get_atom(request: HttpRequest, atom_id: int) -> KnowledgeAtom:
+    atom = _atoms().filter(knowledge_visible_q(request.user), pk=atom_id).first()
     if atom is None:
         raise NotFound(f"no knowledge atom with id {atom_id}")
     return atom
@@ -133,9 +132,9 @@ def _get_atom(atom_id: int) -> KnowledgeAtom:
 @router.get("/knowledge", response=list[AtomOut])
 def knowledge_list(request: HttpRequest, filters: Query[KnowledgeListQuery]):
     """Atoms, most confident first; filter by domain and status."""
-    atoms = _atoms().order_by("-confidence", "-created_at", "-pk")
+    atoms = _atoms().filter(knowledge_visible_q(request.user)).order_by("-confidence", "-created_at", "-pk")
     if filters.domain_id is not None:
-        atoms = atoms.filter(domain=_get_domain(filters.domain_id))
+        atoms = atoms.filter(domain=_get_domain(request, filters.domain_id))
     if filters.status is not None:
         atoms = atoms.filter(status=filters.status)
     return atoms[filters.offset:filters.offset + filters.limit]
@@ -144,14 +143,21 @@ def knowledge_list(request: HttpRequest, filters: Query[KnowledgeListQuery]):
 @router.get("/knowledge/search", response=list[AtomSearchOut])
 def knowledge_search(request: HttpRequest, params: Query[KnowledgeSearchQuery]):
     """Atoms ranked for a query (active first); one domain plus global atoms, or every domain."""
-    return atom_search(query=params.query, domain=_get_domain(params.domain_id), limit=params.limit)
+    return atom_search(
+        query=params.query, domain=_get_domain(request, params.domain_id), limit=params.limit,
+        visible=knowledge_visible_q(request.user),
+    )
 
 
 @router.post("/knowledge", response={201: AtomWriteOut})
 def knowledge_create(request: HttpRequest, payload: AtomIn):
-    """Write an atom through linking: it may create, version or contradict an existing atom."""
+    """Write an atom through linking: it may create, version or contradict an existing atom.
+    Needs the editor role on the domain; global atoms (no domain_id) are written by staff only."""
+    domain = _get_domain(request, payload.domain_id, "edit")
+    if domain is None:
+        knowledge_global_require(request.user)
     result = atom_write(
-        domain=_get_domain(payload.domain_id),
+        domain=domain,
         context=payload.context,
         claim=payload.claim,
         action=payload.action,
@@ -161,7 +167,7 @@ def knowledge_create(request: HttpRequest, payload: AtomIn):
     )
     return Status(201, {
         "outcome": result.outcome,
-        "atom": _get_atom(result.atom.pk),
+        "atom": _get_atom(request, result.atom.pk),
         "matched_id": result.matched.pk if result.matched else None,
         "similarity": result.similarity,
     })
@@ -169,4 +175,4 @@ def knowledge_create(request: HttpRequest, payload: AtomIn):
 
 @router.get("/knowledge/{atom_id}", response=AtomDetailOut)
 def knowledge_show(request: HttpRequest, atom_id: Id):
-    return _get_atom(atom_id)
+    return _get_atom(request, atom_id)

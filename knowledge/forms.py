@@ -12,3 +12,10 @@ class KnowledgeSearchForm(forms.Form):
     status = forms.ChoiceField(
         choices=[("", "Any status"), *KnowledgeAtom.Status.choices], required=False
     )
+
+    def __init__(self, *args, user=None, **kwargs) -> None:
+        from domains.permissions import domains_for_user
+
+        super().__init__(*args, **kwargs)
+        # Only the domains this user may see are offered (and accepted).
+        self.fields["domain"].queryset = domains_for_user(user)

@@ -281,9 +281,12 @@ def _supersede(
     return atom
 
 
-def atom_search(*, query: str, domain: Domain | None = None, limit: int = 10) -> list[KnowledgeAtom]:
+def atom_search(
+    *, query: str, domain: Domain | None = None, limit: int = 10, visible: Q | None = None
+) -> list[KnowledgeAtom]:
     """Atoms ranked for `query`: active ones first, then by TF-IDF cosine over context, claim
-    and action. With a domain: that domain's atoms and global ones; without: every atom.
+    and action. With a domain: that domain's atoms and global ones; without: every atom (of those
+    `visible` lets through: domains.permissions.knowledge_visible_q for a user).
     Atoms sharing no word with the query are left out. Each atom gets a `score` attribute."""
     query = _clean_text(query, field="Query", required=True)
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= SEARCH_LIMIT_MAX:
@@ -291,6 +294,8 @@ def atom_search(*, query: str, domain: Domain | None = None, limit: int = 10) ->
     atoms = KnowledgeAtom.objects.select_related("domain")
     if domain is not None:
         atoms = atoms.filter(Q(domain=domain) | Q(domain__isnull=True))
+    if visible is not None:
+        atoms = atoms.filter(visible)
     candidates = list(atoms.order_by("pk"))
     scores = text.similarities(query, [atom.search_text() for atom in candidates], drop_numbers=False)
     status_rank = {

@@ -6,7 +6,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, render
 
 from dojo_site.errors import DojoError
-from domains.models import Domain
+from domains.permissions import knowledge_visible_q, web_domain_get
 from knowledge.forms import KnowledgeSearchForm
 from knowledge.models import Evidence, KnowledgeAtom
 from knowledge.services import atom_search
@@ -35,20 +35,23 @@ def _atoms_for_display(atoms: QuerySet[KnowledgeAtom]) -> QuerySet[KnowledgeAtom
 
 @login_required
 def knowledge_search(request: HttpRequest) -> HttpResponse:
-    form = KnowledgeSearchForm(request.GET or None)
+    form = KnowledgeSearchForm(request.GET or None, user=request.user)
     query, atoms = "", []
     if form.is_valid():
         query = form.cleaned_data["q"].strip()
     if query:
         try:
-            atoms = atom_search(query=query, domain=form.cleaned_data["domain"], limit=SEARCH_RESULTS)
+            atoms = atom_search(
+                query=query, domain=form.cleaned_data["domain"], limit=SEARCH_RESULTS,
+                visible=knowledge_visible_q(request.user),
+            )
         except DojoError as exc:
             form.add_error("q", str(exc))
         status = form.cleaned_data.get("status")
         if status:
             atoms = [atom for atom in atoms if atom.status == status]
     else:
-        recent = KnowledgeAtom.objects.filter(status=KnowledgeAtom.Status.ACTIVE)
+        recent = KnowledgeAtom.objects.filter(knowledge_visible_q(request.user), status=KnowledgeAtom.Status.ACTIVE)
         if form.is_valid() and form.cleaned_data["domain"]:
             recent = recent.filter(domain=form.cleaned_data["domain"])
         atoms = list(recent.select_related("domain").order_by("-created_at", "-pk")[:RECENT_ATOMS])
@@ -59,7 +62,7 @@ def knowledge_search(request: HttpRequest) -> HttpResponse:
 
 @login_required
 def knowledge_domain_list(request: HttpRequest, domain_id: int) -> HttpResponse:
-    domain = get_object_or_404(Domain, pk=domain_id)
+    domain = web_domain_get(request.user, domain_id)
     atoms = list(_atoms_for_display(domain.atoms.all()))
     context = {
         "domain": domain,
@@ -73,7 +76,7 @@ def knowledge_domain_list(request: HttpRequest, domain_id: int) -> HttpResponse:
 
 @login_required
 def knowledge_detail(request: HttpRequest, pk: int) -> HttpResponse:
-    atom = get_object_or_404(_atoms_for_display(KnowledgeAtom.objects.all()), pk=pk)
+    atom = get_object_or_404(_atoms_for_display(KnowledgeAtom.objects.filter(knowledge_visible_q(request.user))), pk=pk)
     newer = atom.newer_versions()
     context = {
         "atom": atom,
@@ -81,6 +84,6 @@ def knowledge_detail(request: HttpRequest, pk: int) -> HttpResponse:
         "versions": [*reversed(newer), atom, *atom.older_versions()],
         "latest": newer[-1] if newer else None,
         "evidence": list(atom.evidence_links.all()),
-        "related": list(atom.related.select_related("domain").order_by("-pk")),
+        "related": list(atom.related.filter(knowledge_visible_q(request.user)).select_related("domain").order_by("-pk")),
     }
     return render(request, "knowledge/detail.html", context)

@@ -20,7 +20,15 @@ def dojo_home(tmp_path, settings):
 
 @pytest.fixture
 def user(django_user_model):
-    return django_user_model.objects.create_user(username="ada", password="pw-for-tests-only")
+    """The local administrator (staff: owner of every domain, domains/permissions.py), as on a
+    single-user install. Tests of who may see and do what use `other_user` and explicit roles."""
+    return django_user_model.objects.create_user(username="ada", password="pw-for-tests-only", is_staff=True)
+
+
+@pytest.fixture
+def other_user(django_user_model):
+    """A second, non-staff user with no role on any domain until a test gives one."""
+    return django_user_model.objects.create_user(username="bob", password="pw-for-tests-only")
 
 
 @pytest.fixture

@@ -539,9 +539,10 @@ def run_stop_request(*, run: AgentRun) -> AgentRun:
 
 
 def run_reap(*, timeout_seconds: float | None = None) -> list[int]:
-    """Fail runs whose heartbeat stopped ("worker lost") and their unfinished experiments.
+    """Fail runs whose heartbeat stopped ("worker lost") and their unfinished experiments; requeue
+    (or fail, the second time) queued runs a dead cluster took off the queue (runs_requeue_lost).
 
-    Returns the ids of the runs reaped. Safe to run anywhere, any number of times.
+    Returns the ids of the runs reaped or requeued. Safe to run anywhere, any number of times.
     """
     if timeout_seconds is None:
         timeout_seconds = settings.DOJO_HEARTBEAT_TIMEOUT_SECONDS
@@ -565,7 +566,98 @@ def run_reap(*, timeout_seconds: float | None = None) -> list[int]:
             _event_append(run, "finalized", {"status": AgentRun.Status.FAILED})
         reaped.append(run.pk)
         logger.warning("reaped run %s: %s", run.pk, message)
-    return reaped
+    return reaped + runs_requeue_lost()
+
+
+# A run still `queued` this long after a worker cluster took its queue entry, while no cluster alive
+# now was alive then, was taken by a cluster that died (the queue would re-deliver it only after
+# Q_CLUSTER["retry"], hours later). With the reaper running every minute, such runs move on within
+# two minutes.
+QUEUE_LOST_AFTER_SECONDS = 60
+
+
+def runs_requeue_lost(*, now=None) -> list[int]:
+    """Requeue runs whose queue entry a dead cluster holds; fail those that were lost once already.
+
+    A run is lost when it is `queued`, its queue entry was taken off the queue (ORM broker: locked;
+    Redis: popped) more than QUEUE_LOST_AFTER_SECONDS ago, and every live cluster (django-q2's
+    cluster stats) was born after that moment, so none of them can hold it. An entry still waiting
+    in the queue is never touched: a busy lab may keep runs waiting for hours. Returns the ids of the
+    runs requeued or failed. A requeued run that is later delivered twice is still executed once
+    (run_execute claims it with a conditional update)."""
+    from django_q.brokers import get_broker
+    from django_q.status import Stat
+
+    now = now or timezone.now()
+    queued = list(AgentRun.objects.filter(status=AgentRun.Status.QUEUED).exclude(queue_task_id=""))
+    if not queued:
+        return []
+    broker = get_broker()
+    births = [stat.tob for stat in Stat.get_all(broker=broker) if stat.tob]
+    oldest_live = min(births) if births else now
+    entries = _queue_entries(broker)
+    moved = []
+    for run in queued:
+        taken_at = entries.get(run.queue_task_id, run.created_at)
+        if taken_at is None:  # still waiting in the queue
+            continue
+        if (now - taken_at).total_seconds() < QUEUE_LOST_AFTER_SECONDS or taken_at >= oldest_live:
+            continue
+        if _run_requeue_or_fail(run, broker=broker):
+            moved.append(run.pk)
+    return moved
+
+
+def _queue_entries(broker) -> dict[str, Any]:
+    """Queue task id → None while it waits in the queue, or when a cluster took it. Entries gone
+    from the queue (Redis pops them; the ORM broker deletes acknowledged ones) are absent."""
+    from django_q.brokers.orm import ORM
+    from django_q.models import OrmQ
+    from django_q.signing import SignedPackage
+
+    entries: dict[str, Any] = {}
+    if isinstance(broker, ORM):
+        retry = timedelta(seconds=settings.Q_CLUSTER["retry"])
+        now = timezone.now()
+        for entry in OrmQ.objects.filter(key=broker.list_key):
+            # The ORM broker locks a taken entry until now + retry; an untaken one has lock <= now.
+            entries[str(entry.task_id())] = entry.lock - retry if entry.lock and entry.lock > now else None
+        return entries
+    for payload in broker.connection.lrange(broker.list_key, 0, -1):  # Redis: what still waits
+        try:
+            entries[str(SignedPackage.loads(payload).get("id"))] = None
+        except Exception:  # noqa: BLE001 - a foreign or unreadable entry is not ours
+            continue
+    return entries
+
+
+def _run_requeue_or_fail(run: AgentRun, *, broker) -> bool:
+    from django_q.models import OrmQ
+
+    requeued = int((run.result or {}).get("requeued", 0))
+    with transaction.atomic():
+        if requeued >= 1:
+            message = "lost in the queue twice: a worker cluster took the run and died before starting it"
+            claimed = AgentRun.objects.filter(pk=run.pk, status=AgentRun.Status.QUEUED).update(
+                status=AgentRun.Status.FAILED, error=message, finished_at=timezone.now(),
+                result={**run.result, "reason": message},
+            )
+            if claimed:
+                _event_append(run, "error", {"error": message})
+                _event_append(run, "finalized", {"status": AgentRun.Status.FAILED})
+        else:
+            claimed = AgentRun.objects.filter(pk=run.pk, status=AgentRun.Status.QUEUED, queue_task_id=run.queue_task_id).update(
+                result={**run.result, "requeued": requeued + 1}, queue_task_id=""
+            )
+            if claimed:
+                # The dead cluster's entry would come back after the retry delay: drop it.
+                for entry in OrmQ.objects.filter(key=broker.list_key):
+                    if str(entry.task_id()) == run.queue_task_id:
+                        entry.delete()
+                run_enqueue(run=run)
+    if claimed:
+        logger.warning("run %s was lost in the queue: %s", run.pk, "failed" if requeued else "requeued")
+    return bool(claimed)
 
 
 REAPER_SCHEDULE = "dojo-run-reaper"

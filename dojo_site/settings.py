@@ -263,6 +263,9 @@ DOJO_CLAUDE_MODEL = env_str("DOJO_CLAUDE_MODEL", "claude-sonnet-4-5")
 DOJO_CLAUDE_CLI_PATH = env_str("DOJO_CLAUDE_CLI_PATH", "")
 # Let the Claude agent use built-in tools beyond Read/Glob/Grep (Write, Edit, Bash).
 DOJO_CLAUDE_ALLOW_WRITE_TOOLS = env_bool("DOJO_CLAUDE_ALLOW_WRITE_TOOLS", False)
+# The Claude agent's CLI runs in the trainer's bubblewrap profile ("auto"); "off" runs it as is
+# (a fake CLI in tests). Its tool calls are path-checked either way (agentrun/claude_sandbox.py).
+DOJO_CLAUDE_SANDBOX = env_str("DOJO_CLAUDE_SANDBOX", "auto")
 # "db" (default) or "mlflow" (also needs MLFLOW_TRACKING_URI).
 DOJO_TRACKING = env_str("DOJO_TRACKING", "db")
 MLFLOW_TRACKING_URI = env_str("MLFLOW_TRACKING_URI", "")

@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import re
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,14 +21,24 @@ from typing import Any
 from django.conf import settings
 from django.db import connections
 
+from agentrun.claude_sandbox import (
+    AgentSandbox,
+    agent_sandbox_cleanup,
+    agent_sandbox_prepare,
+    permission_deny_rules,
+    tool_refusal,
+)
 from agentrun.session import RunSession
 from agentrun.tools import TOOL_SPECS, jsonable
 
 logger = logging.getLogger(__name__)
+# Our own MCP tools are allowed outright on purpose; only the built-ins go through can_use_tool.
+warnings.filterwarnings("ignore", message=r"can_use_tool will not be invoked for: mcp__dojo__")
 
 SERVER_NAME = "dojo"
 READ_ONLY_TOOLS = ["Read", "Glob", "Grep"]
 WRITE_TOOLS = ["Write", "Edit", "Bash"]
+BUILTIN_CHECKED = {*READ_ONLY_TOOLS, *WRITE_TOOLS, "MultiEdit", "NotebookEdit"}
 # Results of subtype listed here end a turn normally (a limit), not as a failure of the run.
 LIMIT_SUBTYPES = {"error_max_turns", "error_max_budget_usd"}
 # When experiments remain and the model ends its turn, ask it to go on — at most this often.
@@ -78,7 +89,43 @@ def _mcp_server(session: RunSession) -> Any:
     return create_sdk_mcp_server(name=SERVER_NAME, version="1.0.0", tools=tools)
 
 
-def options_build(session: RunSession, *, stderr: Callable[[str], None] | None = None) -> Any:
+def _permission_check(session: RunSession, sandbox: AgentSandbox) -> Callable[..., Any]:
+    """The SDK's can_use_tool: every built-in call (none is pre-allowed) passes tool_refusal."""
+    from claude_agent_sdk import PermissionResultAllow, PermissionResultDeny
+
+    async def check(tool_name: str, tool_input: dict[str, Any], context: Any) -> Any:
+        refusal = tool_refusal(sandbox=sandbox, tool_name=tool_name, tool_input=tool_input)
+        if refusal is None:
+            return PermissionResultAllow()
+        await _db(session.emit, "text", {"text": f"Refused {tool_name}: {refusal}"})
+        return PermissionResultDeny(message=f"Refused: {refusal}")
+
+    return check
+
+
+def _pre_tool_hook(session: RunSession, sandbox: AgentSandbox) -> Any:
+    """The same check as a PreToolUse hook: the CLI approves read-only calls inside its working
+    folder by itself, without asking can_use_tool, so a hook is the one gate every call passes."""
+    from claude_agent_sdk import HookMatcher
+
+    async def hook(hook_input: Any, tool_use_id: str | None, context: Any) -> dict[str, Any]:
+        name = str(hook_input.get("tool_name") or "")
+        arguments = hook_input.get("tool_input") or {}
+        refusal = tool_refusal(sandbox=sandbox, tool_name=name, tool_input=arguments)
+        if refusal is None:
+            return {}
+        await _db(session.emit, "text", {"text": f"Refused {name}: {refusal}"})
+        return {"hookSpecificOutput": {
+            "hookEventName": "PreToolUse", "permissionDecision": "deny",
+            "permissionDecisionReason": f"Refused: {refusal}",
+        }}
+
+    return HookMatcher(matcher="|".join(sorted(BUILTIN_CHECKED)), hooks=[hook], on_failure="block")
+
+
+def options_build(
+    session: RunSession, *, sandbox: AgentSandbox, stderr: Callable[[str], None] | None = None
+) -> Any:
     from claude_agent_sdk import ClaudeAgentOptions
 
     run_ = session.run
@@ -89,16 +136,18 @@ def options_build(session: RunSession, *, stderr: Callable[[str], None] | None =
         mcp_servers={SERVER_NAME: _mcp_server(session)},
         # The built-ins the model may see at all; everything else (Bash, Write, WebFetch…) is absent.
         tools=builtin_tools,
-        # Explicit allow rules instead of bypassPermissions, which the CLI refuses as root.
-        allowed_tools=[f"mcp__{SERVER_NAME}__{name}" for name in TOOL_SPECS] + builtin_tools,
-        # Unattended: anything not allowed above is denied, never prompted for.
-        permission_mode="dontAsk",
+        # Our own tools are allowed outright (no bypassPermissions: the CLI refuses it as root);
+        # the built-ins are not, so each of their calls reaches can_use_tool's path check.
+        allowed_tools=[f"mcp__{SERVER_NAME}__{name}" for name in TOOL_SPECS],
+        disallowed_tools=permission_deny_rules(sandbox),
+        can_use_tool=_permission_check(session, sandbox),
+        hooks={"PreToolUse": [_pre_tool_hook(session, sandbox)]},
         # Never load ~/.claude or a project's .claude settings, hooks or CLAUDE.md into a server run.
         setting_sources=[],
         max_turns=run_.max_turns,
         max_budget_usd=run_.budget_usd,
         model=run_.model or settings.DOJO_CLAUDE_MODEL,
-        cli_path=settings.DOJO_CLAUDE_CLI_PATH or None,
+        cli_path=sandbox.cli_path,
         cwd=str(workspace if workspace.is_dir() else settings.DOJO_HOME),
         env={"CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1"},
         stderr=stderr,
@@ -134,7 +183,12 @@ async def _run(session: RunSession) -> None:
         if len(state.stderr) < 200:
             state.stderr.append(line)
 
-    client = ClaudeSDKClient(options=options_build(session, stderr=stderr_line))
+    from dojo_site.claude import claude_cli_path
+
+    sandbox = await _db(
+        lambda: agent_sandbox_prepare(domain=session.domain, run_id=session.run.pk, cli=claude_cli_path() or "claude")
+    )
+    client = ClaudeSDKClient(options=options_build(session, sandbox=sandbox, stderr=stderr_line))
     try:
         await client.connect()
         prompt = _first_prompt(session)
@@ -155,6 +209,7 @@ async def _run(session: RunSession) -> None:
         raise RuntimeError(f"Claude session failed: {exc}{' — ' + detail[:500] if detail else ''}") from exc
     finally:
         await client.disconnect()
+        agent_sandbox_cleanup(sandbox)
     if state.error:
         raise RuntimeError(state.error)
 

@@ -35,6 +35,9 @@ def fake_claude(tmp_path, settings, monkeypatch):
     wrapper.write_text(f"#!/bin/sh\nexec {sys.executable} {FAKE_CLI} \"$@\"\n")
     wrapper.chmod(0o755)
     settings.DOJO_CLAUDE_CLI_PATH = str(wrapper)
+    # The fake lives and logs under /tmp, which the CLI's bubblewrap profile replaces; the walls
+    # themselves are tested through the real CLI below.
+    settings.DOJO_CLAUDE_SANDBOX = "off"
     log = tmp_path / "fake-claude.log"
     monkeypatch.setenv("FAKE_CLAUDE_LOG", str(log))
 
@@ -98,9 +101,10 @@ def test_it_runs_experiments_and_writes_knowledge_over_mcp(frozen_domain, fake_c
     argv = _argv(log)
     assert "--setting-sources=" in argv
     assert argv[argv.index("--tools") + 1] == "Read,Glob,Grep"
-    assert argv[argv.index("--permission-mode") + 1] == "dontAsk"
+    # Built-ins are never pre-allowed: each call is asked about over stdio (can_use_tool).
+    assert argv[argv.index("--permission-prompt-tool") + 1] == "stdio"
     allowed = argv[argv.index("--allowedTools") + 1].split(",")
-    assert "mcp__dojo__run_experiment" in allowed and "Bash" not in allowed and "Write" not in allowed
+    assert "mcp__dojo__run_experiment" in allowed and not {"Bash", "Write", "Read"} & set(allowed)
     system_prompt = argv[argv.index("--system-prompt") + 1]
     assert PROGRAM.strip() in system_prompt and "rmse (lower is better)" in system_prompt
 
@@ -266,3 +270,89 @@ def test_the_bundled_cli_runs_the_agent_against_a_fake_anthropic_api(frozen_doma
     sent_back = json.dumps(anthropic_api.last_tool_result(agent_calls[1]))
     assert str(experiment.primary_value) in sent_back and "holdout" not in sent_back
     assert AgentRun.objects.get(pk=run.pk).events.filter(type="experiment").count() == 1
+
+
+def _last_tool_result_block(body: dict) -> dict:
+    for message in reversed(body.get("messages", [])):
+        if message.get("role") == "user" and isinstance(message.get("content"), list):
+            for block in message["content"]:
+                if block.get("type") == "tool_result":
+                    content = block.get("content")
+                    text = content if isinstance(content, str) else json.dumps(content)
+                    return {"is_error": bool(block.get("is_error")), "text": text}
+    return {}
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not BUNDLED_CLI.is_file(), reason="claude-agent-sdk installed without its bundled Claude Code CLI (sdist build)")
+def test_the_bundled_cli_refuses_the_data_file_sealed_files_the_database_and_escapes(
+    frozen_domain, settings, tmp_path, monkeypatch
+):
+    from django.db import connection
+
+    from domains.sandbox import bwrap_works
+
+    workspace = Path(frozen_domain.workspace_path)
+    secret = "SECRET-LABEL-4242"
+    raw = workspace / "data" / "raw.csv"
+    raw.parent.mkdir()
+    raw.write_text(f"x,label\n1,{secret}\n")
+    (workspace / "link.csv").symlink_to(raw)
+    (workspace / "notes.md").write_text("workspace notes: readable\n")
+    (tmp_path / "outside.txt").write_text(f"outside {secret}\n")
+    task = frozen_domain.task
+    task.snapshot_info = {**(task.snapshot_info or {}), "data_file": str(raw)}
+    task.save(update_fields=["snapshot_info"])
+    sealed = next(p for p in (Path(task.snapshot_path) / "sealed").rglob("*") if p.is_file())
+    database = Path(connection.settings_dict["NAME"])
+    assert database.is_file()
+
+    asks = [
+        ("Read", {"file_path": str(raw)}),
+        ("Read", {"file_path": "link.csv"}),
+        ("Read", {"file_path": str(sealed)}),
+        ("Read", {"file_path": str(database)}),
+        ("Read", {"file_path": "../outside.txt"}),
+        ("Read", {"file_path": "data/../../outside.txt"}),
+        ("Glob", {"pattern": "../**/*.txt"}),
+        ("Grep", {"pattern": "SECRET", "path": str(Path(task.snapshot_path))}),
+        ("Grep", {"pattern": "auth_user", "path": str(database)}),
+    ]
+    api = anthropic_api.FakeAnthropicAPI(
+        agent_replies=[
+            anthropic_api.tool_use("Read", {"file_path": str(workspace / "notes.md")}),
+            *[anthropic_api.tool_use(name, arguments) for name, arguments in asks],
+            anthropic_api.text("Nothing hidden was readable."),
+        ],
+    )
+    settings.DOJO_CLAUDE_CLI_PATH = ""
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", api.url)
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-fake-for-tests")
+    monkeypatch.setenv("DJANGO_SECRET_KEY_FOR_THIS_TEST", "must-not-reach-the-cli")
+    with api:
+        run = run_execute(run_id=run_create(domain=frozen_domain, backend="claude").pk)
+
+    assert run.status == "completed", run.error
+    agent_calls = [r for r in api.requests if r.get("tools")]
+    results = [_last_tool_result_block(body) for body in agent_calls[1:]]
+    assert len(results) == 1 + len(asks)
+    assert not results[0]["is_error"] and "workspace notes: readable" in results[0]["text"]
+    for (name, arguments), result in zip(asks, results[1:], strict=True):
+        # Refused by our can_use_tool check, or (the data file) first by the SDK deny rule.
+        # (The CLI turns down a Read of the binary database file before any permission check.)
+        refused = any(word in result["text"] for word in ("Refused", "denied", "binary"))
+        assert result["is_error"] and refused, (name, arguments, result)
+    # Past the SDK rule on the data file itself, each refusal is our resolved-path check.
+    assert "hidden from the agent" in results[2]["text"]  # the symlink, resolved to the data file
+    assert "outside the workspace" in results[3]["text"]  # the sealed file
+    assert all("outside the workspace" in r["text"] for r in results[5:7])
+    assert "leaves the workspace" in results[7]["text"] and "Refused" in results[8]["text"]
+    assert "Refused" in results[9]["text"] and "outside the workspace" in results[9]["text"]
+    assert secret not in json.dumps(api.requests)
+    assert run.events.filter(type="text", data__text__startswith="Refused ").count() >= 6
+    assert run.events.filter(data__text="Nothing hidden was readable.").exists()
+    # The per-run config folder (and wrapper) is gone after the run.
+    assert not (Path(settings.DOJO_HOME) / "claude" / f"run-{run.pk}").exists()
+    if bwrap_works():
+        system = json.dumps(agent_calls[0].get("system"))
+        assert "must-not-reach-the-cli" not in system

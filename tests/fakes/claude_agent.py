@@ -102,7 +102,9 @@ class FakeCLI:
         if request.get("subtype") == "interrupt":
             send({"type": "control_response", "response": {"subtype": "success", "request_id": frame["request_id"], "response": {"still_queued": []}}})
             raise Interrupted()
-        send({"type": "control_response", "response": {"subtype": "success", "request_id": frame["request_id"], "response": {}}})
+        # Like Claude Code 2.1.332, it says it honours on_failure="block" on hook matchers.
+        answer = {"hook_on_failure_supported": True} if request.get("subtype") == "initialize" else {}
+        send({"type": "control_response", "response": {"subtype": "success", "request_id": frame["request_id"], "response": answer}})
 
     def _wait(self, request_id=None, timeout=None):
         """Process frames until the response to request_id arrives (or timeout passes)."""

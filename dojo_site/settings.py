@@ -230,6 +230,12 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
 STATIC_ROOT = DOJO_HOME / "staticfiles"
+STATICFILES_FINDERS = [
+    "django.contrib.staticfiles.finders.FileSystemFinder",
+    "django.contrib.staticfiles.finders.AppDirectoriesFinder",
+    # Plotly's JS from the pinned `plotly` wheel (vendor/plotly/plotly.min.js), never a CDN.
+    "dojo_site.staticfinders.PackageFinder",
+]
 
 LOGGING = {
     "version": 1,

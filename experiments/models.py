@@ -22,6 +22,11 @@ class Experiment(models.Model):
     parent = models.ForeignKey(
         "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="children"
     )
+    # A re-run of another experiment's code (Reproduce): shown on the original's page, never as a
+    # leaderboard entry of its own.
+    reproduction_of = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="reproductions"
+    )
     hypothesis = models.TextField(blank=True)
     variables = models.JSONField(default=dict, blank=True)
     train_code = models.TextField()
@@ -72,6 +77,13 @@ class Experiment(models.Model):
             models.Index(fields=["domain", "-created_at"], name="exp_domain_created_idx"),
             # A run's experiments.
             models.Index(fields=["run", "state"], name="exp_run_state_idx"),
+            # Leaderboard header sorts (experiments/analysis.py SORT_FIELDS): one index per
+            # sortable column, led by the domain, so a deep page walks the index instead of
+            # sorting every row (sorting by holdout without one took 674 ms at 10,000 rows).
+            models.Index(fields=["domain", "primary_value"], name="exp_domain_val_idx"),
+            models.Index(fields=["domain", "holdout_primary_value"], name="exp_domain_holdout_idx"),
+            models.Index(fields=["domain", "train_seconds"], name="exp_domain_train_s_idx"),
+            models.Index(fields=["domain", "id"], name="exp_domain_id_idx"),
         ]
 
     def __str__(self) -> str:

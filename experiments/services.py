@@ -768,20 +768,81 @@ def experiment_best(*, domain: Domain) -> Experiment | None:
     return qs.filter(primary_value__isnull=False).first()
 
 
-def experiment_reproduce(*, experiment: Experiment, should_stop=None) -> Experiment:
-    """Run the stored code again (same seed) as a new experiment whose parent is the original."""
-    return experiment_run(
-        domain=experiment.domain, train_code=experiment.train_code,
+def _reproduction_create(experiment: Experiment) -> Experiment:
+    task = _ready_task(experiment.domain)
+    return Experiment.objects.create(
+        domain=experiment.domain, parent=experiment.parent, reproduction_of=experiment,
         hypothesis=f"Reproduce #{experiment.pk}: {experiment.hypothesis}"[:2000],
-        variables={**(experiment.variables or {}), "reproduces": experiment.pk},
-        parent=experiment, seed=experiment.seed, should_stop=should_stop,
+        variables=dict(experiment.variables or {}), train_code=experiment.train_code,
+        code_sha256=hashlib.sha256(experiment.train_code.encode()).hexdigest(), state=Experiment.State.PENDING,
+        seed=experiment.seed, task_fingerprint=task.fingerprint, data_fingerprint=task.data_fingerprint,
     )
+
+
+def experiment_reproduce(*, experiment: Experiment, should_stop=None) -> Experiment:
+    """Run the stored code again (same seed) now; return the copy `completed` or `failed`.
+
+    The copy has `reproduction_of` = the original (it is not a leaderboard entry of its own) and
+    the original's parent. Raises NotReady (recording nothing) when the task is not ready."""
+    copy = _reproduction_create(experiment)
+    return experiment_run_pending(experiment_id=copy.pk, should_stop=should_stop)
+
+
+def experiment_reproduce_enqueue(*, experiment: Experiment) -> Experiment:
+    """Record a `pending` reproduction of `experiment` and hand it to a django-q2 worker once the
+    transaction commits; return the copy (poll it for progress). Raises NotReady (recording
+    nothing) when the task is not ready."""
+    from functools import partial
+
+    with transaction.atomic():
+        copy = _reproduction_create(experiment)
+        transaction.on_commit(partial(_enqueue_pending, copy.pk))
+    return copy
+
+
+def _enqueue_pending(experiment_id: int) -> None:
+    from django_q.tasks import async_task
+
+    async_task("experiments.tasks.experiment_run_pending_task", experiment_id,
+               task_name=f"dojo-experiment-{experiment_id}")
+
+
+def experiment_run_pending(*, experiment_id: int, should_stop=None) -> Experiment:
+    """Run a `pending` experiment (a queued reproduction) and return it `completed` or `failed`.
+
+    The row is claimed with a conditional update, so two workers never run it twice; an
+    experiment that is no longer pending is returned as it is. A task that is no longer ready
+    fails the experiment with the reason. Never leaves it `running`."""
+    claimed = Experiment.objects.filter(pk=experiment_id, state=Experiment.State.PENDING).update(
+        state=Experiment.State.RUNNING, started_at=timezone.now()
+    )
+    exp = Experiment.objects.select_related("domain").get(pk=experiment_id)
+    if not claimed:
+        return exp
+    exp._unsaved = set()
+    started = time.perf_counter()
+    try:
+        task = _ready_task(exp.domain)
+        _save(exp, task_fingerprint=task.fingerprint, data_fingerprint=task.data_fingerprint)
+        _execute(exp, exp.domain, task, should_stop, started)
+    except (_Failed, NotReady) as exc:
+        _finish_failed(exp, str(exc), started)
+    except BaseException as exc:  # noqa: BLE001 - never leave an experiment running
+        log.exception("experiment %s crashed", exp.pk)
+        reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"internal error: {type(exc).__name__}: {exc}"
+        _finish_failed(exp, reason, started)
+        if not isinstance(exc, Exception):
+            raise
+    if exp.state == Experiment.State.COMPLETED:
+        _track(exp)
+    return exp
 
 
 def experiment_summary(exp: Experiment, *, holdout: bool = True) -> dict:
     """Plain data for --json, the API and the agent tools (holdout=False for the agent)."""
     data = {
         "id": exp.pk, "domain": exp.domain.name, "run_id": exp.run_id, "parent_id": exp.parent_id,
+        "reproduction_of_id": exp.reproduction_of_id,
         "state": exp.state, "hypothesis": exp.hypothesis, "variables": exp.variables,
         "metrics": exp.metrics, "primary_value": exp.primary_value, "error": exp.error,
         "warnings": exp.warnings, "code_sha256": exp.code_sha256, "seed": exp.seed,

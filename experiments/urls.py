@@ -5,10 +5,17 @@ from experiments import views
 app_name = "experiments"
 
 urlpatterns: list = [
-    # A domain's experiments: a page of its own and the domain page's Experiments tab (htmx).
+    # A domain's experiments: the leaderboard (a page of its own and the domain page's Experiments
+    # tab via htmx), its lineage tree, and chart data (compact JSON arrays).
     path("domain/<int:domain_id>/", views.experiment_domain_list, name="domain_list"),
-    # One experiment, its artifacts (download, or ?inline=1 for images) and reproduce (POST).
+    path("domain/<int:domain_id>/lineage/", views.experiment_lineage_tree, name="lineage"),
+    path("domain/<int:domain_id>/charts/<slug:kind>.json", views.experiment_chart_data, name="chart_data"),
+    # Several experiments side by side: ?ids=1,2,3
+    path("compare/", views.experiment_compare, name="compare"),
+    # One experiment, its artifacts (download, or ?inline=1 for images), reproduce (POST, queued)
+    # and the panel of its reproductions (polled while one runs).
     path("<int:pk>/", views.experiment_detail, name="detail"),
     path("<int:pk>/artifacts/<int:artifact_id>/", views.experiment_artifact, name="artifact"),
     path("<int:pk>/reproduce/", views.experiment_reproduce_view, name="reproduce"),
+    path("<int:pk>/reproductions/", views.experiment_reproductions, name="reproductions"),
 ]

@@ -243,8 +243,9 @@ def train(X_train, y_train, X_test, *, artifacts_dir):
 def test_it_reproduces_an_experiment(diabetes):
     original = experiment_run(domain=diabetes, train_code=LINEAR, hypothesis="ols", seed=3)
     again = experiment_reproduce(experiment=original)
-    assert again.parent_id == original.pk and again.seed == 3
-    assert again.metrics == original.metrics and again.variables["reproduces"] == original.pk
+    assert again.reproduction_of_id == original.pk and again.parent_id is None and again.seed == 3
+    assert again.state == "completed" and again.metrics == original.metrics
+    assert again.variables == original.variables
 
 
 def test_it_ranks_experiments_by_validation_or_holdout(diabetes):

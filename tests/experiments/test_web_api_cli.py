@@ -31,8 +31,8 @@ def test_it_renders_the_domain_tab_as_a_fragment_and_a_page(client_logged_in, di
     fragment = client_logged_in.get(url, HTTP_HX_REQUEST="true")
     assert fragment.status_code == 200
     html = fragment.content.decode()
-    assert html.lstrip().startswith('<div id="domain-experiments">')
-    assert "<svg" in html and "ridge &lt;b&gt;strong&lt;/b&gt;" in html
+    assert html.lstrip().startswith('<div id="domain-experiments"')
+    assert 'data-chart="history"' in html and "ridge &lt;b&gt;strong&lt;/b&gt;" in html
     page = client_logged_in.get(url)
     assert page.status_code == 200 and "<html" in page.content.decode()
 
@@ -69,12 +69,35 @@ def test_it_shows_an_experiment_with_code_diff_logs_and_artifacts(client_logged_
     assert client_logged_in.get(reverse("experiments:artifact", args=[parent.pk, image.pk])).status_code == 404
 
 
-def test_it_reproduces_from_the_web(client_logged_in, two):
+def test_it_reproduces_from_the_web_in_the_background(client_logged_in, two, monkeypatch,
+                                                        django_capture_on_commit_callbacks):
+    from django_q.conf import Conf
+
     parent, _ = two
-    response = client_logged_in.post(reverse("experiments:reproduce", args=[parent.pk]), follow=True)
+    queued = []
+    monkeypatch.setattr("django_q.tasks.async_task", lambda *args, **kwargs: queued.append(args))
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client_logged_in.post(reverse("experiments:reproduce", args=[parent.pk]), HTTP_HX_REQUEST="true")
+    # The request returns at once with the copy pending, polled by the panel; nothing ran yet.
     again = Experiment.objects.latest("pk")
-    assert again.parent_id == parent.pk and again.metrics == parent.metrics
-    assert "identical metrics" in response.content.decode()
+    assert response.status_code == 200 and again.state == "pending" and again.reproduction_of_id == parent.pk
+    html = response.content.decode()
+    assert 'hx-trigger="every 2s"' in html and "queued, waiting for a worker" in html
+    assert queued == [("experiments.tasks.experiment_run_pending_task", again.pk)]
+    # A django-q2 worker runs the task (here in-process, as the ORM broker's worker would).
+    monkeypatch.undo()
+    monkeypatch.setattr(Conf, "SYNC", True)
+    from experiments.tasks import experiment_run_pending_task
+
+    assert experiment_run_pending_task(again.pk) == "completed"
+    assert experiment_run_pending_task(again.pk) == "completed"  # claimed once; a second call is a no-op
+    panel = client_logged_in.get(reverse("experiments:reproductions", args=[parent.pk]), HTTP_HX_REQUEST="true")
+    body = panel.content.decode()
+    assert "identical" in body and "hx-trigger" not in body  # polling ends
+    # Not a leaderboard entry; the original's page lists it.
+    board = client_logged_in.get(reverse("experiments:domain_list", args=[parent.domain_id]))
+    assert again.pk not in [row["exp"].pk for row in board.context["rows"]]
+    assert f"/experiments/{again.pk}/" in client_logged_in.get(parent.get_absolute_url()).content.decode()
 
 
 def test_it_needs_a_login(client, two):

@@ -17,6 +17,12 @@ from dojo_site.cli import (
 from dojo_site.errors import DojoError, InvalidInput
 from domains.sandbox import ISOLATION_HINT, sandbox_isolation
 from domains.services import domain_resolve
+from experiments.analysis import (
+    compare_as_json,
+    experiments_compare,
+    experiments_for_compare,
+    parse_ids,
+)
 from experiments.models import Experiment
 from experiments.services import (
     SORTS,
@@ -33,8 +39,17 @@ def _num(value) -> str:
     return "-" if value is None else f"{value:.6g}"
 
 
+def _cell(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
 class Command(BaseCommand):
-    help = "A domain's experiments: ls | best | show ID | run --code-file F --hypothesis H | reproduce ID."
+    help = ("A domain's experiments: ls | best | show ID | compare ID ID… | run --code-file F --hypothesis H | "
+            "reproduce ID.")
 
     def add_arguments(self, parser) -> None:
         add_domain_argument(parser)
@@ -49,6 +64,9 @@ class Command(BaseCommand):
         show = add("show", "One experiment: metrics, logs, artifacts (--code for the train code).")
         show.add_argument("experiment_id", metavar="ID")
         show.add_argument("--code", action="store_true", help="Print the train code too.")
+        compare = add("compare", "Experiments side by side: metrics, params/variables (differences marked), record.")
+        compare.add_argument("experiment_ids", metavar="ID", nargs="+")
+        compare.add_argument("--diff-only", action="store_true", help="Only the rows whose values differ.")
         run = add("run", "Run one experiment by hand (the same path the agent uses).")
         run.add_argument("--code-file", required=True, help="A Python file defining train(...).")
         run.add_argument("--hypothesis", required=True)
@@ -96,6 +114,26 @@ class Command(BaseCommand):
     def _show(self, options) -> None:
         domain = domain_resolve(name=options["domain"]) if options.get("domain") else None
         self._print(experiment_get(experiment_id=options["experiment_id"], domain=domain), options, code=options["code"])
+
+    def _compare(self, options) -> None:
+        domain = domain_resolve(name=options["domain"]) if options.get("domain") else None
+        exps = experiments_for_compare(ids=parse_ids(options["experiment_ids"]), domain=domain)
+        data = experiments_compare(experiments=exps)
+        if options["json"]:
+            print_json(self, compare_as_json(data))
+            return
+        table = Table("", *(f"#{e.pk} {e.state}" for e in exps),
+                      title=f"Compare in {exps[0].domain.name} (* = values differ; best of a metric row in bold)")
+        for section, rows in (("metrics", data["metrics"]), ("params / variables", data["variables"]),
+                              ("record", data["facts"])):
+            shown = [r for r in rows if r.differs or not options["diff_only"]]
+            if not shown:
+                continue
+            table.add_row(Text(section, style="bold underline"), *("" for _ in exps))
+            for row in shown:
+                cells = [Text(_cell(v)[:60], style="bold" if i == row.best else "") for i, v in enumerate(row.values)]
+                table.add_row(Text(f"{'* ' if row.differs else '  '}{row.label}"), *cells)
+        console_for(self).print(table)
 
     def _run(self, options) -> None:
         domain = domain_resolve(name=options["domain"])

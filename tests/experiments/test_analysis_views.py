@@ -264,3 +264,27 @@ def test_it_needs_a_login_everywhere(client, domain, board):
                 reverse("experiments:chart_data", args=[domain.pk, "history"]),
                 reverse("experiments:reproductions", args=[board["root"].pk])):
         assert client.get(url).status_code == 302, url
+
+
+def test_it_hides_domains_and_holdout_values_per_role(client, other_user, domain, board):
+    from domains.models import DomainMember
+
+    client.force_login(other_user)
+    urls = [reverse("experiments:domain_list", args=[domain.pk]), reverse("experiments:lineage", args=[domain.pk]),
+            reverse("experiments:compare") + f"?ids={board['root'].pk},{board['child'].pk}",
+            reverse("experiments:chart_data", args=[domain.pk, "history"]),
+            reverse("experiments:reproductions", args=[board["root"].pk])]
+    for url in urls:
+        assert client.get(url).status_code == 404, url  # not a member: the domain does not exist for them
+    DomainMember.objects.create(domain=domain, user=other_user, role="viewer")
+    domain.hide_holdout_from_viewers = True
+    domain.save(update_fields=["hide_holdout_from_viewers"])
+    for url in urls:
+        assert client.get(url).status_code == 200, url
+    assert client.get(urls[3]).json()["holdout"] == []
+    compare = client.get(urls[2])
+    assert not any("holdout" in r.label for r in compare.context["data"]["metrics"])
+    board_page = client.get(urls[0], {"sort": "holdout"})
+    assert "sort" in board_page.context["ignored"] and "62" not in board_page.content.decode().split("<tbody>")[1]
+    # A viewer may not reproduce (an edit).
+    assert client.post(reverse("experiments:reproduce", args=[board["root"].pk])).status_code == 403

@@ -1,9 +1,11 @@
+import json
 from datetime import datetime
 from typing import Literal
 
 from django.http import HttpRequest
 from ninja import Router, Schema, Status
 
+from dojo_site.errors import InvalidInput
 from dojo_site.schemas import Id
 from domains.models import Domain, DomainChange, DomainMember
 from domains.permissions import domain_get_for_user, domains_for_user
@@ -236,6 +238,9 @@ class TaskOut(Schema):
     snapshot: dict
     unfrozen_at: str | None
     unfreeze_reason: str
+    audit: list
+    audit_blocks_freeze: bool
+    audit_override: dict
     tools: dict
     isolation: str
     isolation_hint: str
@@ -347,7 +352,23 @@ def task_tools_verify(request: HttpRequest, domain_id: Id):
 
 @router.post("/domains/{domain_id}/task/freeze", response=TaskOut, tags=["task"])
 def task_freeze_endpoint(request: HttpRequest, domain_id: Id):
-    return task_status(task=task_freeze(task=_task(request, domain_id, "own")))
+    """Body optional: {"override_audit": "reason"} freezes despite severe leak-audit findings (recorded)."""
+    return task_status(task=task_freeze(task=_task(request, domain_id, "own"), override_reason=_override_audit(request),
+                                        by=request.user.get_username()))
+
+
+def _override_audit(request: HttpRequest) -> str:
+    # Parsed by hand rather than by a ninja body: freeze has always been a POST without a body.
+    if request.content_type != "application/json" or not request.body.strip():
+        return ""
+    try:
+        data = json.loads(request.body)
+    except ValueError:
+        raise InvalidInput('the body must be JSON: {"override_audit": "why you freeze anyway"}') from None
+    value = data.get("override_audit", "") if isinstance(data, dict) else None
+    if not isinstance(value, str) or len(value) > 2000:
+        raise InvalidInput("override_audit must be a string of at most 2000 characters")
+    return value
 
 
 @router.post("/domains/{domain_id}/task/unfreeze", response=TaskOut, tags=["task"])

@@ -22,7 +22,7 @@ from django.utils import timezone
 
 from dojo_site.errors import Conflict, InvalidInput, NotFound, NotReady
 from dojo_site.schemas import DB_INT_MAX
-from domains import generation, snapshot, verification, workspaces
+from domains import audit, generation, snapshot, verification, workspaces
 from domains.contracts import CONTRACT_VERSION, LIMIT_KEYS, TASK_TYPES, tools_fingerprint
 from domains.models import (
     ApiToken,
@@ -811,6 +811,9 @@ def task_verify(*, task: Task) -> verification.ToolsRun:
         direction=task.direction, config=task.config, workspace=Path(domain.workspace_path),
         python=domain.workspace_python, env_vars=domain.env_vars,
     )
+    # The leak audit of the data this load_data returned ([] when it returned nothing usable);
+    # outside the transaction below: the public-source check may walk site-packages once.
+    findings = _audit(task, codes, run) if run.load_data.ok else []
     now = timezone.now()
     files = workspace_files_hash(workspace=Path(domain.workspace_path), paths=run.workspace_files)
     with transaction.atomic():
@@ -830,7 +833,24 @@ def task_verify(*, task: Task) -> verification.ToolsRun:
                 "verified_ok", "verification_errors", "verification_sample", "verification_seconds",
                 "verified_at", "verified_code_sha256",
             ])
+        Task.objects.filter(pk=task.pk).update(audit=findings)
+        task.audit = findings
     return run
+
+
+def _audit(task: Task, codes: dict[str, str], run: verification.ToolsRun) -> list[dict]:
+    from domains.sandbox import sandbox_isolation
+
+    loader = SKLEARN_LOADER_RE.match(str((task.config or {}).get("data_path", "")))
+    try:
+        setup_loader = generation.setup_parse(path=Path(task.domain.setup_path)).loader
+    except generation.GenerationError:
+        setup_loader = ""
+    return audit.audit_task(
+        measured=run.audit, task_type=task.task_type, loader=(loader.group(1) if loader else "") or setup_loader or "",
+        load_data_code=codes["load_data"], data_file=generation.task_data_file(task=task),
+        python=task.domain.workspace_python, isolation=sandbox_isolation(),
+    )
 
 
 def task_fingerprint(*, task: Task) -> str:
@@ -907,14 +927,30 @@ def _freeze_blockers(task: Task) -> list[str]:
     return problems
 
 
-def task_freeze(*, task: Task) -> Task:
+def _audit_blocker(task: Task, override_reason: str) -> str:
+    severe = audit.findings_severe(task.audit)
+    if not severe or override_reason:
+        return ""
+    listed = "; ".join(f"{f.get('check')}: {f.get('detail')}" for f in severe[:5])
+    return (f"cannot freeze: the leak audit found {len(severe)} severe problem(s): {listed}. Fix load_data and "
+            "verify again, or freeze anyway with an explicit reason (`dojo_task freeze --override-audit "
+            "\"reason\"`, the override box on the task page, or \"override_audit\" in the API); it is recorded")
+
+
+def task_freeze(*, task: Task, override_reason: str = "", by: str = "") -> Task:
     """Freeze the contract: both tools verified with their current code, load_data run once into a
-    snapshot, fingerprints stored. NotReady when the tools are not verified; all or nothing."""
+    snapshot, fingerprints stored. NotReady when the tools are not verified, or when the leak audit
+    (Task.audit) has a severe finding and no `override_reason` is given; an override is recorded on
+    the task (reason, `by` — who —, when, the severe findings). All or nothing."""
     if task.is_frozen:
         raise Conflict(f"the task is already frozen (fingerprint {task.fingerprint[:12]})")
+    override_reason = (override_reason or "").strip()
     problems = _freeze_blockers(task)
     if problems:
         raise NotReady("cannot freeze: " + "; ".join(problems))
+    blocked = _audit_blocker(task, override_reason)
+    if blocked:
+        raise NotReady(blocked)
     codes = _tools_codes(task)
     # The workspace modules the tools import are part of the contract: they must be what was
     # verified, and they are fingerprinted with the tools.
@@ -952,8 +988,17 @@ def task_freeze(*, task: Task) -> Task:
             # Where the raw data lives, so the harness can hide it from the trainer: it holds the
             # test rows' labels and load_data's split is reproducible from the seed.
             data_file = generation.task_data_file(task=locked)
-            locked.snapshot_info = {**written.info, "data_file": str(data_file) if data_file else ""}
+            locked.snapshot_info = {**written.info, "data_file": str(data_file) if data_file else "",
+                                    # Package files holding the same public data, hidden from the trainer too.
+                                    "public_source_paths": audit.audit_hidden_paths(locked.audit)}
             locked.contract_version = CONTRACT_VERSION
+            if _audit_blocker(locked, override_reason):
+                raise Conflict("the leak audit changed while the snapshot was written; freeze again")
+            severe = audit.findings_severe(locked.audit)
+            locked.audit_override = {} if not severe else {
+                "reason": override_reason, "by": by, "at": timezone.now().isoformat(),
+                "findings": [f"{f.get('check')}: {f.get('detail')}" for f in severe],
+            }
             locked.save()
     except BaseException:
         snapshot.snapshot_remove(written.path)
@@ -1015,9 +1060,10 @@ def task_assert_ready(*, task: Task) -> None:
         raise NotReady(f"the task's snapshot is not usable: {problems[0]}; unfreeze and freeze it again")
 
 
-def task_setup(*, task: Task, method: str = "auto") -> Task:
+def task_setup(*, task: Task, method: str = "auto", override_reason: str = "", by: str = "") -> Task:
     """Generate (only when a tool is missing), verify (unless both are verified as they are) and
-    freeze. An already frozen task is returned as it is. NotReady when verification fails."""
+    freeze. An already frozen task is returned as it is. NotReady when verification fails or the
+    leak audit blocks freezing (see task_freeze's override_reason)."""
     if task.is_frozen:
         return task
     if any(tool is None for tool in task_tools_current(task=task).values()):
@@ -1026,7 +1072,7 @@ def task_setup(*, task: Task, method: str = "auto") -> Task:
         run = task_verify(task=task)
         if not run.ok:
             raise NotReady("verification failed: " + "; ".join(run.errors))
-    return task_freeze(task=task)
+    return task_freeze(task=task, override_reason=override_reason, by=by)
 
 
 def task_contract_matches(*, task: Task, task_fingerprint: str, data_fingerprint: str) -> bool:
@@ -1101,6 +1147,9 @@ def task_status(*, task: Task) -> dict:
         "contract_files": task.contract_files or {},
         "unfrozen_at": task.unfrozen_at.isoformat() if task.unfrozen_at else None,
         "unfreeze_reason": task.unfreeze_reason,
+        "audit": task.audit,
+        "audit_blocks_freeze": bool(audit.findings_severe(task.audit)) and not task.is_frozen,
+        "audit_override": task.audit_override,
         "tools": tools,
         "isolation": isolation,
         "isolation_hint": ISOLATION_HINT if isolation != "bwrap" else "",

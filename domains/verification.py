@@ -51,6 +51,7 @@ class ToolsRun:
     # Workspace-relative source files of the user's own modules the tools imported (as reported
     # from inside the sandbox: names only; the trusted side hashes them itself).
     workspace_files: list[str] = field(default_factory=list)
+    audit: dict | None = None  # leak measurements (verify_entry.measure_leaks), mode "verify"
 
     @property
     def ok(self) -> bool:
@@ -140,6 +141,7 @@ def tools_run(
             isolation=run.isolation,
             seconds=run.seconds,
             snapshot=result.get("snapshot"),
+            audit=result.get("audit") if isinstance(result.get("audit"), dict) else None,
             peak_memory_mb=max(run.peak_memory_mb or 0.0, result.get("peak_rss_mb") or 0.0) or None,
             workspace_files=[f for f in result.get("workspace_files") or [] if isinstance(f, str)][:500],
         )

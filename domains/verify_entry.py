@@ -276,6 +276,195 @@ def check_metrics(value, task, when):
     return errors
 
 
+# --- Leak measurements (judged on the trusted side by domains/audit.py) ---------------------
+# Only numbers come out of here: how many test rows repeat a training row, and per column how
+# close it is to the target, how well it predicts it alone, and whether it looks like a row id.
+AUDIT_SAMPLE_ROWS = 5000
+AUDIT_MAX_COLUMNS = 200
+AUDIT_MAX_HASH_ROWS = 2_000_000
+AUDIT_BINS = 32
+
+
+def _row_hashes(X):
+    """One uint64 per row; equal rows get equal hashes (NaN equals NaN, -0.0 equals 0.0)."""
+    if hasattr(X, "iloc"):
+        import pandas as pd
+
+        return np.asarray(pd.util.hash_pandas_object(X, index=False), dtype=np.uint64)
+    arr = np.asarray(X)
+    if arr.ndim == 1:
+        arr = arr[:, None]
+    try:
+        values = np.array(arr, dtype=np.float64)
+    except (TypeError, ValueError):
+        return np.array([hash(tuple(str(v) for v in row)) & 0xFFFFFFFFFFFFFFFF for row in arr], dtype=np.uint64)
+    values[values == 0] = 0.0
+    values[np.isnan(values)] = np.nan
+    bits = values.view(np.uint64)
+    h = np.full(len(values), 1469598103934665603, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for j in range(bits.shape[1]):
+            h = (h ^ bits[:, j]) * np.uint64(1099511628211)
+            h ^= h >> np.uint64(29)
+    return h
+
+
+def _same_label(a, b):
+    try:
+        return np.isclose(np.asarray(a, dtype=float), np.asarray(b, dtype=float), rtol=1e-9, atol=1e-12)
+    except (TypeError, ValueError):
+        return np.array([str(x) == str(y) for x, y in zip(a, b, strict=True)], dtype=bool)
+
+
+def _duplicates(X_train, X_test, y_train, y_test):
+    n_train, n_test = _shape(X_train)[0], _shape(X_test)[0]
+    if max(n_train, n_test) > AUDIT_MAX_HASH_ROWS:
+        return {"skipped": f"more than {AUDIT_MAX_HASH_ROWS} rows"}
+    h_train, h_test = _row_hashes(X_train), _row_hashes(X_test)
+    order = np.argsort(h_train, kind="stable")
+    sorted_train = h_train[order]
+    pos = np.clip(np.searchsorted(sorted_train, h_test), 0, max(len(sorted_train) - 1, 0))
+    found = sorted_train[pos] == h_test if len(sorted_train) else np.zeros(len(h_test), dtype=bool)
+    matched = np.flatnonzero(found)
+    same = 0
+    if len(matched):
+        yt, ytr = _labels(y_test), _labels(y_train)
+        same = int(_same_label(yt[matched], ytr[order[pos[matched]]]).sum())
+    return {"test_rows": int(n_test), "test_rows_in_train": int(len(matched)), "same_label": same,
+            "train_rows": int(n_train), "train_duplicates": int(n_train - len(np.unique(h_train)))}
+
+
+def _column(X, j):
+    if hasattr(X, "iloc"):
+        return str(X.columns[j]), X.iloc[:, j].to_numpy()
+    return f"column {j}", np.asarray(X)[:, j]
+
+
+def _floats(values):
+    if values.dtype == object or values.dtype.kind in "USO":
+        return None
+    try:
+        out = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError):
+        return None
+    return out
+
+
+def _codes(train_values, test_values, limit=64):
+    """Category codes from the training values (the `limit` most frequent; the rest share one code)."""
+    keys_train = [str(v) for v in train_values]
+    counts = {}
+    for k in keys_train:
+        counts[k] = counts.get(k, 0) + 1
+    top = {k: i for i, (k, _) in enumerate(sorted(counts.items(), key=lambda kv: -kv[1])[:limit])}
+    other = len(top)
+    return (np.array([top.get(k, other) for k in keys_train], dtype=np.int64),
+            np.array([top.get(str(v), other) for v in test_values], dtype=np.int64), other + 1)
+
+
+def _bins(x_train, x_test):
+    """Quantile bins of the training values; NaN gets a bin of its own."""
+    finite = x_train[np.isfinite(x_train)]
+    if len(finite) == 0:
+        return np.zeros(len(x_train), dtype=np.int64), np.zeros(len(x_test), dtype=np.int64), 1
+    edges = np.unique(np.quantile(finite, np.linspace(0, 1, AUDIT_BINS + 1)))[1:-1]
+    nan_bin = len(edges) + 1
+
+    def place(x):
+        b = np.searchsorted(edges, x, side="right")
+        b[~np.isfinite(x)] = nan_bin
+        return b
+
+    return place(x_train), place(x_test), nan_bin + 1
+
+
+def _alone(b_train, b_test, n_bins, y_train, y_test, classification):
+    """How well a one-feature model (a lookup table from bin to mean / majority class, fitted on the
+    training sample) predicts the test sample: R² for regression, for classification the share of
+    the majority-class baseline's errors it removes. Both are 1.0 for a perfect predictor."""
+    if classification:
+        classes, y_all = np.unique(np.concatenate([y_train, y_test]), return_inverse=True)
+        yc_train, yc_test = y_all[: len(y_train)], y_all[len(y_train):]
+        table = np.zeros((n_bins, len(classes)))
+        np.add.at(table, (b_train, yc_train), 1)
+        majority = int(np.bincount(yc_train, minlength=len(classes)).argmax())
+        predict = np.where(table.sum(axis=1) > 0, table.argmax(axis=1), majority)
+        error = float(np.mean(predict[b_test] != yc_test))
+        baseline = float(np.mean(yc_test != majority))
+        return 0.0 if baseline == 0 else max(0.0, 1.0 - error / baseline)
+    sums = np.bincount(b_train, weights=y_train, minlength=n_bins)
+    counts = np.bincount(b_train, minlength=n_bins)
+    mean = float(np.mean(y_train))
+    table = np.where(counts > 0, sums / np.maximum(counts, 1), mean)
+    sst = float(np.sum((y_test - np.mean(y_test)) ** 2))
+    if sst == 0:
+        return 0.0
+    return max(0.0, 1.0 - float(np.sum((y_test - table[b_test]) ** 2)) / sst)
+
+
+def _sample(n, rng):
+    if n <= AUDIT_SAMPLE_ROWS:
+        return np.arange(n)
+    return np.sort(rng.choice(n, AUDIT_SAMPLE_ROWS, replace=False))  # sorted: keeps the row order
+
+
+def measure_leaks(splits, task):
+    """Numbers for the leak audit (domains/audit.py judges them). Bounded: a sample of rows, the
+    first AUDIT_MAX_COLUMNS columns; never raises (a failure is reported as "error")."""
+    started = time.monotonic()
+    out = {}
+    try:
+        X_train, X_test, y_train, y_test = splits
+        out["duplicates"] = _duplicates(X_train, X_test, y_train, y_test)
+        rng = np.random.default_rng(0)
+        i_train, i_test = _sample(_shape(X_train)[0], rng), _sample(_shape(X_test)[0], rng)
+        yl_train, yl_test = _labels(y_train)[i_train], _labels(y_test)[i_test]
+        classification = task["is_classification"]
+        if classification:
+            yv_train = np.array([str(v) for v in yl_train], dtype=object)
+            yv_test = np.array([str(v) for v in yl_test], dtype=object)
+            y_float_train = _floats(yl_train)
+        else:
+            yv_train, yv_test = np.asarray(yl_train, dtype=float), np.asarray(yl_test, dtype=float)
+            y_float_train = yv_train
+        n_columns = _shape(X_train)[1]
+        out["columns_total"] = int(n_columns)
+        out["rows_sampled"] = [int(len(i_train)), int(len(i_test))]
+        columns = []
+        for j in range(min(n_columns, AUDIT_MAX_COLUMNS)):
+            name, values = _column(X_train, j)
+            _, values_test = _column(X_test, j)
+            values, values_test = values[i_train], values_test[i_test]
+            x, x_test = _floats(values), _floats(values_test)
+            entry = {"name": name[:100]}
+            if x is not None and x_test is not None:
+                b_train, b_test, n_bins = _bins(x, x_test)
+                entry["numeric"] = True
+                if y_float_train is not None:
+                    entry["equal_target"] = float(np.mean(np.isclose(x, y_float_train, rtol=1e-9, atol=1e-12)))
+                finite = np.isfinite(x)
+                entry["integer"] = bool(finite.any() and np.all(np.mod(x[finite], 1) == 0))
+                diffs = np.diff(x[finite])
+                entry["monotonic"] = bool(len(diffs) > 10 and (np.all(diffs > 0) or np.all(diffs < 0)))
+                if not classification and finite.all() and np.isfinite(x_test).all() and np.std(x) > 0 and np.std(x_test) > 0:
+                    entry["correlation"] = float(np.corrcoef(x_test, yv_test)[0, 1])
+                # Unique among the training rows (test rows may repeat them: that is the duplicates check).
+                entry["unique_ratio"] = float(len(np.unique(x)) / max(len(x), 1))
+            else:
+                b_train, b_test, n_bins = _codes(values, values_test)
+                entry["numeric"] = False
+                keys = [str(v) for v in values]
+                entry["equal_target"] = float(np.mean([k == str(t) for k, t in zip(keys, _labels(yl_train), strict=True)]))
+                entry["unique_ratio"] = float(len(set(keys)) / max(len(keys), 1))
+            entry["alone"] = _alone(b_train, b_test, n_bins, yv_train, yv_test, classification)
+            columns.append(entry)
+        out["columns"] = columns
+    except Exception as exc:  # noqa: BLE001 - the audit must never fail verification
+        out["error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
+    out["seconds"] = round(time.monotonic() - started, 3)
+    return out
+
+
 def _plain(metrics):
     return {k: float(v) for k, v in metrics.items()}
 
@@ -344,6 +533,7 @@ def _verify(spec, state, result):
         return None
     if spec["mode"] == "snapshot":
         return splits
+    state["splits"] = splits  # for the leak audit, measured once the checks are written
 
     _progress(spec, "evaluate")
     started = time.monotonic()
@@ -472,6 +662,16 @@ def main(spec_path):
     # This process's own peak (load_data and the snapshot writer run here); sandbox-level
     # accounting may miss a process inside a PID namespace.
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    _write_result(spec, result)
+    if state.get("splits") is not None:
+        # After the checks' result is written: an audit that dies (memory, time) costs the
+        # audit, not the verification.
+        _progress(spec, "audit")
+        result["audit"] = measure_leaks(state.pop("splits"), spec["task"])
+        _write_result(spec, result)
+
+
+def _write_result(spec, result):
     tmp = spec["output"] + ".tmp"
     with open(tmp, "w") as handle:
         json.dump(result, handle, default=str)

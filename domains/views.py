@@ -359,8 +359,13 @@ def task_action(request: HttpRequest, pk: int, action: str) -> HttpResponse:
             notice = "Both tools passed verification. Freeze next." if run.ok else ""
             error = "" if run.ok else f"Verification failed: {len(run.errors)} problem(s), listed under each tool."
         elif action == "freeze":
-            task = task_freeze(task=task)
-            notice = f"Frozen: fingerprint {task.fingerprint[:12]}."
+            override = request.POST.get("override_audit") == "on"
+            reason = (request.POST.get("override_reason") or "").strip()[:2000]
+            if override and not reason:
+                error = "Say why you freeze despite the leak audit's severe findings (the reason is recorded)."
+            else:
+                task = task_freeze(task=task, override_reason=reason if override else "", by=request.user.get_username())
+                notice = f"Frozen: fingerprint {task.fingerprint[:12]}." + (" Leak audit overridden (recorded)." if task.audit_override else "")
         elif action == "unfreeze":
             form = TaskUnfreezeForm(request.POST)
             if not form.is_valid():

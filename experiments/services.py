@@ -32,6 +32,7 @@ from django.utils import timezone
 from dojo_site.errors import InvalidInput, NotFound, NotReady
 from dojo_site.schemas import DB_INT_MAX
 from domains import contracts
+from domains.audit import bundled_data_paths
 from domains.models import Domain, Task
 from domains.sandbox import ISOLATION_HINT, sandbox_env, sandbox_isolation
 from experiments.harness import pool
@@ -108,6 +109,20 @@ def _raw_data_paths(task: Task, isolation: str) -> list[Path]:
     return [Path(data_file)]
 
 
+def _public_data_paths(task: Task, python: str, isolation: str) -> list[Path]:
+    """Public copies of datasets a train() could reload and look the labels up in (domains/audit.py):
+    the bundled-dataset folders of installed packages, for every task, and the package files the
+    leak audit found identical to this task's data. bwrap only, like the raw data file: the
+    fallback could only chmod files of a shared installation."""
+    if isolation != "bwrap":
+        return []
+    paths = list(bundled_data_paths(python if python != sys.executable else ""))
+    for extra in (task.snapshot_info or {}).get("public_source_paths") or []:
+        if isinstance(extra, str) and Path(extra).exists() and Path(extra) not in paths:
+            paths.append(Path(extra))
+    return paths
+
+
 def _hidden_paths() -> list[Path]:
     """What no sandboxed process may see: all of DOJO_HOME (re-bound piecemeal where needed), the
     database files and folder, and the project's .env."""
@@ -155,7 +170,8 @@ def _trainer_spec(domain: Domain, task: Task, limits: Limits) -> pool.Spec:
         env=tuple(sorted(env.items())),
         home=Path(settings.DOJO_HOME),
         readable=(snap / "public", Path(domain.workspace_path)),
-        hidden=(*_hidden_paths(), snap / "sealed", snap / "tools", *_raw_data_paths(task, isolation)),
+        hidden=(*_hidden_paths(), snap / "sealed", snap / "tools", *_raw_data_paths(task, isolation),
+                *_public_data_paths(task, python, isolation)),
         isolation=isolation,
         drop_user=True,
         max_slots=_setting("DOJO_POOL_MAX", 4),

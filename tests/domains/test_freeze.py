@@ -170,7 +170,7 @@ def load_data():
         "count": pd.array([1, None, 3, 4] * 10, dtype="Int64"),
         "day": pd.date_range("2024-01-01", periods=n, freq="D"),
     })
-    y = [float(i) for i in range(n)]
+    y = [float((i * 7) % 11) for i in range(n)]  # not a copy of "size": the leak audit would block the freeze
     return X.iloc[:30].reset_index(drop=True), X.iloc[30:].reset_index(drop=True), y[:30], y[30:]
 '''
 
@@ -229,7 +229,7 @@ def test_it_refuses_to_edit_the_tools_of_a_frozen_task(workspace):
 
 def test_it_leaves_nothing_half_written_when_load_data_fails_at_freeze(workspace, dojo_home):
     data = workspace / "numbers.csv"
-    data.write_text("a,y\n" + "".join(f"{i},{i * 2}\n" for i in range(30)))
+    data.write_text("a,y\n" + "".join(f"{i},{(i * 7) % 11}\n" for i in range(30)))  # y is no function of a
     load = '''
 import numpy as np
 

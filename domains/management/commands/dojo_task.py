@@ -2,6 +2,7 @@ from pathlib import Path
 
 from django.core.management.base import BaseCommand
 from rich.table import Table
+from rich.text import Text
 
 from dojo_site.cli import (
     add_actions,
@@ -39,6 +40,8 @@ class Command(BaseCommand):
         action = add_actions(parser)
         setup = action("setup", help="Generate the tools when missing, verify them, freeze the task.")
         setup.add_argument("--with", dest="method", choices=["auto", "template", "claude"], default="auto")
+        setup.add_argument("--override-audit", dest="override_audit", default="", metavar="REASON",
+                           help="Freeze despite severe leak-audit findings; the reason is recorded on the task.")
         generate = action("generate", help="Write load_data and evaluate from SETUP.md.")
         generate.add_argument(
             "--with", dest="method", choices=["auto", "template", "claude"], default="auto",
@@ -48,7 +51,9 @@ class Command(BaseCommand):
         imp.add_argument("--load-data", dest="load_data", type=Path, metavar="FILE")
         imp.add_argument("--evaluate", type=Path, metavar="FILE")
         action("verify", help="Run both tools in the sandbox and check them against the contract.")
-        action("freeze", help="Freeze the verified tools and write the data snapshot.")
+        freeze = action("freeze", help="Freeze the verified tools and write the data snapshot.")
+        freeze.add_argument("--override-audit", dest="override_audit", default="", metavar="REASON",
+                            help="Freeze despite severe leak-audit findings; the reason is recorded on the task.")
         unfreeze = action("unfreeze", help="Unfreeze the task (recorded, with a reason).")
         unfreeze.add_argument("--reason", required=True, help="Why the contract changes (kept on the task).")
         action("show", help="State, fingerprints, tools with their verification, snapshot.")
@@ -74,7 +79,8 @@ class Command(BaseCommand):
             self.stdout.write(message)
 
     def _setup(self, task, options) -> None:
-        task = task_setup(task=task, method=options["method"])
+        task = task_setup(task=task, method=options["method"], override_reason=options["override_audit"],
+                          by=_cli_user())
         self._out(task, options, f"Frozen: fingerprint {task.fingerprint[:12]}, data {task.data_fingerprint[:12]}")
 
     def _generate(self, task, options) -> None:
@@ -112,11 +118,12 @@ class Command(BaseCommand):
                     console.print(f"  - {error}", markup=False)
             if run.isolation != "bwrap":
                 console.print(f"Note: {task_status(task=task)['isolation_hint']}", markup=False)
+            _print_audit(console, task.audit)
         if not run.ok:
             raise NotReady(f"verification failed: {run.errors[0]}" + (f" (+{len(run.errors) - 1} more)" if len(run.errors) > 1 else ""))
 
     def _freeze(self, task, options) -> None:
-        task = task_freeze(task=task)
+        task = task_freeze(task=task, override_reason=options["override_audit"], by=_cli_user())
         self._out(task, options, f"Frozen: fingerprint {task.fingerprint[:12]}, data {task.data_fingerprint[:12]}")
 
     def _unfreeze(self, task, options) -> None:
@@ -174,5 +181,37 @@ class Command(BaseCommand):
                                f"{sizes.get(f'{where}/{part}.pkl', 0):,}")
             console.print(shapes)
             console.print(f"validation rows {snap.get('n_validation')}, holdout rows {snap.get('n_holdout')}")
+        _print_audit(console, status["audit"])
+        override = status["audit_override"]
+        if override:
+            console.print(f"audit overridden by {override.get('by') or '?'} at {override.get('at')}: "
+                          f"{override.get('reason')}", markup=False)
         if status["isolation_hint"]:
             console.print(f"Note: {status['isolation_hint']}", markup=False)
+
+
+_SEVERITY_STYLE = {"severe": "bold red", "warning": "yellow", "info": "dim"}
+
+
+def _print_audit(console, findings: list[dict]) -> None:
+    """The leak audit's findings, severe first (domains/audit.py)."""
+    if not findings:
+        console.print("leak audit: not run yet (it runs with `dojo_task verify`)")
+        return
+    table = Table("severity", "check", "finding", title="Leak audit")
+    for finding in findings:
+        severity = str(finding.get("severity", ""))
+        table.add_row(Text(severity, style=_SEVERITY_STYLE.get(severity, "")), str(finding.get("check", "")),
+                      Text(str(finding.get("detail", ""))))
+    console.print(table)
+
+
+
+def _cli_user() -> str:
+    """Who overrides from a terminal: the OS user, recorded as "cli:<name>"."""
+    import getpass
+
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "cli"

@@ -31,8 +31,8 @@ from dojo_site.errors import Conflict, InvalidInput, NotReady
 from dojo_site.schemas import DB_INT_MAX
 from domains.contracts import TASK_TYPES
 from domains.models import Domain
-from domains.services import contract_current
 from experiments.models import Experiment
+from experiments.ranking import ranked_experiments
 
 logger = logging.getLogger(__name__)
 
@@ -174,11 +174,7 @@ def run_context_build(*, run: AgentRun) -> dict[str, Any]:
         }
         for a in atoms
     ]
-    ranked = contract_current(
-        Experiment.objects.filter(domain=domain, state=Experiment.State.COMPLETED, primary_value__isnull=False),
-        task=task,
-    )
-    ranked = ranked.order_by("primary_value" if task.direction == "minimize" else "-primary_value", "pk")
+    ranked = ranked_experiments(domain)  # the one meaning of "best", quarantined ones left out
     leaderboard = [
         # Validation numbers only: the holdout never reaches an agent.
         {
@@ -496,11 +492,10 @@ def _summary(run: AgentRun, session: RunSession | None) -> dict[str, Any]:
         "best_value": None,
     }
     if task is not None:
-        scored = experiments.filter(state=Experiment.State.COMPLETED, primary_value__isnull=False)
-        best = scored.order_by("primary_value" if task.direction == "minimize" else "-primary_value", "pk").first()
+        best = ranked_experiments(run.domain, run=run).first()
         if best is not None:
             summary["best_experiment_id"] = best.pk
-            summary["best_value"] = best.primary_value
+            summary["best_value"] = best.rank_value
     return summary
 
 

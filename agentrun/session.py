@@ -149,15 +149,20 @@ class RunSession:
                 self._request_stop(f"experiment limit reached ({limit})")
 
     def _record_experiment(self, result: dict[str, Any]) -> None:
-        value = result.get("primary_value")
-        direction = self.context.get("direction", "minimize")
+        """Emit the experiment event people see (exact scores): the run's best so far is the one
+        meaning of "best" (experiments/ranking.py) over this run's experiments, quarantine applied."""
+        from experiments.models import Experiment
+        from experiments.ranking import best_experiment
+
+        # The event is for people: exact scores from the record, whatever feedback the agent got.
+        exp = Experiment.objects.filter(pk=result.get("experiment_id")).first()
+        value = exp.primary_value if exp is not None else None
+        metrics = exp.metrics if exp is not None else result.get("metrics")
         with self._lock:
-            is_best = False
-            if result.get("state") == "completed" and value is not None:
-                if self._best is None or (value < self._best[1] if direction == "minimize" else value > self._best[1]):
-                    self._best = (result["experiment_id"], value)
-                    is_best = True
+            best_exp = best_experiment(self.run.domain, run=self.run)
+            self._best = (best_exp.pk, best_exp.rank_value) if best_exp is not None else None
             best = self._best
+            is_best = best is not None and exp is not None and best[0] == exp.pk
             self.emit(
                 "experiment",
                 {
@@ -165,7 +170,7 @@ class RunSession:
                     "state": result.get("state"),
                     "primary_metric": result.get("primary_metric"),
                     "primary_value": value,
-                    "metrics": result.get("metrics"),
+                    "metrics": metrics,
                     "error": (result.get("error") or "")[:500],
                     "train_seconds": result.get("train_seconds"),
                     "is_best": is_best,
@@ -177,7 +182,7 @@ class RunSession:
 
     @property
     def best(self) -> tuple[int, float] | None:
-        """(experiment id, primary value) of this run's best completed experiment so far."""
+        """(experiment id, rank value) of this run's best experiment so far (experiments/ranking.py)."""
         return self._best
 
     def experiments_remaining(self) -> int | None:

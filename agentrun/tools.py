@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any, TypedDict
 
 from django.db import transaction
-from django.db.models import F, Q
+from django.db.models import Q
 from django.utils import timezone
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import best_match
@@ -23,7 +23,6 @@ from jsonschema.exceptions import best_match
 from agentrun.models import AgentRun
 from dojo_site.errors import DojoError
 from domains.permissions import domain_require
-from domains.services import contract_current
 from experiments.models import Experiment
 from knowledge.models import KnowledgeAtom
 
@@ -313,17 +312,13 @@ def _experiment_brief(experiment: Experiment) -> dict[str, Any]:
         "hypothesis": experiment.hypothesis[:300],
         "primary_value": experiment.primary_value,
         "metrics": experiment.metrics,
+        "seed_spread": experiment.seed_spread,
+        "seed_count": experiment.seed_count,
         "parent_id": experiment.parent_id,
         "run_id": experiment.run_id,
         "error": experiment.error[:300],
         "train_seconds": experiment.train_seconds,
     }
-
-
-def _ranked(queryset, direction: str):
-    value = F("primary_value")
-    order = value.asc(nulls_last=True) if direction == "minimize" else value.desc(nulls_last=True)
-    return queryset.order_by(order, "pk")
 
 
 # --- handlers -------------------------------------------------------------------------------
@@ -375,14 +370,18 @@ def _get_experiment(run: AgentRun, args: dict, should_stop: Callable[[], bool] |
 
 
 def _list_experiments(run: AgentRun, args: dict, should_stop: Callable[[], bool] | None) -> dict:
+    from experiments.ranking import ranked_experiments, ranked_filter
+
     primary_metric, direction = _primary(run)
-    queryset = Experiment.objects.filter(domain_id=run.domain_id).exclude(state=Experiment.State.ARCHIVED)
+    # Quarantined experiments are out of every agent tool (experiments/quarantine.py).
+    queryset = ranked_filter(Experiment.objects.filter(domain_id=run.domain_id).exclude(state=Experiment.State.ARCHIVED))
     if args.get("state"):
         queryset = queryset.filter(state=args["state"])
     total = queryset.count()
-    if args.get("sort", "best") == "best":
-        # Ranking only compares like with like: scores from an earlier contract are left out.
-        queryset = _ranked(contract_current(queryset, task=run.domain.task), direction)
+    if args.get("sort", "best") == "best" and args.get("state") in (None, Experiment.State.COMPLETED):
+        # Best first by the one meaning of "best" (experiments/ranking.py); scores from an
+        # earlier contract are left out: they do not compare with these.
+        queryset = ranked_experiments(run.domain)
     else:
         queryset = queryset.order_by("-created_at", "-pk")
     experiments = [_experiment_brief(e) for e in queryset[: args.get("limit", 20)]]
@@ -395,15 +394,14 @@ def _list_experiments(run: AgentRun, args: dict, should_stop: Callable[[], bool]
 
 
 def _compare_experiments(run: AgentRun, args: dict, should_stop: Callable[[], bool] | None) -> dict:
+    from experiments.ranking import UNRANKED_STATES, ranked_experiments
+
     primary_metric, direction = _primary(run)
     ids = list(dict.fromkeys(args["experiment_ids"]))
     experiments = [_experiment_for_run(run, i) for i in ids]
+    experiments = [e for e in experiments if e.quarantine_state not in UNRANKED_STATES]
     rows = [{**_experiment_brief(e), "variables": e.variables} for e in experiments]
-    scored = [e for e in experiments if e.primary_value is not None]
-    best = None
-    if scored:
-        pick = min if direction == "minimize" else max
-        best = pick(scored, key=lambda e: e.primary_value).pk
+    best = ranked_experiments(run.domain).filter(pk__in=[e.pk for e in experiments]).values_list("pk", flat=True).first()
     return {"primary_metric": primary_metric, "direction": direction, "best_id": best, "experiments": rows}
 
 

@@ -18,7 +18,7 @@ from experiments.services import (
 
 router = Router(tags=["experiments"])
 
-Sort = Literal["validation", "holdout", "created"]
+Sort = Literal["rank", "validation", "holdout", "created"]
 State = Literal["pending", "running", "completed", "failed", "stopped", "archived"]
 
 
@@ -60,6 +60,16 @@ class ExperimentOut(Schema):
     isolation: str
     code_flags: list
     audit_trail: list
+    cv_value: float | None
+    cv_rows: int | None
+    rank_value: float | None
+    seed_spread: float | None
+    seed_count: int
+    validation_ci: dict
+    holdout_ci: dict
+    probe_of_id: int | None
+    quarantine_state: str
+    quarantine_reasons: list
     created_at: datetime
     finished_at: datetime | None
 
@@ -115,7 +125,7 @@ def _shown(request: HttpRequest, domain: Domain, exp: Experiment) -> Experiment:
 
 
 @router.get("/domains/{domain_id}/experiments", response=list[ExperimentOut])
-def experiments_list(request: HttpRequest, domain_id: Id, sort: Sort = "validation", state: State | None = None,
+def experiments_list(request: HttpRequest, domain_id: Id, sort: Sort = "rank", state: State | None = None,
                      limit: int = 50, offset: Offset = 0):
     limit = max(1, min(limit, 500))
     domain = _domain(request, domain_id)

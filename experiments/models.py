@@ -2,7 +2,16 @@ from django.db import models
 from django.urls import reverse
 
 
+class QuarantineState(models.TextChoices):
+    NONE = "", "—"
+    QUARANTINED = "quarantined", "Quarantined"
+    CLEARED = "cleared", "Cleared by a person"
+    CONFIRMED = "confirmed", "Confirmed as cheating"
+
+
 class Experiment(models.Model):
+    QuarantineState = QuarantineState
+
     class State(models.TextChoices):
         PENDING = "pending", "Pending"
         RUNNING = "running", "Running"
@@ -64,6 +73,41 @@ class Experiment(models.Model):
     provenance = models.JSONField(
         default=dict, blank=True, help_text="Where the code came from: git commit, environment lock sha256."
     )
+    # --- What "best" means (experiments/ranking.py) and the audit (experiments/quarantine.py) ---
+    cv_value = models.FloatField(
+        null=True, blank=True,
+        help_text="Out-of-fold primary metric the train code reported (a DOJO_CV line): untrusted, so it can "
+        "only lower an experiment's rank value, never raise it.",
+    )
+    cv_rows = models.IntegerField(null=True, blank=True, help_text="Training rows the reported CV covered.")
+    rank_value = models.FloatField(
+        null=True, blank=True,
+        help_text="What ranks this experiment: the mean over its configuration's seeds of each seed's score "
+        "(validation, made worse by a worse reported CV). See experiments/ranking.py.",
+    )
+    seed_spread = models.FloatField(
+        null=True, blank=True, help_text="Max − min of the scores over this configuration's seeds (≥ 2 seeds)."
+    )
+    seed_count = models.IntegerField(default=0, help_text="Completed seeds of this configuration (same code).")
+    validation_ci = models.JSONField(
+        default=dict, blank=True, help_text="Bootstrap 95% interval per metric on the validation rows: {metric: [lo, hi]}."
+    )
+    holdout_ci = models.JSONField(default=dict, blank=True, help_text="Same, on the holdout rows.")
+    probe_of = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="probes",
+        help_text="An earlier experiment whose predictions this one changes in only a few rows.",
+    )
+    probe_rows = models.IntegerField(null=True, blank=True, help_text="Rows that differ from probe_of's predictions.")
+    quarantine_state = models.CharField(
+        max_length=20, choices=QuarantineState.choices, default="", blank=True,
+        help_text="quarantined: out of every ranking until a person clears or confirms it.",
+    )
+    quarantine_reasons = models.JSONField(
+        default=list, blank=True, help_text="The rules that fired: [{rule, detail}] (experiments/quarantine.py)."
+    )
+    quarantine_review = models.JSONField(
+        default=dict, blank=True, help_text="The person's decision: {decision, reason, by, at}."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
@@ -84,6 +128,10 @@ class Experiment(models.Model):
             models.Index(fields=["domain", "holdout_primary_value"], name="exp_domain_holdout_idx"),
             models.Index(fields=["domain", "train_seconds"], name="exp_domain_train_s_idx"),
             models.Index(fields=["domain", "id"], name="exp_domain_id_idx"),
+            # "Best" (experiments/ranking.py): a domain's completed, ranked experiments by rank value.
+            models.Index(fields=["domain", "state", "rank_value"], name="exp_domain_rankvalue_idx"),
+            # A configuration's seeds: same domain, same code.
+            models.Index(fields=["domain", "code_sha256"], name="exp_domain_code_idx"),
         ]
 
     def __str__(self) -> str:
@@ -127,3 +175,18 @@ class Artifact(models.Model):
     def is_holdout(self) -> bool:
         """Written by evaluate() on the holdout rows: hidden wherever holdout values are."""
         return self.path.startswith("evaluate/holdout")
+
+class Prediction(models.Model):
+    """A compact copy of an experiment's test-row predictions (float32, zlib), kept trusted-side
+    so a later experiment can be compared with it (probing detection, experiments/quarantine.py)."""
+
+    experiment = models.OneToOneField(Experiment, on_delete=models.CASCADE, related_name="prediction")
+    task_fingerprint = models.CharField(max_length=64, blank=True)
+    kind = models.CharField(max_length=10, help_text="numeric (float32 values) or label (crc32 of each label)")
+    rows = models.IntegerField()
+    width = models.IntegerField(default=1)
+    data = models.BinaryField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"predictions of #{self.experiment_id}"

@@ -37,6 +37,7 @@ from domains.models import Domain, Task
 from domains.sandbox import ISOLATION_HINT, sandbox_env, sandbox_isolation
 from experiments.harness import pool
 from experiments.models import Artifact, Experiment
+from experiments.ranking import cv_parse, ranking_update
 from experiments.scan import scan_train_code
 
 log = logging.getLogger(__name__)
@@ -393,8 +394,18 @@ def experiment_run(
         if not isinstance(exc, Exception):
             raise
     if exp.state == Experiment.State.COMPLETED:
+        _after_scoring(exp)
         _track(exp)
     return exp
+
+
+def _after_scoring(exp: Experiment) -> None:
+    """Rank the completed experiment within its configuration. Never fails the experiment: a
+    failure here is logged and the experiment stays as scored (unranked until the next update)."""
+    try:
+        ranking_update(experiment=exp)
+    except Exception:  # noqa: BLE001
+        log.exception("ranking experiment %s failed", exp.pk)
 
 
 def experiments_fail_stale(*, domain: Domain, limits: Limits) -> int:
@@ -491,11 +502,14 @@ def _execute(exp: Experiment, domain: Domain, task: Task, should_stop, started: 
         scores = _evaluate(evaluator_spec, exp, job_dir, y_pred)
         artifacts = _collect_artifacts(exp, job_dir, scores.pop("_eval_dir"), limits, warnings)
         primary = task.primary_metric
+        # The CV line is the train code's own claim (untrusted): stored as reported, and
+        # experiments/ranking.py lets it only lower the experiment's rank.
+        cv_value, cv_rows = cv_parse(exp.stdout_tail, primary)
         completed = dict(
             state=Experiment.State.COMPLETED, metrics=scores["metrics"],
             holdout_metrics=scores["holdout_metrics"], primary_value=scores["metrics"].get(primary),
             holdout_primary_value=scores["holdout_metrics"].get(primary), finished_at=timezone.now(),
-            warnings=warnings,
+            warnings=warnings, cv_value=cv_value, cv_rows=cv_rows or None,
         )
         if artifacts:
             with transaction.atomic():
@@ -731,7 +745,7 @@ def _track(exp: Experiment) -> None:
 
 # --- Reading ---------------------------------------------------------------------------------
 
-SORTS = ("validation", "holdout", "created")
+SORTS = ("rank", "validation", "holdout", "created")
 
 
 def experiment_get(*, experiment_id, domain: Domain | None = None) -> Experiment:
@@ -749,10 +763,14 @@ def experiment_get(*, experiment_id, domain: Domain | None = None) -> Experiment
     return exp
 
 
-def experiment_leaderboard(*, domain: Domain, sort: str = "validation", state: str | None = None) -> QuerySet:
-    """The domain's experiments, best first by the primary metric on the validation or holdout
-    rows (direction from the task), or newest first; annotated with `other_contract`."""
+def experiment_leaderboard(*, domain: Domain, sort: str = "rank", state: str | None = None) -> QuerySet:
+    """The domain's experiments, best first by rank (experiments/ranking.py: the one meaning of
+    "best"; quarantined ones after every ranked one), or by the raw validation or holdout primary
+    metric (direction from the task), or newest first; annotated with `other_contract`."""
+    from django.db.models import BooleanField, Case, Value, When
+
     from domains.services import contract_annotate
+    from experiments.ranking import UNRANKED_STATES
 
     if sort not in SORTS:
         raise InvalidInput(f"sort must be one of {', '.join(SORTS)}")
@@ -769,19 +787,24 @@ def experiment_leaderboard(*, domain: Domain, sort: str = "validation", state: s
         qs = contract_annotate(qs, task=task)
     if sort == "created":
         return qs.order_by("-created_at", "-pk")
-    column = "primary_value" if sort == "validation" else "holdout_primary_value"
     maximize = task is not None and task.direction == Task.Direction.MAXIMIZE
+    if sort == "rank":
+        qs = qs.annotate(unranked=Case(
+            When(quarantine_state__in=UNRANKED_STATES, then=Value(True)), default=Value(False),
+            output_field=BooleanField(),
+        ))
+        order = F("rank_value").desc(nulls_last=True) if maximize else F("rank_value").asc(nulls_last=True)
+        return qs.order_by("unranked", order, "pk")
+    column = "primary_value" if sort == "validation" else "holdout_primary_value"
     order = F(column).desc(nulls_last=True) if maximize else F(column).asc(nulls_last=True)
     return qs.order_by(order, "-created_at")
 
 
-def experiment_best(*, domain: Domain) -> Experiment | None:
-    """The best completed experiment under the task's current contract (validation metric)."""
-    qs = experiment_leaderboard(domain=domain, sort="validation", state=Experiment.State.COMPLETED)
-    task = Task.objects.filter(domain=domain).first()
-    if task is not None and task.fingerprint:
-        qs = qs.filter(task_fingerprint=task.fingerprint, data_fingerprint=task.data_fingerprint)
-    return qs.filter(primary_value__isnull=False).first()
+def experiment_best(*, domain: Domain, run=None) -> Experiment | None:
+    """The best experiment (experiments/ranking.py), or None when nothing ranks yet."""
+    from experiments.ranking import best_experiment
+
+    return best_experiment(domain, run=run)
 
 
 def _reproduction_create(experiment: Experiment) -> Experiment:
@@ -865,7 +888,10 @@ def experiment_summary(exp: Experiment, *, holdout: bool = True) -> dict:
         "train_seconds": exp.train_seconds, "total_seconds": exp.total_seconds,
         "peak_memory_mb": exp.peak_memory_mb, "task_fingerprint": exp.task_fingerprint,
         "data_fingerprint": exp.data_fingerprint, "environment": exp.environment,
-        "isolation": exp.isolation,
+        "isolation": exp.isolation, "cv_value": exp.cv_value, "cv_rows": exp.cv_rows,
+        "rank_value": exp.rank_value, "seed_spread": exp.seed_spread, "seed_count": exp.seed_count,
+        "validation_ci": exp.validation_ci, "quarantine_state": exp.quarantine_state,
+        "quarantine_reasons": exp.quarantine_reasons, "probe_of": exp.probe_of_id,
         "created_at": exp.created_at.isoformat() if exp.created_at else None,
         "finished_at": exp.finished_at.isoformat() if exp.finished_at else None,
     }
@@ -873,5 +899,6 @@ def experiment_summary(exp: Experiment, *, holdout: bool = True) -> dict:
         data["code_flags"] = exp.code_flags
         data["audit_trail"] = exp.audit_trail
         data["holdout_metrics"] = exp.holdout_metrics
+        data["holdout_ci"] = exp.holdout_ci
         data["holdout_primary_value"] = exp.holdout_primary_value
     return data

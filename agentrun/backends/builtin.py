@@ -27,7 +27,6 @@ import json
 import logging
 import math
 import os
-import re
 import statistics
 import threading
 import weakref
@@ -58,6 +57,7 @@ from agentrun.backends.builtin_plan import (
     scan_families,
     search_space,
 )
+from experiments.ranking import cv_parse, experiment_score
 
 if TYPE_CHECKING:
     from agentrun.session import RunSession
@@ -100,6 +100,9 @@ class Trial:
     hypothesis: str
     parent_id: int | None = None
     seed: int = 0
+    # A seed check renders the original's code verbatim (its hypothesis is the module
+    # docstring), so the lab sees one configuration with several seeds (experiments/ranking.py).
+    code_hypothesis: str = ""
 
 
 @dataclass
@@ -119,15 +122,17 @@ class Outcome:
     def ok(self) -> bool:
         return self.value is not None
 
+    direction: str = "minimize"
+
     @property
     def score(self) -> float | None:
-        """The primary metric the researcher ranks by: validation and out-of-fold values
-        weighted by their row counts. A validation split of a few dozen rows alone would pick
-        whichever model got lucky on those rows."""
-        if self.value is None or self.cv is None or self.cv_rows <= 0:
-            return self.value
-        total = self.cv_rows + self.validation_rows
-        return (self.cv * self.cv_rows + self.value * self.validation_rows) / total
+        """The one meaning of "best" (experiments/ranking.py) applied to what this researcher
+        sees: validation, made worse by a worse out-of-fold value (weighted by rows). A
+        validation split of a few dozen rows alone would pick whichever model got lucky on them."""
+        return experiment_score(
+            validation=self.value, cv=self.cv, cv_rows=self.cv_rows, validation_rows=self.validation_rows,
+            direction=self.direction,
+        )
 
 
 @dataclass
@@ -204,7 +209,7 @@ class Researcher:
             self.stop_reason = str(stop)
         if not self.stop_reason:
             self.stop_reason = "plan complete"
-        best = self.claimed
+        best = self.pick()
         if best is not None:
             self._say(
                 f"Done ({self.stop_reason}). Best: {config_describe(best.config, self.task_type)}, "
@@ -456,7 +461,7 @@ class Researcher:
         try:
             code = train_code_render(
                 config=trial.config, task_type=self.task_type, metric=self.metric,
-                hypothesis=trial.hypothesis, threads=self.threads, classes=self.classes,
+                hypothesis=trial.code_hypothesis or trial.hypothesis, threads=self.threads, classes=self.classes,
             )
             arguments: dict[str, Any] = {
                 "code": code,
@@ -473,8 +478,9 @@ class Researcher:
         value = result.get("primary_value") if result.get("state") == "completed" else None
         if value is not None and not math.isfinite(value):
             value = None
-        cv, cv_rows = _cv_parse(result.get("stdout_tail") or "", self.metric)
+        cv, cv_rows = cv_parse(result.get("stdout_tail") or "", self.metric)
         return Outcome(
+            direction=self.direction,
             cv=cv,
             cv_rows=cv_rows,
             validation_rows=self._validation_rows(cv_rows),
@@ -536,6 +542,7 @@ class Researcher:
                 f"{self.seed + SEED_STRIDE * (k + 1)}, to measure the seed spread before claiming a new best.",
                 parent_id=base.experiment_id,
                 seed=self.seed + SEED_STRIDE * (k + 1),
+                code_hypothesis=base.trial.code_hypothesis or base.trial.hypothesis,
             )
             for k in range(n)
         ]
@@ -614,9 +621,16 @@ class Researcher:
 
     # --- results and knowledge --------------------------------------------------------------
 
+    def pick(self) -> Group | None:
+        """The researcher's pick: the best configuration by the one meaning of "best"
+        (experiments/ranking.py: mean score over its seeds), applied to what it saw. Claims
+        (with their seed-spread margin) steer the search; the pick is this ranking's #1."""
+        groups = [g for g in self.groups.values() if g.losses(self.sign)]
+        return min(groups, key=lambda g: _rank(g, self.sign), default=None)
+
     def summary(self) -> dict[str, Any]:
-        """What the run record keeps: the claimed best and when the search reached it."""
-        best = self.claimed
+        """What the run record keeps: the pick and when the search reached it."""
+        best = self.pick()
         data: dict[str, Any] = {"stop_reason": self.stop_reason, "experiments": self._order}
         if best is not None:
             reached = best.first  # when the search first ran the configuration it claims
@@ -639,7 +653,7 @@ class Researcher:
         return None
 
     def findings(self) -> list[dict[str, Any]]:
-        best = self.claimed
+        best = self.pick()
         if best is None:
             return []
         label = lambda config: config_describe(config, self.task_type)  # noqa: E731
@@ -746,21 +760,6 @@ def _rank(group: Group, sign: float) -> tuple[float, int]:
 
 def _families_of(config: Config) -> set[str]:
     return {m.family for m in config.members} if config.members else {config.family}
-
-
-_CV_LINE = re.compile(r"DOJO_CV (\w+)=(\S+) rows=(\d+)")
-
-
-def _cv_parse(stdout: str, metric: str) -> tuple[float | None, int]:
-    """The out-of-fold score the train code printed last, if it is for our metric."""
-    found = [m for m in _CV_LINE.finditer(stdout) if m.group(1) == metric]
-    if not found:
-        return None, 0
-    try:
-        value = float(found[-1].group(2))
-    except ValueError:
-        return None, 0
-    return (value, int(found[-1].group(3))) if math.isfinite(value) else (None, 0)
 
 
 def _fmt_param(value: Any) -> str:

@@ -25,6 +25,7 @@ from dojo_site.errors import DojoError
 from domains.models import Domain
 from domains.services import domain_create, domain_use, task_setup
 from experiments.models import Experiment
+from experiments.ranking import best_experiment, ranked_experiments
 from knowledge.models import KnowledgeAtom
 
 DATASETS: dict[str, tuple[str, str]] = {
@@ -169,24 +170,21 @@ def _event_line(event: AgentEvent) -> str:
 
 
 def _leaderboard(run: AgentRun) -> list[Experiment]:
-    task = run.domain.task
-    order = "primary_value" if task.direction == "minimize" else "-primary_value"
-    return list(
-        Experiment.objects.filter(run=run, state=Experiment.State.COMPLETED, primary_value__isnull=False)
-        .order_by(order, "pk")[:10]
-    )
+    """The run's experiments ranked by the one meaning of "best" (experiments/ranking.py)."""
+    return list(ranked_experiments(run.domain, run=run)[:10])
 
 
 def _print_leaderboard(console, run: AgentRun) -> None:
     task = run.domain.task
-    table = Table(title=f"Leaderboard of run {run.pk} ({task.primary_metric}, {task.direction})")
-    for column in ("#", "experiment", "validation", "holdout", "gap", "train s", "hypothesis"):
+    table = Table(title=f"Leaderboard of run {run.pk} ({task.primary_metric}, {task.direction}; ranked by rank value)")
+    for column in ("#", "experiment", "rank value", "validation", "holdout", "gap", "train s", "hypothesis"):
         table.add_column(column, justify="right" if column not in ("hypothesis",) else "left")
     for rank, exp in enumerate(_leaderboard(run), start=1):
         holdout = exp.holdout_primary_value
         gap = f"{holdout - exp.primary_value:+.4g}" if holdout is not None else "-"
+        spread = f" ± {exp.seed_spread:.2g}" if exp.seed_spread is not None else ""
         table.add_row(
-            str(rank), str(exp.pk), f"{exp.primary_value:.5g}",
+            str(rank), str(exp.pk), f"{exp.rank_value:.5g}{spread}", f"{exp.primary_value:.5g}",
             f"{holdout:.5g}" if holdout is not None else "-", gap,
             f"{exp.train_seconds:.1f}" if exp.train_seconds is not None else "-",
             escape(exp.hypothesis[:70]),
@@ -195,15 +193,13 @@ def _print_leaderboard(console, run: AgentRun) -> None:
 
 
 def _print_pick(console, run: AgentRun) -> None:
-    """The researcher ranks by cross-validation and validation together, so its pick need not
-    top the validation column; show it with its holdout score."""
-    picked = (run.result.get("builtin") or {}).get("claimed_experiment_id")
-    exp = Experiment.objects.filter(pk=picked).first() if picked else None
-    if exp is None or exp.primary_value is None:
+    """The best experiment of the run (the leaderboard's #1), with its holdout score."""
+    exp = best_experiment(run.domain, run=run)
+    if exp is None:
         return
     holdout = f"{exp.holdout_primary_value:.5g}" if exp.holdout_primary_value is not None else "-"
     console.print(
-        f"The researcher's pick: experiment {exp.pk}, validation {exp.primary_value:.5g}, "
+        f"Best: experiment {exp.pk}, rank value {exp.rank_value:.5g}, validation {exp.primary_value:.5g}, "
         f"holdout {holdout} — {escape(exp.hypothesis[:100])}"
     )
 
@@ -231,10 +227,11 @@ def demo_json(*, run: AgentRun, login: dict[str, Any], seconds: float) -> dict[s
         "seconds": round(seconds, 1),
         "admin": {k: login[k] for k in ("username", "created", "password")},
         "result": run.result,
-        "pick": (run.result.get("builtin") or {}).get("claimed_experiment_id"),
+        "pick": getattr(best_experiment(run.domain, run=run), "pk", None),
         "leaderboard": [
             {
-                "experiment_id": e.pk, "validation": e.primary_value, "holdout": e.holdout_primary_value,
+                "experiment_id": e.pk, "rank_value": e.rank_value, "seed_spread": e.seed_spread,
+                "validation": e.primary_value, "holdout": e.holdout_primary_value,
                 "hypothesis": e.hypothesis,
             }
             for e in _leaderboard(run)

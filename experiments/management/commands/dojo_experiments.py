@@ -56,11 +56,12 @@ class Command(BaseCommand):
         add_json_argument(parser)
         add = add_actions(parser)
         ls = add("ls", "The leaderboard (or newest first with --sort created).")
-        ls.add_argument("--sort", choices=["metric", *SORTS], default="metric",
-                        help="metric (= validation, the default), holdout or created.")
+        ls.add_argument("--sort", choices=["metric", *SORTS], default="rank",
+                        help="rank (the default: the one meaning of best, experiments/ranking.py), validation "
+                             "(= metric), holdout or created.")
         ls.add_argument("--state", choices=Experiment.State.values)
         ls.add_argument("--limit", type=int, default=20)
-        add("best", "The best completed experiment under the current contract.")
+        add("best", "The best experiment: ranked by experiments/ranking.py, quarantined ones left out.")
         show = add("show", "One experiment: metrics, logs, artifacts (--code for the train code).")
         show.add_argument("experiment_id", metavar="ID")
         show.add_argument("--code", action="store_true", help="Print the train code too.")

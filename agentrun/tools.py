@@ -370,7 +370,8 @@ def _get_experiment(run: AgentRun, args: dict, should_stop: Callable[[], bool] |
 
 
 def _list_experiments(run: AgentRun, args: dict, should_stop: Callable[[], bool] | None) -> dict:
-    from experiments.ranking import ranked_experiments, ranked_filter
+    from domains.services import contract_current
+    from experiments.ranking import rank_order, ranked_filter
 
     primary_metric, direction = _primary(run)
     # Quarantined experiments are out of every agent tool (experiments/quarantine.py).
@@ -378,10 +379,10 @@ def _list_experiments(run: AgentRun, args: dict, should_stop: Callable[[], bool]
     if args.get("state"):
         queryset = queryset.filter(state=args["state"])
     total = queryset.count()
-    if args.get("sort", "best") == "best" and args.get("state") in (None, Experiment.State.COMPLETED):
+    if args.get("sort", "best") == "best":
         # Best first by the one meaning of "best" (experiments/ranking.py); scores from an
         # earlier contract are left out: they do not compare with these.
-        queryset = ranked_experiments(run.domain)
+        queryset = rank_order(contract_current(queryset, task=run.domain.task), direction=direction)
     else:
         queryset = queryset.order_by("-created_at", "-pk")
     experiments = [_experiment_brief(e) for e in queryset[: args.get("limit", 20)]]

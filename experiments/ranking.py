@@ -34,6 +34,7 @@ import statistics
 
 from django.db import transaction
 from django.db.models import F, Q, QuerySet
+from django.db.models.functions import Coalesce
 
 from domains.models import Domain, Task
 from experiments.models import Experiment
@@ -119,9 +120,20 @@ def ranking_update(*, experiment: Experiment) -> None:
                 experiment.rank_value, experiment.seed_spread, experiment.seed_count = values
 
 
+def rank_order(queryset: QuerySet, *, direction: str) -> QuerySet:
+    """Order any experiment queryset best first by rank value (rows without one last). A row
+    recorded without a rank value (before this field existed, or made directly in the ORM) ranks
+    by its validation value: with no CV and one seed that is the same number."""
+    qs = queryset.annotate(rank=Coalesce("rank_value", "primary_value"))
+    order = F("rank").desc(nulls_last=True) if direction == "maximize" else F("rank").asc(nulls_last=True)
+    return qs.order_by(order, "pk")
+
+
 def ranked_experiments(domain: Domain, *, run=None, include_quarantined: bool = False) -> QuerySet:
     """Rule 3: the domain's ranked experiments (or one run's), best first."""
-    qs = Experiment.objects.filter(domain=domain, state=Experiment.State.COMPLETED, rank_value__isnull=False)
+    qs = Experiment.objects.filter(domain=domain, state=Experiment.State.COMPLETED).filter(
+        Q(rank_value__isnull=False) | Q(primary_value__isnull=False)
+    )
     task = Task.objects.filter(domain=domain).first()
     if task is not None:
         qs = qs.filter(task_fingerprint=task.fingerprint, data_fingerprint=task.data_fingerprint)
@@ -129,9 +141,7 @@ def ranked_experiments(domain: Domain, *, run=None, include_quarantined: bool = 
         qs = qs.filter(run=run)
     if not include_quarantined:
         qs = qs.exclude(quarantine_state__in=UNRANKED_STATES)
-    maximize = task is not None and task.direction == Task.Direction.MAXIMIZE
-    order = F("rank_value").desc() if maximize else F("rank_value").asc()
-    return qs.order_by(order, "pk")
+    return rank_order(qs, direction=task.direction if task is not None else "minimize")
 
 
 def best_experiment(domain: Domain, *, run=None) -> Experiment | None:

@@ -770,7 +770,7 @@ def experiment_leaderboard(*, domain: Domain, sort: str = "rank", state: str | N
     from django.db.models import BooleanField, Case, Value, When
 
     from domains.services import contract_annotate
-    from experiments.ranking import UNRANKED_STATES
+    from experiments.ranking import UNRANKED_STATES, rank_order
 
     if sort not in SORTS:
         raise InvalidInput(f"sort must be one of {', '.join(SORTS)}")
@@ -793,8 +793,8 @@ def experiment_leaderboard(*, domain: Domain, sort: str = "rank", state: str | N
             When(quarantine_state__in=UNRANKED_STATES, then=Value(True)), default=Value(False),
             output_field=BooleanField(),
         ))
-        order = F("rank_value").desc(nulls_last=True) if maximize else F("rank_value").asc(nulls_last=True)
-        return qs.order_by("unranked", order, "pk")
+        qs = rank_order(qs, direction="maximize" if maximize else "minimize")
+        return qs.order_by("unranked", *qs.query.order_by)
     column = "primary_value" if sort == "validation" else "holdout_primary_value"
     order = F(column).desc(nulls_last=True) if maximize else F(column).asc(nulls_last=True)
     return qs.order_by(order, "-created_at")

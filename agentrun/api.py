@@ -13,7 +13,7 @@ from ninja import Field, Query, Router, Schema, Status
 from agentrun.models import AgentEvent, AgentRun
 from agentrun.services import run_start, run_stop_request
 from dojo_site.errors import NotFound
-from dojo_site.schemas import DB_ID_MAX, DB_INT_MAX, Id, Seed
+from dojo_site.schemas import DB_ID_MAX, DB_INT_MAX, Id, ListOut, Offset, Seed
 from domains.permissions import domain_get_for_user, domain_may, domain_require, domains_for_user
 
 router = Router(tags=["runs"])
@@ -99,20 +99,22 @@ def runs_start(request: HttpRequest, payload: RunIn) -> Status:
     return Status(201, run)
 
 
-@router.get("/runs", response=list[RunOut])
+@router.get("/runs", response=ListOut[RunOut])
 def runs_list(
     request: HttpRequest,
     domain_id: Id | None = None,
     status: RunStatus | None = None,
     limit: int = Query(50, ge=1, le=500),
-) -> list[AgentRun]:
+    offset: Offset = 0,
+) -> dict[str, Any]:
+    """Runs, newest first, of the domains the user sees: one page (`limit`, `offset`) and the total `count`."""
     runs = AgentRun.objects.select_related("domain").filter(domain__in=domains_for_user(request.user))
     runs = runs.order_by("-created_at", "-pk")
     if domain_id is not None:
         runs = runs.filter(domain_id=domain_id)
     if status is not None:
         runs = runs.filter(status=status)
-    return list(runs[:limit])
+    return {"items": list(runs[offset:offset + limit]), "count": runs.count()}
 
 
 @router.get("/runs/{run_id}", response=RunOut)

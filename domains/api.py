@@ -3,10 +3,10 @@ from datetime import datetime
 from typing import Literal
 
 from django.http import HttpRequest
-from ninja import Router, Schema, Status
+from ninja import Query, Router, Schema, Status
 
 from dojo_site.errors import InvalidInput
-from dojo_site.schemas import Id
+from dojo_site.schemas import Id, ListOut, Offset
 from domains.models import Domain, DomainChange, DomainMember
 from domains.permissions import domain_get_for_user, domains_for_user
 from domains.services import (
@@ -130,9 +130,11 @@ def _get_domain(request: HttpRequest, domain_id: int, action: str = "view") -> D
     return domain_get_for_user(request.user, domain_id, action)
 
 
-@router.get("/domains", response=list[DomainOut])
-def domains_list(request: HttpRequest):
-    return domains_for_user(request.user).select_related("task", "owner")
+@router.get("/domains", response=ListOut[DomainOut])
+def domains_list(request: HttpRequest, limit: int = Query(100, ge=1, le=500), offset: Offset = 0):
+    """The domains the user sees, by name: one page (`limit`, `offset`) and the total `count`."""
+    domains = domains_for_user(request.user).select_related("task", "owner").order_by("name", "pk")
+    return {"items": list(domains[offset:offset + limit]), "count": domains.count()}
 
 
 @router.post("/domains", response={201: DomainOut})
@@ -322,11 +324,12 @@ def task_update_endpoint(request: HttpRequest, domain_id: Id, payload: TaskPatch
     return task_status(task=task)
 
 
-@router.get("/domains/{domain_id}/task/tools", response=list[ToolOut], tags=["task"])
+@router.get("/domains/{domain_id}/task/tools", response=ListOut[ToolOut], tags=["task"])
 def task_tools_list(request: HttpRequest, domain_id: Id, history: bool = False):
     """The current version of each tool; `?history=true` lists every version, newest first."""
     tools = _task(request, domain_id).tools.all()
-    return tools if history else tools.filter(is_current=True)
+    items = list(tools if history else tools.filter(is_current=True))
+    return {"items": items, "count": len(items)}
 
 
 @router.post("/domains/{domain_id}/task/tools/generate", response=list[ToolOut], tags=["task"])

@@ -5,7 +5,7 @@ from django.http import FileResponse, HttpRequest, HttpResponse
 from ninja import Router, Schema, Status
 
 from dojo_site.errors import Forbidden, NotFound
-from dojo_site.schemas import Id, Offset, Seed
+from dojo_site.schemas import Id, ListOut, Offset, Seed
 from domains.models import Domain
 from domains.permissions import domain_get_for_user, domain_require, holdout_visible
 from experiments.models import Artifact, Experiment
@@ -124,15 +124,16 @@ def _shown(request: HttpRequest, domain: Domain, exp: Experiment) -> Experiment:
     return exp
 
 
-@router.get("/domains/{domain_id}/experiments", response=list[ExperimentOut])
+@router.get("/domains/{domain_id}/experiments", response=ListOut[ExperimentOut])
 def experiments_list(request: HttpRequest, domain_id: Id, sort: Sort = "rank", state: State | None = None,
                      limit: int = 50, offset: Offset = 0):
+    """A domain's experiments ranked by `sort`: one page (`limit` 1–500, `offset`) and the total `count`."""
     limit = max(1, min(limit, 500))
     domain = _domain(request, domain_id)
     if sort == "holdout" and not holdout_visible(request.user, domain):
         raise Forbidden("the owner hides holdout values from viewers: sort by validation or created")
     qs = experiment_leaderboard(domain=domain, sort=sort, state=state)
-    return [_shown(request, domain, exp) for exp in qs[offset: offset + limit]]
+    return {"items": [_shown(request, domain, exp) for exp in qs[offset: offset + limit]], "count": qs.count()}
 
 
 @router.post("/domains/{domain_id}/experiments", response={201: ExperimentDetailOut})

@@ -1,16 +1,16 @@
 from datetime import datetime
 from typing import Literal
 
-from django.db.models import Prefetch, QuerySet
+from django.db.models import QuerySet
 from django.http import HttpRequest
 from ninja import Field, Query, Router, Schema, Status
 
 from dojo_site.errors import NotFound
-from dojo_site.schemas import Id, Offset
+from dojo_site.schemas import Id, ListOut, Offset
 from domains.models import Domain
 from domains.permissions import domain_get_for_user, knowledge_global_require, knowledge_visible_q
 from knowledge.models import Evidence, KnowledgeAtom
-from knowledge.services import SEARCH_LIMIT_MAX, atom_search, atom_write
+from knowledge.services import SEARCH_LIMIT_MAX, atom_search_page, atom_write, atoms_for_display
 
 router = Router(tags=["knowledge"])
 
@@ -36,6 +36,7 @@ class AtomIn(Schema):
 class EvidenceOut(Schema):
     experiment_id: int
     stance: str
+    claim: str = Field("", description="The claim it is evidence for when not the atom's own (merged atoms).")
 
 
 class AtomOut(Schema):
@@ -106,14 +107,13 @@ class KnowledgeListQuery(Schema):
 class KnowledgeSearchQuery(Schema):
     query: str = Field(..., min_length=1)
     domain_id: Id | None = None
+    status: AtomStatus | None = None
     limit: int = Field(10, ge=1, le=SEARCH_LIMIT_MAX)
+    offset: Offset = 0
 
 
 def _atoms() -> QuerySet[KnowledgeAtom]:
-    evidence = Evidence.objects.order_by("experiment_id")
-    return KnowledgeAtom.objects.select_related("domain").prefetch_related(
-        Prefetch("evidence_links", queryset=evidence)
-    )
+    return atoms_for_display(KnowledgeAtom.objects.all())
 
 
 def _get_domain(request: HttpRequest, domain_id: int | None, action: str = "view") -> Domain | None:
@@ -129,24 +129,26 @@ def _get_atom(request: HttpRequest, atom_id: int) -> KnowledgeAtom:
     return atom
 
 
-@router.get("/knowledge", response=list[AtomOut])
+@router.get("/knowledge", response=ListOut[AtomOut])
 def knowledge_list(request: HttpRequest, filters: Query[KnowledgeListQuery]):
-    """Atoms, most confident first; filter by domain and status."""
+    """Atoms, most confident first; filter by domain and status. One page and the total `count`."""
     atoms = _atoms().filter(knowledge_visible_q(request.user)).order_by("-confidence", "-created_at", "-pk")
     if filters.domain_id is not None:
         atoms = atoms.filter(domain=_get_domain(request, filters.domain_id))
     if filters.status is not None:
         atoms = atoms.filter(status=filters.status)
-    return atoms[filters.offset:filters.offset + filters.limit]
+    return {"items": list(atoms[filters.offset:filters.offset + filters.limit]), "count": atoms.count()}
 
 
-@router.get("/knowledge/search", response=list[AtomSearchOut])
+@router.get("/knowledge/search", response=ListOut[AtomSearchOut])
 def knowledge_search(request: HttpRequest, params: Query[KnowledgeSearchQuery]):
-    """Atoms ranked for a query (active first); one domain plus global atoms, or every domain."""
-    return atom_search(
-        query=params.query, domain=_get_domain(request, params.domain_id), limit=params.limit,
-        visible=knowledge_visible_q(request.user),
+    """Atoms ranked for a query (active first, then relevance); one domain plus global atoms, or
+    every domain the user sees. One page and the total `count` of matches."""
+    page = atom_search_page(
+        query=params.query, domain=_get_domain(request, params.domain_id), status=params.status,
+        limit=params.limit, offset=params.offset, visible=knowledge_visible_q(request.user),
     )
+    return {"items": page.atoms, "count": page.count}
 
 
 @router.post("/knowledge", response={201: AtomWriteOut})

@@ -69,6 +69,7 @@ class KnowledgeAtom(models.Model):
             "contradictions": self.contradictions,
             "evidence": [
                 {"experiment_id": link.experiment_id, "stance": link.stance}
+                | ({"claim": link.claim} if link.claim else {})
                 for link in self.evidence_links.all()
             ],
             "created_at": self.created_at.isoformat(),
@@ -113,11 +114,14 @@ class Evidence(models.Model):
     atom = models.ForeignKey(KnowledgeAtom, on_delete=models.CASCADE, related_name="evidence_links")
     experiment = models.ForeignKey("experiments.Experiment", on_delete=models.CASCADE)
     stance = models.CharField(max_length=20, choices=Stance.choices, default=Stance.SUPPORTS)
+    # A merge combines several claims into one atom; each experiment stays cited for the claim it
+    # was evidence of, so the merged atom never lends it to another claim. Empty: the atom's own claim.
+    claim = models.TextField(blank=True, help_text="The claim this experiment is evidence for, when not the atom's own.")
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
         constraints = [
-            models.UniqueConstraint(fields=["atom", "experiment"], name="evidence_unique_pair"),
+            models.UniqueConstraint(fields=["atom", "experiment", "claim"], name="evidence_unique_claim"),
         ]
 
     def __str__(self) -> str:

@@ -5,6 +5,7 @@ supersedes the old one, so the history of a finding stays readable.
 """
 
 import math
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -12,6 +13,7 @@ from typing import Any, Literal
 from django.conf import settings
 from django.db import connection, models, transaction
 from django.db.models import Q
+from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 
 from dojo_site.errors import Conflict, InvalidInput
 from domains.models import Domain
@@ -89,16 +91,27 @@ def _clean_evidence(evidence: Iterable[Any] | None, *, domain: Domain | None) ->
     return stances
 
 
-def _add_evidence(atom: KnowledgeAtom, stances: dict[int, str]) -> None:
-    """Link experiments to `atom`; a stance given here replaces an earlier one."""
+def _add_evidence(atom: KnowledgeAtom, stances: dict[int, str], *, claim: str = "") -> None:
+    """Link experiments to `atom` as evidence for `claim` ("" = the atom's own claim); a stance
+    given here replaces an earlier one."""
     for experiment_id, stance in stances.items():
         Evidence.objects.update_or_create(
-            atom=atom, experiment_id=experiment_id, defaults={"stance": stance}
+            atom=atom, experiment_id=experiment_id, claim=claim, defaults={"stance": stance}
         )
 
 
-def _evidence_of(atom: KnowledgeAtom) -> dict[int, str]:
-    return dict(atom.evidence_links.order_by("pk").values_list("experiment_id", "stance"))
+# Evidence as {(experiment_id, claim): stance}; claim "" is the atom's own claim.
+EvidenceRows = dict[tuple[int, str], str]
+
+
+def _evidence_of(atom: KnowledgeAtom, *, claim_of_own: str = "") -> EvidenceRows:
+    """The atom's evidence rows; rows for its own claim are keyed with `claim_of_own`."""
+    rows = atom.evidence_links.order_by("pk").values_list("experiment_id", "claim", "stance")
+    return {(pk, claim or claim_of_own): stance for pk, claim, stance in rows}
+
+
+def _own(stances: dict[int, str]) -> EvidenceRows:
+    return {(pk, ""): stance for pk, stance in stances.items()}
 
 
 def _flip(stances: dict[int, str]) -> dict[int, str]:
@@ -235,7 +248,7 @@ def atom_write(
             claim=claim,
             action=action or match.action,
             confidence=_raised(match.confidence, confidence),
-            evidence={**_evidence_of(match), **stances},
+            evidence={**_evidence_of(match), **_own(stances)},
             creator=creator,
         )
         return AtomWriteResult(atom=atom, outcome="versioned", matched=match, similarity=score)
@@ -248,7 +261,7 @@ def _supersede(
     claim: str,
     action: str,
     confidence: float,
-    evidence: dict[int, str],
+    evidence: EvidenceRows,
     creator: dict[str, Any],
 ) -> KnowledgeAtom:
     """Create the version that replaces `previous` (the first is the one it `supersedes`)."""
@@ -264,7 +277,11 @@ def _supersede(
         contradictions=sum(a.contradictions for a in previous),
         **creator,
     )
-    _add_evidence(atom, evidence)
+    by_claim: dict[str, dict[int, str]] = {}
+    for (pk, for_claim), stance in evidence.items():
+        by_claim.setdefault("" if for_claim == claim else for_claim, {})[pk] = stance
+    for for_claim, stances in by_claim.items():
+        _add_evidence(atom, stances, claim=for_claim)
     related = {
         other.pk
         for old in previous
@@ -281,37 +298,119 @@ def _supersede(
     return atom
 
 
-def atom_search(
-    *, query: str, domain: Domain | None = None, limit: int = 10, visible: Q | None = None
-) -> list[KnowledgeAtom]:
-    """Atoms ranked for `query`: active ones first, then by TF-IDF cosine over context, claim
-    and action. With a domain: that domain's atoms and global ones; without: every atom (of those
-    `visible` lets through: domains.permissions.knowledge_visible_q for a user).
-    Atoms sharing no word with the query are left out. Each atom gets a `score` attribute."""
+# --- search ------------------------------------------------------------------------------------
+# Search runs in the database: SQLite's FTS5 index (kept by triggers, migration 0002) ranked by
+# BM25, or PostgreSQL's full-text search. The query's words are OR-ed (stop words dropped, the
+# last word also matches as a prefix, for type-ahead); atoms sharing no word are left out. Order:
+# active first, then relevance, then confidence, then newest.
+
+_SEARCH_WORD = re.compile(r"\w+")
+_SEARCH_WORDS_MAX = 32
+
+
+@dataclass(frozen=True)
+class AtomSearchPage:
+    atoms: list[KnowledgeAtom]  # each with a `score` attribute (higher is more relevant)
+    count: int  # every match, over all pages
+
+
+def _search_words(query: str) -> list[str]:
+    words = _SEARCH_WORD.findall(query.lower())
+    kept = [w for w in words if w not in ENGLISH_STOP_WORDS] or words
+    return list(dict.fromkeys(kept))[:_SEARCH_WORDS_MAX]
+
+
+def _matches_sqlite(atoms: models.QuerySet[KnowledgeAtom], words: list[str]) -> models.QuerySet[KnowledgeAtom]:
+    # Quoted, so no word is read as FTS5 syntax (AND, NEAR, a column filter).
+    match = " OR ".join([*(f'"{w}"' for w in words[:-1]), f'"{words[-1]}"*'])
+    table = KnowledgeAtom._meta.db_table
+    # A join with the FTS5 table (knowledge/fts.py); its `rank` is BM25, lower is better.
+    return atoms.extra(
+        tables=["knowledge_atom_fts"],
+        where=[f"knowledge_atom_fts.rowid = {table}.id", "knowledge_atom_fts MATCH %s"],
+        params=[match],
+        select={"score": "-knowledge_atom_fts.rank"},
+    )
+
+
+def _matches_postgres(atoms: models.QuerySet[KnowledgeAtom], words: list[str]) -> models.QuerySet[KnowledgeAtom]:
+    from django.contrib.postgres.search import SearchQuery, SearchRank, SearchVector
+
+    # \w+ words are safe in a raw tsquery; the last one also matches as a prefix.
+    query = SearchQuery(" | ".join([*words[:-1], f"{words[-1]}:*"]), search_type="raw", config="english")
+    vector = SearchVector("context", "claim", "action", config="english")
+    return atoms.annotate(search=vector).filter(search=query).annotate(score=SearchRank(vector, query))
+
+
+def _status_rank() -> models.Case:
+    return models.Case(
+        models.When(status=KnowledgeAtom.Status.ACTIVE, then=models.Value(0)),
+        models.When(status=KnowledgeAtom.Status.SUPERSEDED, then=models.Value(1)),
+        default=models.Value(2),
+        output_field=models.IntegerField(),
+    )
+
+
+def atom_search_page(
+    *,
+    query: str,
+    domain: Domain | None = None,
+    status: str | None = None,
+    limit: int = 10,
+    offset: int = 0,
+    visible: Q | None = None,
+) -> AtomSearchPage:
+    """One page of atoms matching `query` (see the note above for the order) and the total count.
+
+    With a domain: that domain's atoms and global ones; without: every atom (of those `visible`
+    lets through: domains.permissions.knowledge_visible_q for a user). `status` keeps one status
+    only. Raises InvalidInput for an empty query, a limit outside 1..SEARCH_LIMIT_MAX, a negative
+    offset or an unknown status. Atoms come with their domain and evidence links loaded."""
     query = _clean_text(query, field="Query", required=True)
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= SEARCH_LIMIT_MAX:
         raise InvalidInput(f"Limit must be an integer from 1 to {SEARCH_LIMIT_MAX}, got {limit!r}.")
-    atoms = KnowledgeAtom.objects.select_related("domain")
+    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+        raise InvalidInput(f"Offset must be a non-negative integer, got {offset!r}.")
+    if status is not None and status not in KnowledgeAtom.Status.values:
+        raise InvalidInput(f"Status must be one of {', '.join(KnowledgeAtom.Status.values)}, got {status!r}.")
+    words = _search_words(query)
+    if not words:
+        return AtomSearchPage(atoms=[], count=0)
+    atoms = KnowledgeAtom.objects.all()
     if domain is not None:
         atoms = atoms.filter(Q(domain=domain) | Q(domain__isnull=True))
     if visible is not None:
         atoms = atoms.filter(visible)
-    candidates = list(atoms.order_by("pk"))
-    scores = text.similarities(query, [atom.search_text() for atom in candidates], drop_numbers=False)
-    status_rank = {
-        KnowledgeAtom.Status.ACTIVE: 0,
-        KnowledgeAtom.Status.SUPERSEDED: 1,
-        KnowledgeAtom.Status.RETRACTED: 2,
-    }
-    ranked = sorted(
-        ((score, atom) for score, atom in zip(scores, candidates, strict=True) if score > 0),
-        key=lambda pair: (status_rank[pair[1].status], -pair[0], -pair[1].confidence, -pair[1].pk),
+    if status:
+        atoms = atoms.filter(status=status)
+    matches = (_matches_postgres if connection.vendor == "postgresql" else _matches_sqlite)(atoms, words)
+    ranked = list(
+        matches.annotate(status_rank=_status_rank())
+        .order_by("status_rank", "-score", "-confidence", "-pk")
+        .values_list("pk", "score")[offset:offset + limit]
     )
+    count = matches.count() if len(ranked) == limit or offset else len(ranked)
+    loaded = atoms_for_display(KnowledgeAtom.objects.filter(pk__in=[pk for pk, _ in ranked])).in_bulk()
     results = []
-    for score, atom in ranked[:limit]:
-        atom.score = score
+    for pk, score in ranked:
+        atom = loaded[pk]
+        atom.score = float(score)
         results.append(atom)
-    return results
+    return AtomSearchPage(atoms=results, count=count)
+
+
+def atom_search(
+    *, query: str, domain: Domain | None = None, limit: int = 10, visible: Q | None = None
+) -> list[KnowledgeAtom]:
+    """The first `limit` atoms of atom_search_page (same rules, same errors)."""
+    return atom_search_page(query=query, domain=domain, limit=limit, visible=visible).atoms
+
+
+def atoms_for_display(atoms: models.QuerySet[KnowledgeAtom]) -> models.QuerySet[KnowledgeAtom]:
+    """Atoms with what pages and the API show loaded at once: the domain, what each supersedes,
+    and the evidence links (their experiment ids; experiments themselves are not loaded)."""
+    evidence = Evidence.objects.order_by("experiment_id")
+    return atoms.select_related("domain").prefetch_related(models.Prefetch("evidence_links", queryset=evidence))
 
 
 def atom_list_for_context(*, domain: Domain, limit: int = 20) -> list[KnowledgeAtom]:
@@ -356,9 +455,11 @@ def atoms_merge(
 ) -> KnowledgeAtom:
     """Merge active atoms of one domain into one new version that supersedes them all.
 
-    The most confident atom gives the text and is the one `supersedes` names; the others are
-    linked as related. Evidence is the union (the more confident atom's stance wins), the
-    confidence the highest, the contradictions the sum.
+    The claim combines the atoms' distinct claims, most confident first ("A; B"); the most
+    confident atom gives the context and action and is the one `supersedes` names; the others are
+    linked as related. Every evidence row is kept with the claim it was evidence for (an
+    experiment that supports A is never cited for B); the confidence is the highest, the
+    contradictions the sum.
     """
     pks = {atom.pk for atom in atoms}
     if len(pks) < 2:
@@ -375,14 +476,15 @@ def atoms_merge(
         if len({a.domain_id for a in selected}) != 1:
             raise InvalidInput("Only atoms of the same domain can be merged.")
         selected.sort(key=lambda a: (-a.confidence, -a.version, -a.pk))
-        evidence: dict[int, str] = {}
+        claims = list(dict.fromkeys(a.claim for a in selected))
+        evidence: EvidenceRows = {}
         for old in reversed(selected):
-            evidence.update(_evidence_of(old))
+            evidence.update(_evidence_of(old, claim_of_own=old.claim))
         primary = selected[0]
         return _supersede(
             selected,
             context=primary.context,
-            claim=primary.claim,
+            claim="; ".join(claims),
             action=primary.action,
             confidence=primary.confidence,
             evidence=evidence,

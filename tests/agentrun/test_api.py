@@ -54,8 +54,11 @@ def test_it_lists_shows_and_stops_runs(client_logged_in, frozen_domain_in_transa
     second = run_create(domain=frozen_domain_in_transaction)
     AgentRun.objects.filter(pk=second.pk).update(status="running")
     listed = client_logged_in.get("/api/runs", {"domain_id": frozen_domain_in_transaction.pk}).json()
-    assert [r["id"] for r in listed] == [second.pk, first.pk]
-    assert [r["id"] for r in client_logged_in.get("/api/runs", {"status": "running"}).json()] == [second.pk]
+    assert [r["id"] for r in listed["items"]] == [second.pk, first.pk] and listed["count"] == 2
+    assert [r["id"] for r in client_logged_in.get("/api/runs", {"status": "running"}).json()["items"]] == [second.pk]
+    # `offset` pages; `count` stays the total.
+    paged = client_logged_in.get("/api/runs", {"domain_id": frozen_domain_in_transaction.pk, "limit": 1, "offset": 1}).json()
+    assert [r["id"] for r in paged["items"]] == [first.pk] and paged["count"] == 2
     assert client_logged_in.get(f"/api/runs/{first.pk}").json()["status"] == "queued"
     assert client_logged_in.get("/api/runs/4242").status_code == 404
 

@@ -40,7 +40,8 @@ def test_it_creates_a_domain(api, workspace):
 def test_it_lists_and_shows_domains(api, workspace):
     domain = domain_create(name="houses", task_type="binary", workspace=workspace)
 
-    assert [d["name"] for d in api("get", "/domains").json()] == ["houses"]
+    listed = api("get", "/domains").json()
+    assert [d["name"] for d in listed["items"]] == ["houses"] and listed["count"] == 1
     shown = api("get", f"/domains/{domain.pk}")
     assert shown.status_code == 200
     assert shown.json()["task"]["task_type"] == "binary"

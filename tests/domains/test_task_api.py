@@ -44,11 +44,12 @@ def test_it_walks_import_verify_freeze_unfreeze(api, workspace):
     assert (unfrozen["frozen"], unfrozen["unfreeze_reason"]) == (False, "new labels")
     edited = api("put", f"{base}/tools/evaluate", {"code": EVALUATE_REGRESSION + "\n# edit\n"})
     assert edited.status_code == 200 and edited.json()["version"] == 2 and edited.json()["verified"] is False
-    history = api("get", f"{base}/tools?history=true").json()
+    history = api("get", f"{base}/tools?history=true").json()["items"]
     assert [(t["name"], t["version"], t["is_current"]) for t in history] == [
         ("evaluate", 2, True), ("evaluate", 1, False), ("load_data", 1, True),
     ]
-    assert len(api("get", f"{base}/tools").json()) == 2
+    listed = api("get", f"{base}/tools").json()
+    assert listed["count"] == len(listed["items"]) == 2
 
 
 def test_it_returns_verification_errors_with_a_200(api, workspace):

@@ -36,7 +36,7 @@ def test_it_creates_versions_and_contradicts_through_linking(client_logged_in, d
     assert first.status_code == 201
     body = first.json()
     assert body["outcome"] == "created" and body["matched_id"] is None
-    assert body["atom"]["evidence"] == [{"experiment_id": exp.pk, "stance": "supports"}]
+    assert body["atom"]["evidence"] == [{"experiment_id": exp.pk, "stance": "supports", "claim": ""}]
     assert body["atom"]["created_by_user_id"] == user.pk
     assert body["atom"]["url"] == f"/knowledge/{body['atom']['id']}/"
 
@@ -46,7 +46,7 @@ def test_it_creates_versions_and_contradicts_through_linking(client_logged_in, d
     assert again["matched_id"] == body["atom"]["id"]
     assert again["atom"]["version"] == 2
     assert again["atom"]["confidence"] > 0.6
-    assert again["atom"]["evidence"] == [{"experiment_id": exp.pk, "stance": "supports"}]
+    assert again["atom"]["evidence"] == [{"experiment_id": exp.pk, "stance": "supports", "claim": ""}]
 
     opposite = post(client_logged_in, {"domain_id": domain.pk, "context": CONTEXT,
                                        "claim": "Ridge beats HistGradientBoosting"}).json()
@@ -95,14 +95,18 @@ def test_it_lists_by_domain_and_status(client_logged_in, domain):
     other = atom_write(domain=DomainFactory(), context=CONTEXT, claim="Other").atom
 
     everything = client_logged_in.get("/api/knowledge").json()
-    assert {a["id"] for a in everything} == {mine.pk, strong.pk, gone.pk, other.pk}
+    assert {a["id"] for a in everything["items"]} == {mine.pk, strong.pk, gone.pk, other.pk}
+    assert everything["count"] == 4
     active = client_logged_in.get("/api/knowledge", {"domain_id": domain.pk, "status": "active"}).json()
-    assert [a["id"] for a in active] == [strong.pk, mine.pk]
+    assert [a["id"] for a in active["items"]] == [strong.pk, mine.pk]
     retracted = client_logged_in.get("/api/knowledge", {"domain_id": domain.pk, "status": "retracted"}).json()
-    assert [a["id"] for a in retracted] == [gone.pk]
+    assert [a["id"] for a in retracted["items"]] == [gone.pk]
     assert client_logged_in.get("/api/knowledge", {"status": "wrong"}).status_code == 422
     assert client_logged_in.get("/api/knowledge", {"domain_id": 99999}).status_code == 404
-    assert len(client_logged_in.get("/api/knowledge", {"limit": 1}).json()) == 1
+    first = client_logged_in.get("/api/knowledge", {"limit": 1}).json()
+    assert (len(first["items"]), first["count"]) == (1, 4)
+    second = client_logged_in.get("/api/knowledge", {"limit": 1, "offset": 1}).json()
+    assert second["items"][0]["id"] != first["items"][0]["id"]
 
 
 def test_it_searches(client_logged_in, domain):
@@ -112,10 +116,13 @@ def test_it_searches(client_logged_in, domain):
 
     scoped = client_logged_in.get("/api/knowledge/search", {"query": "extra trees", "domain_id": domain.pk})
     assert scoped.status_code == 200
-    assert [a["id"] for a in scoped.json()] == [hit.pk]
-    assert scoped.json()[0]["score"] > 0
+    assert [a["id"] for a in scoped.json()["items"]] == [hit.pk]
+    assert scoped.json()["count"] == 1
+    assert scoped.json()["items"][0]["score"] > 0
     everywhere = client_logged_in.get("/api/knowledge/search", {"query": "extra trees"}).json()
-    assert {a["id"] for a in everywhere} == {hit.pk, other.pk}
+    assert {a["id"] for a in everywhere["items"]} == {hit.pk, other.pk}
+    paged = client_logged_in.get("/api/knowledge/search", {"query": "extra trees", "limit": 1, "offset": 1}).json()
+    assert paged["count"] == 2 and len(paged["items"]) == 1 and paged["items"][0]["id"] in {hit.pk, other.pk}
     assert client_logged_in.get("/api/knowledge/search", {"query": ""}).status_code == 422
     assert client_logged_in.get("/api/knowledge/search", {"query": "   "}).status_code == 422
     assert client_logged_in.get("/api/knowledge/search", {"query": "x", "limit": 0}).status_code == 422

@@ -9,6 +9,7 @@ from knowledge.services import (
     atom_restore,
     atom_retract,
     atom_search,
+    atom_search_page,
     atom_set_confidence,
     atom_write,
     atoms_merge,
@@ -219,7 +220,7 @@ def test_it_rolls_back_the_whole_write_when_a_step_fails(domain, monkeypatch):
     old = atom_write(domain=domain, context=CONTEXT, claim=HGB_BEATS_RIDGE.format(1, 2), confidence=0.6).atom
     exp = make_experiment(domain)
 
-    def broken(atom, stances):
+    def broken(atom, stances, **kwargs):
         raise RuntimeError("disk full")
 
     monkeypatch.setattr("knowledge.services._add_evidence", broken)
@@ -305,13 +306,48 @@ def test_it_merges_atoms_into_one_version_that_keeps_history(domain, user):
     b.refresh_from_db()
     assert a.status == b.status == "superseded"
     assert (merged.status, merged.version, merged.confidence) == ("active", 2, 0.8)
-    assert merged.claim == b.claim  # the most confident atom's text
+    # The claims are combined, the most confident first; its context is kept.
+    assert merged.claim == "Extra trees do well; Random forest is strong"
+    assert merged.context == b.context
     assert merged.supersedes == b
     assert set(merged.related.all()) == {a, unrelated}
-    assert stances(merged) == {e1.pk: "supports", e2.pk: "contradicts", e3.pk: "supports"}
+    # Each evidence row stays with the claim it supports: e2 supports a's claim and contradicts
+    # b's, and is cited for each separately, never pooled under one claim.
+    rows = set(merged.evidence_links.values_list("experiment_id", "claim", "stance"))
+    assert rows == {
+        (e1.pk, a.claim, "supports"), (e2.pk, a.claim, "supports"),
+        (e2.pk, b.claim, "contradicts"), (e3.pk, b.claim, "supports"),
+    }
+    assert {(e["experiment_id"], e.get("claim")) for e in merged.summary()["evidence"]} == {
+        (e1.pk, a.claim), (e2.pk, a.claim), (e2.pk, b.claim), (e3.pk, b.claim)}
     assert merged.created_by_user == user
     assert stances(a) == {e1.pk: "supports", e2.pk: "supports"}  # old versions keep their evidence
-    assert Evidence.objects.count() == 4 + 3
+    assert Evidence.objects.count() == 4 + 4
+
+
+def test_it_merges_atoms_with_one_claim_into_that_claim(domain):
+    e1, e2 = make_experiment(domain), make_experiment(domain)
+    a = atom_write(domain=domain, context="trees", claim="Random forest is strong", confidence=0.6,
+                   evidence=[(e1.pk, "supports")]).atom
+    b = atom_write(domain=DomainFactory(), context="x", claim="placeholder").atom
+    KnowledgeAtom.objects.filter(pk=b.pk).update(domain=domain, claim=a.claim, confidence=0.7)
+    Evidence.objects.create(atom_id=b.pk, experiment=e2)
+    merged = atoms_merge(atoms=[a, KnowledgeAtom.objects.get(pk=b.pk)])
+    assert merged.claim == a.claim
+    assert set(merged.evidence_links.values_list("experiment_id", "claim")) == {(e1.pk, ""), (e2.pk, "")}
+
+
+def test_it_rebuilds_the_search_index_when_a_migration_dropped_its_triggers(domain):
+    from django.db import connection
+
+    from knowledge.fts import fts_ensure
+
+    with connection.cursor() as cursor:
+        cursor.execute("DROP TRIGGER knowledge_atom_fts_ai")
+    assert fts_ensure(connection) is True
+    atom = atom_write(domain=domain, context=CONTEXT, claim="Stacking helps").atom
+    assert atom_search(query="stacking", domain=domain) == [atom]
+    assert fts_ensure(connection) is False
 
 
 def test_it_refuses_to_merge_across_domains_or_inactive_atoms(domain):
@@ -352,3 +388,37 @@ def test_it_versions_a_second_runs_findings_instead_of_duplicating_them(domain):
     assert write_all(rerun) == ["versioned"] * len(RUN_FINDINGS)
     assert KnowledgeAtom.objects.filter(status="active").count() == len(RUN_FINDINGS)
     assert set(KnowledgeAtom.objects.filter(status="active").values_list("version", flat=True)) == {2}
+
+
+def test_it_searches_in_the_database_index_kept_on_every_write(domain):
+    atom = atom_write(domain=domain, context=CONTEXT, claim="Gradient boosting beats Ridge").atom
+    assert atom_search(query="boosting", domain=domain) == [atom]
+    assert atom_search(query="boost", domain=domain) == [atom]  # the last word also matches as a prefix
+    # An edit outside the services (the admin, a bulk update) is indexed too: triggers keep the index.
+    KnowledgeAtom.objects.filter(pk=atom.pk).update(claim="Random forests beat Ridge")
+    assert atom_search(query="boosting", domain=domain) == []
+    assert atom_search(query="forests", domain=domain) == [atom]
+    bulk = KnowledgeAtom.objects.bulk_create([KnowledgeAtom(domain=domain, context=CONTEXT, claim="Forests need depth")])
+    assert {a.pk for a in atom_search(query="forests", domain=domain)} == {atom.pk, bulk[0].pk}
+    KnowledgeAtom.objects.filter(pk=atom.pk).delete()
+    assert atom_search(query="forests", domain=domain) == bulk
+    # Words FTS5 would read as syntax are only words here.
+    assert atom_search(query='forests" OR NEAR(x', domain=domain) == bulk
+    assert atom_search(query="zebra", domain=domain) == []
+
+
+def test_it_pages_search_results_with_a_total(domain):
+    atoms = KnowledgeAtom.objects.bulk_create(
+        KnowledgeAtom(domain=domain, context=CONTEXT, claim=f"ensembles help {i}", confidence=i / 100) for i in range(30)
+    )
+    first = atom_search_page(query="ensembles", domain=domain, limit=20)
+    second = atom_search_page(query="ensembles", domain=domain, limit=20, offset=20)
+    assert first.count == second.count == 30
+    assert len(first.atoms) == 20 and len(second.atoms) == 10
+    assert {a.pk for a in first.atoms + second.atoms} == {a.pk for a in atoms}
+    atom_retract(atom=atoms[0])
+    assert atom_search_page(query="ensembles", domain=domain, status="retracted").atoms == [atoms[0]]
+    with pytest.raises(InvalidInput):
+        atom_search_page(query="ensembles", offset=-1)
+    with pytest.raises(InvalidInput):
+        atom_search_page(query="ensembles", status="bogus")

@@ -48,16 +48,39 @@ def test_it_shows_a_domains_knowledge_active_first_with_evidence_links(client_lo
     response = client_logged_in.get(reverse("knowledge:domain_list", args=[domain.pk]))
     assert response.status_code == 200
     assert "knowledge/domain_list.html" in [t.name for t in response.templates]
-    assert response.context["active"] == [history["v2"], history["knn"]]
-    assert set(response.context["history"]) == {history["v1"], history["wrong"]}
+    assert response.context["atoms"] == [history["v2"], history["knn"]]
+    assert response.context["counts"] == {"active": 2, "history": 2}
     html = response.content.decode()
     assert "<html" in html
-    # Active atoms come before the collapsed history.
-    assert html.index("beats Ridge by 25%") < html.index("Earlier versions") < html.index("beats Ridge by 31%")
+    assert "beats Ridge by 25%" in html and "beats Ridge by 31%" not in html
     e1, e2, e3 = history["experiments"]
     assert f'href="{e2.get_absolute_url()}"' in html
     assert f'href="{e3.get_absolute_url()}"' in html
     assert "v2" in html and f'href="{history["v2"].get_absolute_url()}"' in html
+    # Earlier versions and retracted atoms are one click away.
+    earlier = client_logged_in.get(reverse("knowledge:domain_list", args=[domain.pk]), {"show": "history"})
+    assert set(earlier.context["atoms"]) == {history["v1"], history["wrong"]}
+    assert "beats Ridge by 31%" in earlier.content.decode()
+
+
+def test_it_pages_a_large_domain_knowledge_tab_with_few_queries(client_logged_in, domain, django_assert_max_num_queries):
+    experiments = [make_experiment(domain, hypothesis=f"e{i}") for i in range(3)]
+    atoms = KnowledgeAtom.objects.bulk_create(
+        KnowledgeAtom(domain=domain, context=CONTEXT, claim=f"finding number {i}", confidence=0.5) for i in range(60)
+    )
+    from knowledge.models import Evidence
+
+    Evidence.objects.bulk_create(Evidence(atom=a, experiment=e) for a in atoms for e in experiments)
+    url = reverse("knowledge:domain_list", args=[domain.pk])
+    # Session + user, the domain, the counts, one page of atoms, their evidence: not one per atom.
+    with django_assert_max_num_queries(7):
+        first = client_logged_in.get(url, headers={"HX-Request": "true"})
+    assert len(first.context["atoms"]) == 25 and first.context["page"].paginator.num_pages == 3
+    assert "page 1 of 3" in first.content.decode()
+    last = client_logged_in.get(url, {"page": 3}, headers={"HX-Request": "true"})
+    assert len(last.context["atoms"]) == 10
+    shown = {a.pk for page in (1, 2, 3) for a in client_logged_in.get(url, {"page": page}).context["atoms"]}
+    assert shown == {a.pk for a in atoms}
 
 
 def test_it_renders_the_domain_tab_fragment_for_htmx(client_logged_in, domain, history):
@@ -138,3 +161,21 @@ def test_it_shows_a_form_error_for_a_bad_search(client_logged_in):
     assert response.status_code == 200
     assert response.context["form"].errors["domain"]
     assert client_logged_in.get(reverse("knowledge:search"), {"q": "x" * 600}).status_code == 200
+
+
+def test_it_shows_which_claim_each_experiment_supports_after_a_merge(client_logged_in, domain):
+    from knowledge.services import atoms_merge
+
+    e1, e2 = make_experiment(domain, hypothesis="forest"), make_experiment(domain, hypothesis="trees")
+    a = atom_write(domain=domain, context="trees", claim="Random forest is strong", evidence=[(e1.pk, "supports")]).atom
+    b = atom_write(domain=domain, context="ensembles", claim="Extra trees do well", confidence=0.8,
+                   evidence=[(e2.pk, "supports")]).atom
+    merged = atoms_merge(atoms=[a, b])
+    html = client_logged_in.get(reverse("knowledge:detail", args=[merged.pk])).content.decode()
+    table = html[html.index('id="atom-evidence"'):]
+    assert "For the claim" in table
+    # Each row names its own claim, next to its experiment.
+    row_e1 = table[table.index(f">#{e1.pk}<"):]
+    assert row_e1.index("Random forest is strong") < row_e1.index("</tr>")
+    row_e2 = table[table.index(f">#{e2.pk}<"):]
+    assert row_e2.index("Extra trees do well") < row_e2.index("</tr>")

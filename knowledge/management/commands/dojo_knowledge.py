@@ -97,7 +97,7 @@ class Command(BaseCommand):
         if options["json"]:
             print_json(
                 self,
-                [a.summary() | ({"score": round(a.score, 4)} if scores else {}) for a in atoms],
+                [a.summary() | ({"score": float(f"{a.score:.4g}")} if scores else {}) for a in atoms],
             )
             return
         if not atoms:
@@ -113,6 +113,6 @@ class Command(BaseCommand):
                 " ".join(f"#{link.experiment_id}{'✗' if link.stance == 'contradicts' else ''}" for link in links) or "-",
             ]
             if scores:
-                row.append(f"{a.score:.2f}")
+                row.append(f"{a.score:.3g}")
             table.add_row(*row)
         console_for(self).print(table)

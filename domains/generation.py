@@ -57,7 +57,49 @@ _KEY_ALIASES = {
     "id_column": "id_columns",
     "ids": "id_columns",
     "drop_columns": "id_columns",
+    "drop": "id_columns",
+    "drop_column": "id_columns",
+    "test_ratio": "test_ratio",
+    "test_size": "test_ratio",
+    "test_fraction": "test_ratio",
+    "seed": "seed",
+    "random_seed": "seed",
+    "random_state": "seed",
+    "holdout_ratio": "holdout_ratio",
+    "holdout_fraction": "holdout_ratio",
+    "primary_metric": "primary_metric",
+    "metric": "primary_metric",
+    "date_column": "date_column",
+    "time_column": "date_column",
+    "split_by_date": "date_column",
+    "order_by": "date_column",
+    "group_column": "group_column",
+    "groups": "group_column",
+    "group_by": "group_column",
+    "stratify": "stratify",
+    "stratified": "stratify",
 }
+# Keys the scaffold writes that are informational for the generator (the task type and the
+# metric list come from the task itself).
+_KNOWN_KEYS = {"task_type", "metrics", "type"}
+# Sentences the `dojo_init` scaffold writes; never instructions.
+_SCAFFOLD_LINES = (
+    "How the data is loaded and how predictions are scored.",
+    "and `evaluate` tools from this file",
+    "Describe the data here:",
+    "No data set yet:",
+    "`- target: column`, or `- loader:",
+    "`train()` returns",
+)
+# Words that make a prose line an instruction the generator should act on (or say it cannot).
+_INSTRUCTION = re.compile(
+    r"\b(drop|remove|exclude|ignore|skip|filter|keep only|use only|only use|split|stratif\w*|group\w*|"
+    r"sort|order(ed)? by|chronolog\w*|time[- ]ordered|oversample|undersample|balance|weight\w*|impute|"
+    r"fill|normali[sz]e|scale|encode|dedup\w*|deduplicate|sample|hold ?out|test (set|ratio|size)|seed|"
+    r"optimi[sz]e|primary metric|target|predict)\b",
+    re.IGNORECASE,
+)
+_ALL_METRICS = sorted({m for t in TASK_TYPES.values() for m in t.metrics}, key=len, reverse=True)
 _LINE = re.compile(r"^\s*(?:[-*]\s*)?([A-Za-z][A-Za-z0-9 _-]*?)\s*[:=]\s*(.*?)\s*$")
 _HEADING = re.compile(r"^##\s+(.+?)\s*#*\s*$")
 _PLACEHOLDER = re.compile(r"^(<.*>|\(.*\)|none|n/?a|todo|tbd|-|\.\.\.|…)$", re.IGNORECASE)
@@ -78,6 +120,21 @@ class SetupSpec:
     data: str = ""
     target: str = ""
     id_columns: list[str] = field(default_factory=list)
+    # Read from `- test ratio:`-style lines or plain words; None = not said (the config decides).
+    test_ratio: float | None = None
+    seed: int | None = None
+    holdout_ratio: float | None = None
+    primary_metric: str = ""
+    primary_metric_line: str = ""  # where it was said, for an error naming the line
+    date_column: str = ""  # time-ordered split on this column
+    group_column: str = ""  # grouped split: rows sharing a value stay on one side
+    stratify: bool | None = None
+    understood: list[str] = field(default_factory=list)  # "line 12: test ratio 0.25"
+    not_understood: list[str] = field(default_factory=list)  # the lines as written, with where
+
+    def notes(self, *, hint: str = "") -> dict:
+        """What generation read and could not read, as stored on the task (Task.setup_notes)."""
+        return {"understood": self.understood, "not_understood": self.not_understood, "hint": hint}
 
 
 @dataclass
@@ -148,26 +205,160 @@ def setup_parse(*, path: Path) -> SetupSpec:
             f"section{'s' if len(missing) > 1 else ''} (found {found})"
         )
     spec = SetupSpec(path=path, text=text, sections=sections)
-    for line in sections["dataset"].splitlines():
-        match = _LINE.match(line)
-        if not match:
+    current = None
+    fenced = False
+    for number, line in enumerate(text.splitlines(), start=1):
+        if line.strip().startswith("```"):
+            fenced = not fenced
             continue
-        key = _KEY_ALIASES.get(re.sub(r"[\s-]+", "_", match.group(1).strip().lower()))
-        value = match.group(2).strip().strip("`'\"").strip()
-        if not key or not value or _PLACEHOLDER.match(value):
+        heading = _HEADING.match(line)
+        if heading:
+            current = heading.group(1).strip().lower()
             continue
-        if key == "id_columns":
-            spec.id_columns = [c.strip().strip("`'\"") for c in value.split(",") if c.strip()]
-        elif key == "loader":
-            spec.loader = value.split(".")[-1].removesuffix("()")
-        else:
-            setattr(spec, key, value)
+        if fenced or current is None or not line.strip():
+            continue
+        setup_line_read(spec, line, where=f"SETUP.md line {number}")
     if not spec.loader and not spec.data:
         # Prose such as "scikit-learn's load_wine dataset" names a loader too.
         named = re.search(r"\b(" + "|".join(SKLEARN_LOADERS) + r")\b", sections["dataset"])
         if named:
             spec.loader = named.group(1)
     return spec
+
+
+def setup_hint_read(spec: SetupSpec, hint: str) -> None:
+    """Apply a `--hint` / hint field to the spec: read like SETUP.md lines, and winning over them."""
+    for number, line in enumerate((hint or "").splitlines(), start=1):
+        if line.strip():
+            setup_line_read(spec, line, where=f"hint line {number}")
+
+
+def _number(value: str, *, where: str, line: str, what: str, low: float, high: float, high_open: bool = True) -> float:
+    text = value.strip().rstrip(".")
+    try:
+        number = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+    except ValueError:
+        number = float("nan")
+    ok = number == number and low <= number and (number < high if high_open else number <= high)
+    if not ok or (what != "holdout ratio" and number == low):
+        bound = f"between {low:g} and {high:g}" + (" (0 turns the holdout off)" if what == "holdout ratio" else "")
+        raise GenerationError(f"{where} ({line.strip()!r}): {what} must be a number {bound}, like 0.2 or 20%")
+    return number
+
+
+def _set(spec: SetupSpec, key: str, value: str, *, where: str, line: str) -> None:
+    """Set one understood key; raise GenerationError naming the line on a bad value."""
+    names = [c.strip().strip("`'\"").strip() for c in value.split(",") if c.strip().strip("`'\"").strip()]
+    if key == "test_ratio":
+        spec.test_ratio = _number(value, where=where, line=line, what="test ratio", low=0, high=1)
+        said = f"test ratio {spec.test_ratio:g}"
+    elif key == "holdout_ratio":
+        spec.holdout_ratio = _number(value, where=where, line=line, what="holdout ratio", low=0, high=1)
+        said = f"holdout ratio {spec.holdout_ratio:g}"
+    elif key == "seed":
+        text = value.strip().rstrip(".")
+        if not re.fullmatch(r"\d{1,10}", text) or int(text) > 2**32 - 1:
+            raise GenerationError(f"{where} ({line.strip()!r}): seed must be a whole number from 0 to {2**32 - 1}")
+        spec.seed = int(text)
+        said = f"seed {spec.seed}"
+    elif key == "primary_metric":
+        # "rmse (lower is better)" → rmse
+        word = re.split(r"[\s(,;]", value.strip().strip("`'\""), maxsplit=1)[0].lower()
+        spec.primary_metric, spec.primary_metric_line = word, f"{where} ({line.strip()!r})"
+        said = f"primary metric {word}"
+    elif key == "stratify":
+        flag = value.strip().strip("`'\".").lower()
+        if flag not in ("yes", "no", "true", "false", "on", "off"):
+            raise GenerationError(f"{where} ({line.strip()!r}): stratify must be yes or no")
+        spec.stratify = flag in ("yes", "true", "on")
+        said = "stratified split" if spec.stratify else "no stratification"
+    elif key == "id_columns":
+        spec.id_columns = list(dict.fromkeys([*spec.id_columns, *names]))
+        said = f"drop columns {', '.join(names)}"
+    elif key in ("date_column", "group_column", "target", "data"):
+        if not names:
+            raise GenerationError(f"{where} ({line.strip()!r}): name the column")
+        setattr(spec, key, names[0] if key != "data" else value.strip().strip("`'\"").strip())
+        said = {"date_column": "time-ordered split on", "group_column": "grouped split on",
+                "target": "target", "data": "data file"}[key] + f" {getattr(spec, key)}"
+    else:  # loader
+        spec.loader = value.strip().strip("`'\"").split(".")[-1].removesuffix("()")
+        said = f"loader {spec.loader}"
+    spec.understood.append(f"{where}: {said}")
+
+
+def _backticked(line: str) -> list[str]:
+    return [c.strip() for c in re.findall(r"`([^`]+)`", line) if c.strip()]
+
+
+# Plain-word instructions: (pattern, key). Column names are the `backticked` words of the line.
+_PLAIN: list[tuple[re.Pattern[str], str]] = [
+    (re.compile(r"\b(drop|remove|exclude|ignore)\b", re.I), "id_columns"),
+    (re.compile(r"\b(time[- ]ordered|chronolog\w*|by date|by time|on the date|date column|time column|"
+                r"temporal|ordered by|sort(ed)? by|order by|split (on|by))\b", re.I), "date_column"),
+    (re.compile(r"\b(group(ed|s)?|same (patient|user|customer|group))\b", re.I), "group_column"),
+    (re.compile(r"\b(target|predict(ing)?|label)\b", re.I), "target"),
+]
+
+
+def _plain_read(spec: SetupSpec, line: str, *, where: str) -> bool:
+    """Understand a plain-words line; False when it says something the generator cannot map."""
+    low = line.lower()
+    columns = _backticked(line)
+    if re.search(r"\b(no|not|don't|do not|without)\b[^.]*\bstratif", low):
+        _set(spec, "stratify", "no", where=where, line=line)
+        return True
+    if re.search(r"\bstratif", low):
+        _set(spec, "stratify", "yes", where=where, line=line)
+        return True
+    amount = re.search(r"(\d+(?:\.\d+)?\s*%|\b0?\.\d+\b)", low)
+    if amount and re.search(r"\b(test\w*|hold ?out)\b", low):
+        key = "test_ratio" if re.search(r"\btest\w*", low) else "holdout_ratio"
+        _set(spec, key, amount.group(1).replace(" ", ""), where=where, line=line)
+        return True
+    seed = re.search(r"\bseed\b\D{0,20}(\d+)", low)
+    if seed:
+        _set(spec, "seed", seed.group(1), where=where, line=line)
+        return True
+    if re.search(r"\b(primary metric|optimi[sz]e|judge\w* (by|on)|scored? (by|on))\b", low):
+        named = next((m for m in _ALL_METRICS if re.search(rf"\b{m}\b", low)), "")
+        if named:
+            _set(spec, "primary_metric", named, where=where, line=line)
+            return True
+    if columns:
+        for pattern, key in _PLAIN:
+            if pattern.search(line):
+                _set(spec, key, ", ".join(columns) if key == "id_columns" else columns[0], where=where, line=line)
+                return True
+    return False
+
+
+def setup_line_read(spec: SetupSpec, line: str, *, where: str) -> None:
+    """Read one line of SETUP.md (or of a hint) into the spec: a `- key: value` line, or plain
+    words for the common cases. An instruction it cannot map goes to spec.not_understood."""
+    stripped = line.strip()
+    if any(marker in stripped for marker in _SCAFFOLD_LINES):
+        return
+    match = _LINE.match(line)
+    bullet = bool(re.match(r"^\s*[-*]\s+", line))
+    if match:
+        raw_key = re.sub(r"[\s-]+", "_", match.group(1).strip().lower())
+        key = _KEY_ALIASES.get(raw_key)
+        value = match.group(2).strip().strip("`'\"").strip()
+        if key:
+            if value and not _PLACEHOLDER.match(value):
+                _set(spec, key, match.group(2).strip(), where=where, line=line)
+            return
+        if raw_key in _KNOWN_KEYS:
+            return
+        if bullet and len(raw_key.split("_")) <= 4:
+            if not _plain_read(spec, line, where=where):
+                spec.not_understood.append(f"{where}: {stripped}")
+            return
+    if _plain_read(spec, line, where=where):
+        return
+    if _INSTRUCTION.search(stripped):
+        spec.not_understood.append(f"{where}: {stripped}")
 
 
 # --- Template generator ----------------------------------------------------------------------
@@ -182,9 +373,16 @@ def generate_from_template(*, spec: SetupSpec, task_type: str, config: dict, wor
 
     SETUP.md wins over the task config for the data path, target and ID columns. Raise
     GenerationError on a loader of the wrong task type, a missing file or a missing column."""
-    test_ratio = float(config.get("test_ratio", 0.2))
-    seed = int(config.get("seed", 42))
-    stratify = TASK_TYPES[task_type].is_classification
+    test_ratio = spec.test_ratio if spec.test_ratio is not None else float(config.get("test_ratio", 0.2))
+    seed = spec.seed if spec.seed is not None else int(config.get("seed", 42))
+    classification = TASK_TYPES[task_type].is_classification
+    stratify = classification if spec.stratify is None else spec.stratify and classification
+    if spec.stratify and not classification:
+        spec.not_understood.append("stratification: a regression target has no classes to stratify on")
+    if spec.loader and (spec.date_column or spec.group_column):
+        raise GenerationError(
+            "a time-ordered or grouped split needs a data file with that column; a scikit-learn loader has none"
+        )
     if spec.loader:
         kind = SKLEARN_LOADERS.get(spec.loader)
         if kind is None:
@@ -215,23 +413,37 @@ def generate_from_template(*, spec: SetupSpec, task_type: str, config: dict, wor
         if not path.is_file():
             raise GenerationError(f"the data file {data} does not exist (looked for {path})")
         columns = _file_columns(path)
-        missing = [c for c in [target, *id_columns] if c not in columns]
+        wanted = {target: "target column", **{c: "ID column" for c in id_columns},
+                  spec.date_column: "date column", spec.group_column: "group column"}
+        missing = [c for c in wanted if c and c not in columns]
         if missing:
             shown = ", ".join(columns[:50]) + (", …" if len(columns) > 50 else "")
-            what = "target column" if missing[0] == target else "ID column"
             raise GenerationError(
-                f"{what} {missing[0]!r} is not in {data}; columns found: {shown}"
+                f"{wanted[missing[0]]} {missing[0]!r} is not in {data}; columns found: {shown}"
             )
-        load_data = _FILE_TEMPLATE.format(
+        if spec.date_column and spec.group_column:
+            raise GenerationError("SETUP.md asks for both a time-ordered and a grouped split; choose one")
+        if spec.date_column in id_columns or spec.group_column in id_columns:
+            raise GenerationError("the split column is also listed as a column to drop; keep it (or drop it after the split)")
+        template = _FILE_TEMPLATE
+        split_note = ""
+        if spec.date_column:
+            template = _FILE_TEMPLATE.replace(_SPLIT_HELPER, _TIME_SPLIT_HELPER)
+            split_note = f", time-ordered on {spec.date_column}"
+        elif spec.group_column:
+            template = _FILE_TEMPLATE.replace(_SPLIT_HELPER, _GROUP_SPLIT_HELPER)
+            split_note = f", grouped by {spec.group_column}"
+        load_data = template.format(
             data=json.dumps(data),
             reader=_PARQUET_READ if suffix in (".parquet", ".pq") else _CSV_READ,
             target=json.dumps(target),
             id_columns=json.dumps(id_columns),
             test_ratio=test_ratio,
             seed=seed,
+            split_column=json.dumps(spec.date_column or spec.group_column),
             **_split_parts(stratify),
         )
-        description = f"{data} (target {target}), {test_ratio:g} test split, seed {seed}"
+        description = f"{data} (target {target}), {test_ratio:g} test split{split_note}, seed {seed}"
     return GeneratedTools(
         load_data=load_data,
         evaluate=EVALUATE_TEMPLATES[task_type],
@@ -282,6 +494,55 @@ def _split(X, y):
     is_test[test] = True
     train = rng.permutation(np.flatnonzero(~is_test))
     # Positions, not the original index, identify rows from here on.
+    return (
+        X.iloc[train].reset_index(drop=True),
+        X.iloc[test].reset_index(drop=True),
+        y.iloc[train].reset_index(drop=True),
+        y.iloc[test].reset_index(drop=True),
+    )
+'''
+
+_TIME_SPLIT_HELPER = '''
+SPLIT_COLUMN = {split_column}
+
+
+def _split(X, y):
+    """Time-ordered: the latest TEST_RATIO of the rows by SPLIT_COLUMN are the test rows."""
+    when = pd.to_datetime(X[SPLIT_COLUMN].astype(str), errors="coerce")
+    order = np.argsort(when.to_numpy(), kind="stable")  # unparseable dates (NaT) sort last
+    take = int(round(len(order) * TEST_RATIO))
+    if len(order) >= 2:
+        take = min(max(take, 1), len(order) - 1)
+    train, test = order[: len(order) - take], order[len(order) - take :]
+    # Positions, not the original index, identify rows from here on.
+    return (
+        X.iloc[train].reset_index(drop=True),
+        X.iloc[test].reset_index(drop=True),
+        y.iloc[train].reset_index(drop=True),
+        y.iloc[test].reset_index(drop=True),
+    )
+'''
+
+_GROUP_SPLIT_HELPER = '''
+SPLIT_COLUMN = {split_column}
+
+
+def _split(X, y):
+    """Grouped: rows sharing a SPLIT_COLUMN value all land on one side; about TEST_RATIO of the
+    rows, whole groups drawn deterministically from SEED, are the test rows."""
+    rng = np.random.default_rng(SEED)
+    keys = X[SPLIT_COLUMN].astype(str).to_numpy()
+    names, inverse, sizes = np.unique(keys, return_inverse=True, return_counts=True)
+    wanted = int(round(len(keys) * TEST_RATIO))
+    chosen, count = [], 0
+    for g in rng.permutation(len(names)):
+        if count >= wanted or len(chosen) == len(names) - 1:
+            break
+        chosen.append(g)
+        count += sizes[g]
+    is_test = np.isin(inverse, chosen)
+    train = rng.permutation(np.flatnonzero(~is_test))
+    test = rng.permutation(np.flatnonzero(is_test))
     return (
         X.iloc[train].reset_index(drop=True),
         X.iloc[test].reset_index(drop=True),

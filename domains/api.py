@@ -3,7 +3,7 @@ from datetime import datetime
 from typing import Literal
 
 from django.http import HttpRequest
-from ninja import Query, Router, Schema, Status
+from ninja import Field, Query, Router, Schema, Status
 
 from dojo_site.errors import InvalidInput
 from dojo_site.schemas import Id, ListOut, Offset
@@ -246,6 +246,7 @@ class TaskOut(Schema):
     tools: dict
     isolation: str
     isolation_hint: str
+    setup_notes: dict = {}
 
 
 class ToolOut(Schema):
@@ -273,6 +274,8 @@ class ToolOut(Schema):
 
 class ToolsGenerateIn(Schema):
     method: Literal["auto", "template", "claude"] = "auto"
+    # Extra instructions: read like SETUP.md lines by the template, in the prompt for Claude.
+    hint: str = Field("", max_length=4000)
 
 
 class ToolsImportIn(Schema):
@@ -334,7 +337,7 @@ def task_tools_list(request: HttpRequest, domain_id: Id, history: bool = False):
 
 @router.post("/domains/{domain_id}/task/tools/generate", response=list[ToolOut], tags=["task"])
 def task_tools_generate(request: HttpRequest, domain_id: Id, payload: ToolsGenerateIn):
-    return task_generate(task=_task(request, domain_id, "own"), method=payload.method)
+    return task_generate(task=_task(request, domain_id, "own"), method=payload.method, hint=payload.hint)
 
 
 @router.post("/domains/{domain_id}/task/tools/import", response=list[ToolOut], tags=["task"])

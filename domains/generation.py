@@ -683,15 +683,24 @@ TOOLGEN_SYSTEM_PROMPT = (
 )
 
 
-def toolgen_prompt(*, spec: SetupSpec, task_type: str, config: dict, workspace: Path, domain_name: str) -> str:
+def toolgen_prompt(
+    *, spec: SetupSpec, task_type: str, config: dict, workspace: Path, domain_name: str, hint: str = ""
+) -> str:
     tt = TASK_TYPES[task_type]
     hints = {
         "data_path": spec.data or config.get("data_path", ""),
         "target_column": spec.target or config.get("target_column", ""),
         "id_columns": spec.id_columns or config.get("id_columns", []),
-        "test_ratio": config.get("test_ratio", 0.2),
-        "seed": config.get("seed", 42),
+        "test_ratio": spec.test_ratio if spec.test_ratio is not None else config.get("test_ratio", 0.2),
+        "seed": spec.seed if spec.seed is not None else config.get("seed", 42),
     }
+    if spec.date_column:
+        hints["time_ordered_split_on"] = spec.date_column
+    if spec.group_column:
+        hints["grouped_split_on"] = spec.group_column
+    if spec.stratify is not None:
+        hints["stratify"] = spec.stratify
+    extra = f"\nExtra instructions from the user (follow them):\n-----\n{hint.strip()}\n-----\n" if hint.strip() else ""
     return f"""Write the frozen tools of the ML task "{domain_name}" (contract version {CONTRACT_VERSION}).
 
 SETUP.md, the source of truth about the data:
@@ -699,7 +708,7 @@ SETUP.md, the source of truth about the data:
 {spec.text.strip()}
 -----
 Hints from the task configuration: {json.dumps(hints)}
-Working directory when load_data runs (relative paths resolve here): {workspace}
+{extra}Working directory when load_data runs (relative paths resolve here): {workspace}
 
 The contract the tools serve:
 {contract_text(task_type)}
@@ -724,12 +733,14 @@ Reply with exactly one JSON object, no prose and no code fence:
 """
 
 
-def generate_with_claude(*, spec: SetupSpec, task_type: str, config: dict, workspace: Path, domain_name: str) -> GeneratedTools:
+def generate_with_claude(
+    *, spec: SetupSpec, task_type: str, config: dict, workspace: Path, domain_name: str, hint: str = ""
+) -> GeneratedTools:
     """One completion; raise GenerationError (raw reply kept on disk) when the reply is unusable."""
     from dojo_site.claude import claude_complete
 
     prompt = toolgen_prompt(
-        spec=spec, task_type=task_type, config=config, workspace=workspace, domain_name=domain_name
+        spec=spec, task_type=task_type, config=config, workspace=workspace, domain_name=domain_name, hint=hint
     )
     completion = claude_complete(
         prompt=prompt, system_prompt=TOOLGEN_SYSTEM_PROMPT, model=settings.DOJO_TOOLGEN_MODEL

@@ -204,6 +204,10 @@ class Task(models.Model):
         default=dict, blank=True,
         help_text="Who froze despite severe audit findings, when and why ({reason, by, at}).",
     )
+    setup_notes = models.JSONField(
+        default=dict, blank=True,
+        help_text="What the last generation read from SETUP.md and the hint: {understood, not_understood, hint}.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

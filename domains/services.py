@@ -741,9 +741,36 @@ def task_tools_import(*, task: Task, load_data: str | None = None, evaluate: str
     return task_tools_save(task=task, codes=codes, origin=TaskTool.Origin.HUMAN)
 
 
-def task_generate(*, task: Task, method: str = "auto") -> list[TaskTool]:
+def _setup_settings_apply(*, task: Task, spec: generation.SetupSpec) -> Task:
+    """Write what SETUP.md (and the hint) say about the split and the metric into the task, so
+    generation, verification and freeze all use the same values. GenerationError naming the
+    line when the metric is not one of this task type's."""
+    config = {
+        key: value for key, value in (
+            ("test_ratio", spec.test_ratio), ("seed", spec.seed), ("holdout_ratio", spec.holdout_ratio),
+        ) if value is not None
+    }
+    metric = None
+    if spec.primary_metric:
+        metrics = TASK_TYPES[task.task_type].metrics
+        if spec.primary_metric not in metrics:
+            raise generation.GenerationError(
+                f"{spec.primary_metric_line}: {spec.primary_metric!r} is not a {task.task_type} metric; "
+                f"choose one of: {', '.join(metrics)}"
+            )
+        metric = spec.primary_metric if spec.primary_metric != task.primary_metric else None
+    if config or metric:
+        task = task_update(task=task, primary_metric=metric, config=config or None)
+    return task
+
+
+def task_generate(*, task: Task, method: str = "auto", hint: str = "") -> list[TaskTool]:
     """Generate both tools from SETUP.md: "template", "claude", or "auto" (template when SETUP.md
-    matches one, else Claude when available, else an error naming the ways forward)."""
+    matches one, else Claude when available, else an error naming the ways forward).
+
+    `hint` adds instructions: the template reads it like SETUP.md lines (winning over them),
+    Claude gets it in the prompt. SETUP.md's test ratio, seed, holdout ratio and primary metric
+    are written into the task; what was and was not understood is kept in task.setup_notes."""
     from dojo_site.claude import claude_unavailable_reason
 
     if method not in ("auto", "template", "claude"):
@@ -753,6 +780,11 @@ def task_generate(*, task: Task, method: str = "auto") -> list[TaskTool]:
     domain = task.domain
     setup_path = Path(domain.setup_path)
     spec = generation.setup_parse(path=setup_path)
+    hint = (hint or "").strip()
+    if len(hint) > 4000:
+        raise InvalidInput("the hint is too long (at most 4000 characters)")
+    generation.setup_hint_read(spec, hint)
+    task = _setup_settings_apply(task=task, spec=spec)
     workspace = Path(domain.workspace_path)
     config = dict(task.config)
     loader = SKLEARN_LOADER_RE.match(str(config.get("data_path", "")))
@@ -780,8 +812,11 @@ def task_generate(*, task: Task, method: str = "auto") -> list[TaskTool]:
         )
     else:
         tools = generation.generate_with_claude(
-            spec=spec, task_type=task.task_type, config=config, workspace=workspace, domain_name=domain.name
+            spec=spec, task_type=task.task_type, config=config, workspace=workspace, domain_name=domain.name,
+            hint=hint,
         )
+    Task.objects.filter(pk=task.pk).update(setup_notes=spec.notes(hint=hint))
+    task.setup_notes = spec.notes(hint=hint)
     return task_tools_save(
         task=task, codes={"load_data": tools.load_data, "evaluate": tools.evaluate},
         origin=tools.origin, raw_reply=tools.raw_reply,
@@ -1153,4 +1188,5 @@ def task_status(*, task: Task) -> dict:
         "tools": tools,
         "isolation": isolation,
         "isolation_hint": ISOLATION_HINT if isolation != "bwrap" else "",
+        "setup_notes": task.setup_notes or {},
     }

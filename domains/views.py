@@ -9,7 +9,7 @@ from django.template.loader import select_template
 from django.urls import reverse
 from django.views.decorators.http import require_http_methods, require_POST
 
-from dojo_site.errors import DojoError
+from dojo_site.errors import DojoError, InvalidInput
 from domains.forms import DomainFileForm, DomainForm, DomainMemberForm, DomainSettingsForm
 from domains.models import Domain, Task, TaskTool
 from domains.permissions import domain_may, domain_role, domains_for_user, web_domain_get
@@ -287,6 +287,7 @@ class TaskGenerateForm(forms.Form):
     method = forms.ChoiceField(
         choices=[("auto", "auto"), ("template", "template"), ("claude", "Claude")], required=False
     )
+    hint = forms.CharField(required=False, max_length=4000)
 
 
 def _task_panel(request: HttpRequest, domain: Domain, *, error: str = "", notice: str = "", forms_: dict | None = None) -> HttpResponse:
@@ -351,8 +352,10 @@ def task_action(request: HttpRequest, pk: int, action: str) -> HttpResponse:
         task = task_for_domain(domain=domain)
         if action == "generate":
             form = TaskGenerateForm(request.POST)
-            method = form.cleaned_data["method"] if form.is_valid() and form.cleaned_data["method"] else "auto"
-            tools = task_generate(task=task, method=method)
+            if not form.is_valid():
+                raise InvalidInput("the hint is too long (at most 4000 characters)")
+            method = form.cleaned_data["method"] or "auto"
+            tools = task_generate(task=task, method=method, hint=form.cleaned_data["hint"])
             notice = "Generated " + ", ".join(f"{t.name} v{t.version} ({t.origin})" for t in tools) + ". Verify them next."
         elif action == "verify":
             run = task_verify(task=task)

@@ -47,6 +47,11 @@ class Command(BaseCommand):
             "--with", dest="method", choices=["auto", "template", "claude"], default="auto",
             help="auto (default): the template when SETUP.md matches one, else Claude.",
         )
+        generate.add_argument(
+            "--hint", default="", metavar="TEXT",
+            help="Extra instructions, e.g. \"drop the column `customer_id`\" (read like SETUP.md lines "
+                 "by the template; given to Claude in its prompt).",
+        )
         imp = action("import", help="Import hand-written tools from files.")
         imp.add_argument("--load-data", dest="load_data", type=Path, metavar="FILE")
         imp.add_argument("--evaluate", type=Path, metavar="FILE")
@@ -84,9 +89,19 @@ class Command(BaseCommand):
         self._out(task, options, f"Frozen: fingerprint {task.fingerprint[:12]}, data {task.data_fingerprint[:12]}")
 
     def _generate(self, task, options) -> None:
-        tools = task_generate(task=task, method=options["method"])
+        tools = task_generate(task=task, method=options["method"], hint=options["hint"])
+        task.refresh_from_db()
         listed = ", ".join(f"{t.name} v{t.version} ({t.origin})" for t in tools)
         self._out(task, options, f"Generated {listed}. Next: `dojo_task verify`.")
+        if not options["json"]:
+            self._notes(task.setup_notes)
+
+    def _notes(self, notes: dict) -> None:
+        console = console_for(self)
+        for line in (notes or {}).get("understood", []):
+            console.print(f"understood: {line}", markup=False)
+        for line in (notes or {}).get("not_understood", []):
+            console.print(f"not understood (ignored): {line}", markup=False)
 
     def _import(self, task, options) -> None:
         codes = {}
@@ -152,6 +167,7 @@ class Command(BaseCommand):
         console.print(f"primary metric: {status['primary_metric']} ({status['direction']}); "
                       f"metrics: {', '.join(status['expected_metrics'])}")
         console.print(f"config: {status['config']}", markup=False)
+        self._notes(status.get("setup_notes"))
         if status["frozen"]:
             console.print(f"frozen at {status['frozen_at']}; fingerprint {status['fingerprint']}")
             console.print(f"data fingerprint {status['data_fingerprint']}")

@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 from django.core.management import CommandError, call_command
 
+from dojo_site.errors import InvalidInput
 from domains.models import Task
 from domains.services import task_generate
-from dojo_site.errors import InvalidInput
 from tests.domains.taskkit import make_domain, task_of
 
 pytestmark = pytest.mark.django_db

@@ -111,7 +111,7 @@ def runs_list(
     runs = AgentRun.objects.select_related("domain").filter(domain__in=domains_for_user(request.user))
     runs = runs.order_by("-created_at", "-pk")
     if domain_id is not None:
-        runs = runs.filter(domain_id=domain_id)
+        runs = runs.filter(domain=domain_get_for_user(request.user, domain_id))
     if status is not None:
         runs = runs.filter(status=status)
     return {"items": list(runs[offset:offset + limit]), "count": runs.count()}

@@ -24,6 +24,12 @@ def _as(client, user):
     return client
 
 
+def _items(response) -> list:
+    """A list answer, paginated ({"items": [...], "count": n}) or not."""
+    body = response.json()
+    return body["items"] if isinstance(body, dict) else body
+
+
 def _json(client, method: str, url: str, body: dict | None = None):
     if body is None:
         return getattr(client, method)(url)
@@ -51,11 +57,11 @@ def test_it_makes_the_creator_the_owner(client, other_user, tmp_path):
 def test_it_lists_only_the_domains_a_user_may_see(client, world, tmp_path):
     sams = domain_create(name="sams-domain", task_type="binary", workspace=tmp_path, owner=world.stranger)
     _as(client, world.stranger)
-    assert [d["name"] for d in client.get("/api/domains").json()] == [sams.name]
+    assert [d["name"] for d in _items(client.get("/api/domains"))] == [sams.name]
     page = client.get(reverse("domains:list")).content.decode()
     assert "sams-domain" in page and DOMAIN_NAME not in page
     _as(client, world.viewer)
-    assert [d["name"] for d in client.get("/api/domains").json()] == [DOMAIN_NAME]
+    assert [d["name"] for d in _items(client.get("/api/domains"))] == [DOMAIN_NAME]
 
 
 def test_it_lets_only_the_owner_change_or_delete_a_domain(client, world):
@@ -91,7 +97,7 @@ def test_it_manages_members_through_the_api(client, world, django_user_model):
     assert _json(client, "post", url, {"username": "olga", "role": "viewer"}).status_code == 422
     assert _json(client, "post", url, {"username": "nina", "role": "owner"}).status_code == 422
     _as(client, world.viewer)
-    assert sorted(m["username"] for m in client.get(url).json()) == ["eddie", "nina", "vera"]
+    assert sorted(m["username"] for m in _items(client.get(url))) == ["eddie", "nina", "vera"]
     _as(client, world.owner)
     assert client.delete(url + "?username=nina").status_code == 204
     assert client.delete(url + "?username=nina").status_code == 404
@@ -154,7 +160,7 @@ def test_it_shows_the_task_to_members_and_leaves_its_actions_to_the_owner(client
 def test_it_lets_editors_run_experiments_and_viewers_only_read(client, world):
     url = f"/api/domains/{world.domain.pk}/experiments"
     _as(client, world.viewer)
-    assert [e["hypothesis"] for e in client.get(url).json()] == [HYPOTHESIS]
+    assert [e["hypothesis"] for e in _items(client.get(url))] == [HYPOTHESIS]
     assert _json(client, "post", url, {"code": "def train(): ..."}).status_code == 403
     assert client.post(reverse("experiments:reproduce", args=[world.experiment.pk])).status_code == 403
     _as(client, world.editor)
@@ -212,7 +218,7 @@ def test_it_lets_editors_start_and_stop_runs(client, world):
     assert _json(client, "post", "/api/runs", {"domain_id": world.domain.pk}).status_code == 409  # not frozen
     assert client.post(f"/api/runs/{world.run.pk}/stop").status_code == 409  # already finished
     _as(client, world.stranger)
-    assert client.get("/api/runs").json() == []
+    assert _items(client.get("/api/runs")) == []
     assert DOMAIN_NAME not in client.get(reverse("agentrun:list")).content.decode()
 
 
@@ -244,13 +250,13 @@ def test_it_runs_agent_tools_with_the_creators_rights(world):
 
 def test_it_keeps_knowledge_inside_the_domains_a_user_sees(client, world):
     _as(client, world.stranger)
-    assert client.get("/api/knowledge/search?query=gradient+boosting").json() == []
-    assert client.get("/api/knowledge").json() == []
+    assert _items(client.get("/api/knowledge/search?query=gradient+boosting")) == []
+    assert _items(client.get("/api/knowledge")) == []
     assert client.get(f"/api/knowledge/{world.atom.pk}").status_code == 404
     page = client.get(reverse("knowledge:search") + "?q=gradient+boosting").content.decode()
     assert CLAIM not in page and DOMAIN_NAME not in page
     _as(client, world.viewer)
-    assert [a["claim"] for a in client.get("/api/knowledge/search?query=gradient+boosting").json()] == [CLAIM]
+    assert [a["claim"] for a in _items(client.get("/api/knowledge/search?query=gradient+boosting"))] == [CLAIM]
     body = {"domain_id": world.domain.pk, "context": "c", "claim": "vera's claim"}
     assert _json(client, "post", "/api/knowledge", body).status_code == 403
     _as(client, world.editor)
@@ -265,7 +271,7 @@ def test_it_leaves_global_knowledge_to_staff(client, world, user):
     _as(client, user)  # staff
     assert _json(client, "post", "/api/knowledge", body).status_code == 201
     _as(client, world.stranger)  # global atoms are everyone's to read
-    assert [a["claim"] for a in client.get("/api/knowledge").json()] == [body["claim"]]
+    assert [a["claim"] for a in _items(client.get("/api/knowledge"))] == [body["claim"]]
 
 
 # --- admin --------------------------------------------------------------------------------------

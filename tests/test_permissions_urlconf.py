@@ -25,6 +25,10 @@ PUBLIC_WEB = {
     (None, "login", "login/"): "the login form",
     (None, "logout", "logout/"): "logging out",
 }
+# Web routes that take their ids in the query string: also checked as id routes with these.
+QUERY_IDS = {
+    ("experiments", "compare"): lambda world: f"ids={world.experiment.pk}",
+}
 # API routes anyone logged in may call without a domain: health, and creating one's own domain.
 PUBLIC_API = {("GET", "/api/health"), ("POST", "/api/domains")}
 
@@ -37,6 +41,7 @@ def _web_value(world, namespace: str | None, param: str):
         ("domains", "username"): world.viewer.username,
         ("experiments", "pk"): world.experiment.pk,
         ("experiments", "artifact_id"): world.artifact.pk,
+        ("experiments", "kind"): "history",
         ("agentrun", "pk"): world.run.pk,
         ("knowledge", "pk"): world.atom.pk,
     }
@@ -98,10 +103,17 @@ def test_it_guards_every_web_route(client, world):
         if (namespace, name, route) in PUBLIC_WEB:
             continue
         url = _web_url(world, namespace, name, params)
+        if (namespace, name) in QUERY_IDS:
+            client.force_login(world.stranger)
+            with_ids = f"{url}?{QUERY_IDS[(namespace, name)](world)}"
+            response = client.get(with_ids)
+            assert response.status_code == 404, f"GET {with_ids} as a stranger: {response.status_code}, expected 404"
+            client.force_login(world.viewer)
+            assert client.get(with_ids).status_code == 200, with_ids
         if not params:
             client.force_login(world.stranger)
             response = client.get(url)
-            assert response.status_code < 400, (url, response.status_code)
+            assert response.status_code < 400 or response.status_code == 422, (url, response.status_code)
             leaked = [m for m in MARKERS if m in response.content.decode(errors="replace")]
             assert not leaked, f"{url} shows a stranger {leaked}"
             checked.append(url)

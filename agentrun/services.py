@@ -514,6 +514,15 @@ def _event_append(run: AgentRun, type: str, data: dict[str, Any]) -> AgentEvent:
 # --- stop / reap ----------------------------------------------------------------------------
 
 
+def runs_stop_for_shutdown(*, worker_pids: set[int]) -> list[int]:
+    """Ask the running runs executed by these worker processes (this machine's) to stop, because
+    their worker is shutting down; return their ids. They end `stopped` at their next step."""
+    running = AgentRun.objects.filter(status=AgentRun.Status.RUNNING, worker_pid__in=worker_pids)
+    ids = list(running.values_list("pk", flat=True))
+    AgentRun.objects.filter(pk__in=ids, status=AgentRun.Status.RUNNING).update(stop_requested=True)
+    return ids
+
+
 def run_stop_request(*, run: AgentRun) -> AgentRun:
     """Ask a run to stop. A queued run stops at once; a running one at its next step (its
     executor watches the flag, kills a running trainer, flushes knowledge and ends `stopped`)."""
@@ -546,22 +555,38 @@ def run_reap(*, timeout_seconds: float | None = None) -> list[int]:
     reaped = []
     for run in stale:
         message = f"worker lost: no heartbeat since {run.heartbeat_at:%Y-%m-%d %H:%M:%S} UTC"
-        with transaction.atomic():
-            # Conditional: a run that beat again since the query, or another reaper, is left alone.
-            claimed = AgentRun.objects.filter(pk=run.pk, status=AgentRun.Status.RUNNING, heartbeat_at__lt=cutoff).update(
-                status=AgentRun.Status.FAILED, error=message, finished_at=timezone.now(),
-                result={**run.result, "reason": message},
-            )
-            if not claimed:
-                continue
-            Experiment.objects.filter(run=run, state__in=[Experiment.State.PENDING, Experiment.State.RUNNING]).update(
-                state=Experiment.State.FAILED, error=message, finished_at=timezone.now()
-            )
-            _event_append(run, "error", {"error": message})
-            _event_append(run, "finalized", {"status": AgentRun.Status.FAILED})
-        reaped.append(run.pk)
-        logger.warning("reaped run %s: %s", run.pk, message)
+        # Conditional: a run that beat again since the query, or another reaper, is left alone.
+        if _run_end_abandoned(run, message=message, status=AgentRun.Status.FAILED, heartbeat_at__lt=cutoff):
+            reaped.append(run.pk)
+            logger.warning("reaped run %s: %s", run.pk, message)
     return reaped + runs_requeue_lost()
+
+
+def _run_end_abandoned(run: AgentRun, *, message: str, status: str, **still: Any) -> bool:
+    """End a `running` run nobody executes any more (and its unfinished experiments), if it is still
+    running and matches `still`; True when this call ended it."""
+    with transaction.atomic():
+        claimed = AgentRun.objects.filter(pk=run.pk, status=AgentRun.Status.RUNNING, **still).update(
+            status=status, error=message, finished_at=timezone.now(), result={**run.result, "reason": message},
+        )
+        if not claimed:
+            return False
+        Experiment.objects.filter(run=run, state__in=[Experiment.State.PENDING, Experiment.State.RUNNING]).update(
+            state=Experiment.State.FAILED, error=message, finished_at=timezone.now()
+        )
+        _event_append(run, "error", {"error": message})
+        _event_append(run, "finalized", {"status": status})
+    return True
+
+
+def runs_end_after_shutdown(*, run_ids: list[int]) -> list[int]:
+    """End, as `stopped`, the runs a worker that was shut down had not stopped in time (their
+    processes are gone); return their ids."""
+    message = "stopped: the worker shut down before the run could finish its stop"
+    return [
+        run.pk for run in AgentRun.objects.filter(pk__in=run_ids, status=AgentRun.Status.RUNNING)
+        if _run_end_abandoned(run, message=message, status=AgentRun.Status.STOPPED)
+    ]
 
 
 # A run still `queued` this long after a worker cluster took its queue entry, while no cluster alive

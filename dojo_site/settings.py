@@ -81,8 +81,9 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "django_htmx",
-    "django_q",
+    # Before django_q: its `qcluster` command is replaced by dojo_site's (a clean stop on SIGTERM).
     "dojo_site",
+    "django_q",
     "domains",
     "experiments",
     "knowledge",
@@ -275,6 +276,8 @@ DOJO_CLAUDE_SANDBOX = env_str("DOJO_CLAUDE_SANDBOX", "auto")
 # "db" (default) or "mlflow" (also needs MLFLOW_TRACKING_URI).
 DOJO_TRACKING = env_str("DOJO_TRACKING", "db")
 MLFLOW_TRACKING_URI = env_str("MLFLOW_TRACKING_URI", "")
+# How long the worker (`qcluster`) may take to stop after SIGTERM before what is left is killed.
+DOJO_WORKER_STOP_SECONDS = env_float("DOJO_WORKER_STOP_SECONDS", 6.0)
 # Seconds without a heartbeat after which the reaper marks a run failed ("worker lost").
 DOJO_HEARTBEAT_TIMEOUT_SECONDS = env_int("DOJO_HEARTBEAT_TIMEOUT_SECONDS", 120)
 # Similarity (0..1) above which a new knowledge atom is linked to an existing one.

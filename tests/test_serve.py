@@ -21,16 +21,14 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _process_groups() -> dict[int, int]:
-    """pid -> process group id of every process on the machine."""
-    groups = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        groups[int(stat.parent.name)] = int(fields[2])
-    return groups
+def _descendants(pid: int) -> set[int]:
+    found, todo = set(), [pid]
+    while todo:
+        for child in _children(todo.pop()):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
 
 
 def _children(pid: int) -> list[int]:
@@ -54,7 +52,7 @@ def test_it_serves_the_web_and_the_worker_and_stops_both_on_ctrl_c():
         [sys.executable, str(settings.BASE_DIR / "manage.py"), "dojo_serve", f"127.0.0.1:{port}", "--noreload"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
-    children: list[int] = []
+    processes: set[int] = set()
     try:
         deadline = time.monotonic() + 60
         status = None
@@ -67,19 +65,20 @@ def test_it_serves_the_web_and_the_worker_and_stops_both_on_ctrl_c():
         children = _children(serve.pid)
         assert len(children) == 2  # runserver and qcluster
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and sum(1 for g in _process_groups().values() if g in children) < 4:
-            time.sleep(0.3)  # qcluster forks its sentinel, monitor, pusher and workers
-        assert sum(1 for g in _process_groups().values() if g in children) >= 4
+        while time.monotonic() < deadline and len(_descendants(serve.pid)) < 6:
+            time.sleep(0.3)  # qcluster starts the cluster, which forks its sentinel, monitor, pusher, workers
+        processes = _descendants(serve.pid)
+        assert len(processes) >= 6
 
         serve.send_signal(signal.SIGINT)  # what Ctrl-C delivers to the foreground process
         assert serve.wait(timeout=30) == 0
     finally:
         if serve.poll() is None:
             serve.kill()
-            for group in children:  # never leave a server behind when the test fails
+            for pid in processes:  # never leave a server behind when the test fails
                 try:
-                    os.killpg(group, signal.SIGKILL)
+                    os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
-    left = [pid for pid, group in _process_groups().items() if group in children]
+    left = [pid for pid in processes if Path(f"/proc/{pid}").exists()]
     assert left == []

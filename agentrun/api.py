@@ -79,6 +79,7 @@ class EventsOut(Schema):
     status: str
     terminal: bool
     next_cursor: int = Field(..., description="Pass as ?after= to get the events that follow.")
+    prev_cursor: int = Field(..., description="Pass as ?before= to get the page of events before these (0: none).")
     events: list[EventOut]
 
 
@@ -133,12 +134,21 @@ def runs_events(
     request: HttpRequest,
     run_id: Id,
     after: int = Query(0, ge=0, le=DB_ID_MAX, description="Return events with seq greater than this."),
+    before: int | None = Query(
+        None, ge=1, le=DB_ID_MAX, description="Instead: the `limit` events just before this seq (paging backwards)."
+    ),
     limit: int = Query(500, ge=1, le=EVENTS_LIMIT_MAX),
 ) -> dict[str, Any]:
+    """A run's events by seq cursor: after `after` (oldest first), or the page before `before`."""
     # The run before its events: a terminal status is committed together with `finalized`.
     run = _run_get(request, run_id)
-    events = list(run.events.filter(seq__gt=after).order_by("seq")[:limit])
+    if before is not None:
+        events = list(run.events.filter(seq__gt=after, seq__lt=before).order_by("-seq")[:limit])[::-1]
+    else:
+        events = list(run.events.filter(seq__gt=after).order_by("seq")[:limit])
+    first = events[0].seq if events else 0
     return {
+        "prev_cursor": first if first and run.events.filter(seq__lt=first).exists() else 0,
         "run_id": run.pk,
         "status": run.status,
         "terminal": run.is_terminal,

@@ -13,5 +13,7 @@ urlpatterns = [
     # The live run page, the partial it polls (events after a cursor), and the stop button.
     path("<int:pk>/", views.run_detail, name="detail"),
     path("<int:pk>/poll/", views.run_poll, name="poll"),
+    path("<int:pk>/earlier/", views.run_earlier, name="earlier"),
+    path("<int:pk>/metrics.json", views.run_metrics, name="metrics"),
     path("<int:pk>/stop/", views.run_stop, name="stop"),
 ]

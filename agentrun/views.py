@@ -4,8 +4,9 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
 from django.db.models import Count, Q, QuerySet
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.utils import timezone
 from django.views.decorators.http import require_POST
 
 from agentrun.forms import RunStartForm
@@ -14,16 +15,31 @@ from agentrun.services import run_start, run_stop_request
 from dojo_site.errors import DojoError
 from domains.models import Domain
 from domains.permissions import domain_may, domains_for_user, web_domain_get, web_domain_require
+from experiments.models import Experiment
 
-# Events per poll response and on the first render of the live page.
+# Events per poll response, on the first render of the live page and per "earlier" click.
 POLL_EVENTS = 200
-PAGE_EVENTS = 500
+PAGE_EVENTS = 200
+RUNS_PAGE = 25
+# The live page's event filter: a name in the URL (?show=) → the event types it keeps.
+EVENT_FILTERS = {
+    "all": None,
+    "experiments": [AgentEvent.Type.EXPERIMENT],
+    "knowledge": [AgentEvent.Type.KNOWLEDGE],
+    "errors": [AgentEvent.Type.ERROR],
+    "agent": [AgentEvent.Type.TEXT, AgentEvent.Type.RESULT],
+    "tools": [AgentEvent.Type.TOOL_CALL, AgentEvent.Type.TOOL_RESULT],
+}
 
 
 def _runs_with_counts() -> QuerySet[AgentRun]:
+    # Stopped experiments were ended by a person: counted apart, never as failures.
     return AgentRun.objects.select_related("domain").annotate(
         n_experiments=Count("experiments"),
-        n_completed=Count("experiments", filter=Q(experiments__state="completed")),
+        n_completed=Count("experiments", filter=Q(experiments__state=Experiment.State.COMPLETED)),
+        n_failed=Count("experiments", filter=Q(experiments__state=Experiment.State.FAILED)),
+        n_stopped=Count("experiments", filter=Q(experiments__state=Experiment.State.STOPPED)),
+        n_running=Count("experiments", filter=Q(experiments__state=Experiment.State.RUNNING)),
     )
 
 
@@ -41,21 +57,23 @@ def run_list(request: HttpRequest) -> HttpResponse:
     return render(request, "agentrun/run_list.html", {"page": page, "runs": page.object_list})
 
 
-def _domain_runs_context(request: HttpRequest, domain: Domain, form: RunStartForm) -> dict:
+def _domain_runs_context(request: HttpRequest, domain: Domain, form: RunStartForm, page: str | None = None) -> dict:
     task = domain.task_or_none
+    runs = Paginator(_runs_with_counts().filter(domain=domain).order_by("-created_at", "-pk"), RUNS_PAGE).get_page(page)
     return {
         "domain": domain,
         "form": form,
         "may_edit": domain_may(request.user, domain, "edit"),
         "task": task,
-        "runs": _runs_with_counts().filter(domain=domain).order_by("-created_at", "-pk")[:30],
+        "page": runs,
+        "runs": runs.object_list,
     }
 
 
 @login_required
 def run_domain_list(request: HttpRequest, domain_id: int) -> HttpResponse:
     domain = web_domain_get(request.user, domain_id)
-    context = _domain_runs_context(request, domain, RunStartForm())
+    context = _domain_runs_context(request, domain, RunStartForm(), request.GET.get("page"))
     # The domain page's Runs tab loads the fragment; a plain visit gets the whole page.
     template = "agentrun/partials/domain_runs.html" if request.htmx else "agentrun/domain_runs.html"
     return render(request, template, context)
@@ -95,19 +113,85 @@ def _status_context(run: AgentRun) -> dict:
     }
 
 
+def _event_filter(request: HttpRequest) -> str:
+    show = request.GET.get("show", "all")
+    return show if show in EVENT_FILTERS else "all"
+
+
+def _events(run: AgentRun, show: str) -> QuerySet[AgentEvent]:
+    types = EVENT_FILTERS[show]
+    return run.events.filter(type__in=types) if types else run.events.all()
+
+
+def _seq_param(request: HttpRequest, name: str, default: int) -> int:
+    try:
+        return max(0, min(int(request.GET.get(name, default)), 2**62))
+    except ValueError:
+        return default
+
+
+def _elapsed(run: AgentRun) -> float | None:
+    if run.started_at is None:
+        return None
+    return ((run.finished_at or timezone.now()) - run.started_at).total_seconds()
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    seconds = int(seconds)
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}h {rest // 60:02d}m" if hours else f"{rest // 60}m {rest % 60:02d}s"
+
+
+def _live_context(run: AgentRun) -> dict:
+    """The status panel plus the progress figures: elapsed time, experiments of the limit, cost."""
+    elapsed = _elapsed(run)
+    limit_seconds = run.max_minutes * 60 if run.max_minutes else None
+    return {
+        **_status_context(run),
+        "elapsed": _duration(elapsed),
+        "time_limit": _duration(limit_seconds),
+        "time_fraction": min(1.0, elapsed / limit_seconds) if elapsed is not None and limit_seconds else None,
+    }
+
+
 @login_required
 def run_detail(request: HttpRequest, pk: int) -> HttpResponse:
     run = _get_run(request, pk)
-    total = run.events.count()
-    events = list(run.events.order_by("-seq")[:PAGE_EVENTS])[::-1]
+    show = _event_filter(request)
+    # Keyset, newest first, then shown oldest first: the unique (run, seq) index serves it at any size.
+    events = list(_events(run, show).order_by("-seq")[:PAGE_EVENTS])[::-1]
+    last_seq = run.events.order_by("-seq").values_list("seq", flat=True).first() or 0
     context = {
-        **_status_context(run),
+        **_live_context(run),
         "events": events,
-        "hidden_events": max(0, total - len(events)),
-        "cursor": events[-1].seq if events else 0,
+        "earlier": bool(events) and _events(run, show).filter(seq__lt=events[0].seq).exists(),
+        "first_seq": events[0].seq if events else 0,
+        # The poll continues after the newest event of any type: a filter only hides events.
+        "cursor": last_seq,
         "more": False,
+        "show": show,
+        "filters": list(EVENT_FILTERS),
     }
     return render(request, "agentrun/run_detail.html", context)
+
+
+@login_required
+def run_earlier(request: HttpRequest, pk: int) -> HttpResponse:
+    """The events before ?before=SEQ (a page of them, oldest first), for "Load earlier events"."""
+    run = _get_run(request, pk)
+    show = _event_filter(request)
+    before = _seq_param(request, "before", 0)
+    events = list(_events(run, show).filter(seq__lt=before).order_by("-seq")[:PAGE_EVENTS])[::-1]
+    context = {
+        "run": run,
+        "events": events,
+        "show": show,
+        "earlier": bool(events) and _events(run, show).filter(seq__lt=events[0].seq).exists(),
+        "first_seq": events[0].seq if events else before,
+    }
+    return render(request, "agentrun/partials/run_earlier.html", context)
 
 
 @login_required
@@ -117,18 +201,49 @@ def run_poll(request: HttpRequest, pk: int) -> HttpResponse:
     # The run is read before its events: a terminal status is committed with `finalized`,
     # so a terminal run read here has all its events visible below.
     run = _get_run(request, pk)
-    try:
-        after = max(0, int(request.GET.get("after", 0)))
-    except ValueError:
-        after = 0
-    events = list(run.events.filter(seq__gt=after).order_by("seq")[:POLL_EVENTS])
+    show = _event_filter(request)
+    after = _seq_param(request, "after", 0)
+    scanned = list(run.events.filter(seq__gt=after).order_by("seq")[:POLL_EVENTS])
+    types = EVENT_FILTERS[show]
     context = {
-        **_status_context(run),
-        "events": events,
-        "cursor": events[-1].seq if events else after,
-        "more": len(events) == POLL_EVENTS,
+        **_live_context(run),
+        "events": [e for e in scanned if types is None or e.type in types],
+        "cursor": scanned[-1].seq if scanned else after,
+        "more": len(scanned) == POLL_EVENTS,
+        "show": show,
+        "new_experiments": any(e.type == AgentEvent.Type.EXPERIMENT for e in scanned),
     }
     return render(request, "agentrun/partials/run_poll.html", context)
+
+
+@login_required
+def run_metrics(request: HttpRequest, pk: int) -> JsonResponse:
+    """The run's metric over time for the live page's chart (charts.js `series`): the validation
+    primary metric of each completed experiment in finishing order, and the best so far."""
+    run = _get_run(request, pk)
+    task = run.domain.task_or_none
+    rows = list(
+        run.experiments.filter(state=Experiment.State.COMPLETED, primary_value__isnull=False)
+        .order_by("finished_at", "pk")
+        .values_list("pk", "primary_value")
+    )
+    minimize = task is not None and task.direction == "minimize"
+    best, best_so_far = None, []
+    for _, value in rows:
+        best = value if best is None or (value < best if minimize else value > best) else best
+        best_so_far.append(best)
+    metric = task.primary_metric if task else "primary metric"
+    return JsonResponse({
+        "x": list(range(1, len(rows) + 1)),
+        "x_title": "completed experiment",
+        "y_title": f"{metric} (validation)",
+        "series": [
+            {"name": metric, "y": [value for _, value in rows], "mode": "markers"},
+            {"name": "best so far", "y": best_so_far, "mode": "lines"},
+        ],
+        "ids": [pk for pk, _ in rows],
+        "url": "/experiments/{id}/",
+    })
 
 
 @login_required

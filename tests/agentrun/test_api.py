@@ -80,6 +80,13 @@ def test_it_returns_events_after_a_cursor(client_logged_in, frozen_domain_in_tra
     assert [e["data"]["text"] for e in rest["events"]] == ["5"] and rest["next_cursor"] == 5
     empty = client_logged_in.get(f"/api/runs/{run.pk}/events", {"after": 5}).json()
     assert empty["events"] == [] and empty["next_cursor"] == 5
+    # Backwards from the end, a page at a time, until prev_cursor is 0.
+    last = client_logged_in.get(f"/api/runs/{run.pk}/events", {"before": 6, "limit": 2}).json()
+    assert [e["seq"] for e in last["events"]] == [4, 5] and last["prev_cursor"] == 4
+    middle = client_logged_in.get(f"/api/runs/{run.pk}/events", {"before": last["prev_cursor"], "limit": 2}).json()
+    assert [e["seq"] for e in middle["events"]] == [2, 3] and middle["prev_cursor"] == 2
+    first = client_logged_in.get(f"/api/runs/{run.pk}/events", {"before": 2, "limit": 2}).json()
+    assert [e["seq"] for e in first["events"]] == [1] and first["prev_cursor"] == 0
 
 
 def _read_sse(response, *, timeout: float) -> list[tuple[str, dict]]:

@@ -69,14 +69,14 @@ def test_the_live_page_polls_until_the_run_is_over(client_logged_in, frozen_doma
     page = client_logged_in.get(run.get_absolute_url()).content.decode()
     assert 'id="event-2"' in page and 'id="run-stop"' in page
     poll_url = reverse("agentrun:poll", args=[run.pk])
-    assert f'hx-get="{poll_url}?after=2" hx-trigger="every 1s"' in page
+    assert f'hx-get="{poll_url}?after=2&show=all" hx-trigger="every 1s"' in page
 
     _events(run, "text")
     partial = client_logged_in.get(poll_url, {"after": 2}, **HX)
     html = partial.content.decode()
     assert 'id="event-3"' in html and 'id="event-2"' not in html
     assert 'hx-swap-oob="beforeend:#run-events"' in html and 'id="run-status" class="card" hx-swap-oob="true"' in html
-    assert f'hx-get="{poll_url}?after=3"' in html
+    assert f'hx-get="{poll_url}?after=3&show=all"' in html
 
     nothing_new = client_logged_in.get(poll_url, {"after": 3}, **HX).content.decode()
     assert "run-events" not in nothing_new and "?after=3" in nothing_new
@@ -99,7 +99,7 @@ def test_the_live_page_shows_best_so_far_and_cost(client_logged_in, frozen_domai
     run = run_execute(run_id=run_create(domain=frozen_domain, backend="scripted").pk)
     best = run.experiments.order_by("primary_value").first()
     html = client_logged_in.get(run.get_absolute_url()).content.decode()
-    assert f"#{best.pk}</a> rmse = " in html and "$0.0123" in html and "2 completed of 2" in html
+    assert f"#{best.pk}</a> rmse = " in html and "$0.0123" in html and "2 completed" in html
     assert "★ best so far" in html
 
 
@@ -135,3 +135,84 @@ def test_the_start_form_refuses_counts_no_database_can_hold(client_logged_in, fr
     assert response.status_code == 422
     assert "max experiments must be at most" in response.content.decode()
     assert not AgentRun.objects.exists()
+
+
+def test_the_live_page_reaches_every_event_of_a_long_run_through_earlier_pages(client_logged_in, frozen_domain_in_transaction):
+    run = run_create(domain=frozen_domain_in_transaction)
+    AgentEvent.objects.bulk_create(
+        AgentEvent(run=run, seq=seq, type="experiment" if seq % 10 == 0 else "text", data={"text": f"event {seq}"})
+        for seq in range(1, 1001)
+    )
+    page = client_logged_in.get(run.get_absolute_url())
+    html = page.content.decode()
+    # The newest page is shown; the rest is one click away per page, by seq (a keyset, not an offset).
+    assert 'id="event-1000"' in html and 'id="event-801"' in html and 'id="event-800"' not in html
+    earlier_url = reverse("agentrun:earlier", args=[run.pk])
+    assert f"{earlier_url}?before=801&show=all" in html
+    seen, before = set(), 801
+    while before:
+        part = client_logged_in.get(earlier_url, {"before": before}, **HX)
+        seen |= {e.seq for e in part.context["events"]}
+        before = part.context["first_seq"] if part.context["earlier"] else 0
+    assert seen == set(range(1, 801))
+    # Filtered by type, the first page and the earlier pages keep only that type.
+    experiments = client_logged_in.get(run.get_absolute_url(), {"show": "experiments"})
+    assert {e.type for e in experiments.context["events"]} == {"experiment"} and len(experiments.context["events"]) == 100
+    assert 'id="event-999"' not in experiments.content.decode()
+    assert client_logged_in.get(run.get_absolute_url(), {"show": "bogus"}).context["show"] == "all"
+
+
+def test_the_live_page_poll_keeps_the_filter_and_says_when_experiments_ended(client_logged_in, frozen_domain_in_transaction):
+    run = run_create(domain=frozen_domain_in_transaction)
+    AgentRun.objects.filter(pk=run.pk).update(status="running")
+    run.refresh_from_db()
+    _events(run, "text", "experiment", "text")
+    poll_url = reverse("agentrun:poll", args=[run.pk])
+    html = client_logged_in.get(poll_url, {"after": 0, "show": "experiments"}, **HX).content.decode()
+    assert 'id="event-2"' in html and 'id="event-1"' not in html and 'id="event-3"' not in html
+    # The cursor moves past hidden events too, and the chart is told to redraw.
+    assert f'{poll_url}?after=3&show=experiments' in html and 'id="run-new-experiments"' in html
+
+
+def test_the_live_page_shows_elapsed_time_progress_and_failures_apart_from_stops(client_logged_in, frozen_domain_in_transaction):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from tests.knowledge.helpers import make_experiment
+
+    run = run_create(domain=frozen_domain_in_transaction, max_experiments=10, max_minutes=30, budget_usd=2)
+    AgentRun.objects.filter(pk=run.pk).update(status="running", started_at=timezone.now() - timedelta(minutes=3, seconds=5))
+    for state in ["completed", "completed", "failed", "stopped"]:
+        exp = make_experiment(frozen_domain_in_transaction)
+        type(exp).objects.filter(pk=exp.pk).update(run=run, state=state)
+    html = client_logged_in.get(run.get_absolute_url()).content.decode()
+    assert '<progress max="10" value="4"' in html and "4 of 10" in html
+    assert "2 completed" in html and "1 failed" in html and "1 stopped" in html
+    assert "3m 05s of 30m 00s" in html or "3m 06s of 30m 00s" in html
+    assert "of $2.00" in html
+
+
+def test_the_run_metric_chart_data_is_the_validation_metric_and_the_best_so_far(client_logged_in, frozen_domain_in_transaction):
+    from tests.knowledge.helpers import make_experiment
+
+    run = run_create(domain=frozen_domain_in_transaction)
+    ids = []
+    for value in [5.0, 3.0, 4.0]:
+        exp = make_experiment(frozen_domain_in_transaction)
+        type(exp).objects.filter(pk=exp.pk).update(run=run, state="completed", primary_value=value)
+        ids.append(exp.pk)
+    data = client_logged_in.get(reverse("agentrun:metrics", args=[run.pk])).json()
+    assert data["ids"] == ids
+    assert data["series"][0]["y"] == [5.0, 3.0, 4.0]
+    assert data["series"][1]["y"] == [5.0, 3.0, 3.0]  # rmse: lower is better
+
+
+def test_the_runs_tab_pages(client_logged_in, frozen_domain_in_transaction):
+    runs = [run_create(domain=frozen_domain_in_transaction) for _ in range(27)]
+    url = reverse("agentrun:domain_list", args=[frozen_domain_in_transaction.pk])
+    first = client_logged_in.get(url, **HX).content.decode()
+    assert f'id="run-row-{runs[-1].pk}"' in first and f'id="run-row-{runs[0].pk}"' not in first
+    assert "page 1 of 2 · 27 runs" in first
+    second = client_logged_in.get(url, {"page": 2}, **HX).content.decode()
+    assert f'id="run-row-{runs[0].pk}"' in second and f'id="run-row-{runs[-1].pk}"' not in second

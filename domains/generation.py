@@ -607,7 +607,99 @@ def load_data():
     + _SPLIT_HELPER
 )
 
+_DIAGNOSTICS = '''
+
+# --- diagnostics: small SVG charts for a reviewer, on the validation rows only ---------------
+# The harness sets DOJO_EVALUATE_PART to the part being scored; the holdout never gets charts.
+# Plain SVG written here (no plotting library): a few milliseconds per experiment.
+
+def _diagnostics_wanted():
+    return os.environ.get("DOJO_EVALUATE_PART") == "validation"
+
+
+def _esc(text):
+    return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _svg(path, title, body, width=360, height=300):
+    Path(path).write_text(
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="11">'
+        f'<rect width="100%" height="100%" fill="white"/>'
+        f'<text x="{width / 2}" y="16" text-anchor="middle" font-size="13">{_esc(title)}</text>{body}</svg>',
+        encoding="utf-8",
+    )
+
+
+def _chart(path, title, xlabel, ylabel, points=(), lines=(), limits=None):
+    """A scatter of `points` (xs, ys) plus `lines` [(xs, ys, colour)] on shared linear axes."""
+    left, top, w, h = 50, 26, 290, 230
+    xs_all = [np.asarray(p, dtype=float) for p in [points[0] if len(points) else [], *[l[0] for l in lines]]]
+    ys_all = [np.asarray(p, dtype=float) for p in [points[1] if len(points) else [], *[l[1] for l in lines]]]
+    xv, yv = np.concatenate(xs_all), np.concatenate(ys_all)
+    keep = np.isfinite(xv) & np.isfinite(yv)
+    if not keep.any():
+        return
+    x0, x1, y0, y1 = limits or (xv[keep].min(), xv[keep].max(), yv[keep].min(), yv[keep].max())
+    x1, y1 = (x1 if x1 > x0 else x0 + 1), (y1 if y1 > y0 else y0 + 1)
+    sx = lambda v: left + (v - x0) / (x1 - x0) * w  # noqa: E731
+    sy = lambda v: top + h - (v - y0) / (y1 - y0) * h  # noqa: E731
+    body = [f'<rect x="{left}" y="{top}" width="{w}" height="{h}" fill="none" stroke="#999"/>']
+    for value, anchor in ((x0, "start"), (x1, "end")):
+        body.append(f'<text x="{sx(value):.1f}" y="{top + h + 14}" text-anchor="{anchor}">{value:.3g}</text>')
+    for value in (y0, y1):
+        body.append(f'<text x="{left - 4}" y="{sy(value) + 4:.1f}" text-anchor="end">{value:.3g}</text>')
+    body.append(f'<text x="{left + w / 2}" y="{top + h + 28}" text-anchor="middle">{_esc(xlabel)}</text>')
+    body.append(f'<text x="12" y="{top + h / 2}" text-anchor="middle" transform="rotate(-90 12 {top + h / 2})">{_esc(ylabel)}</text>')
+    for lx, ly, colour in lines:
+        coords = " ".join(f"{sx(a):.1f},{sy(b):.1f}" for a, b in zip(lx, ly) if np.isfinite(a) and np.isfinite(b))
+        body.append(f'<polyline points="{coords}" fill="none" stroke="{colour}" stroke-width="1.5"/>')
+    if len(points):
+        px, py = np.asarray(points[0], dtype=float), np.asarray(points[1], dtype=float)
+        if len(px) > 1500:  # enough to see the shape; the file stays small
+            pick = np.linspace(0, len(px) - 1, 1500).astype(int)
+            px, py = px[pick], py[pick]
+        body += [f'<circle cx="{sx(a):.1f}" cy="{sy(b):.1f}" r="2" fill="#3366cc" fill-opacity="0.5"/>'
+                 for a, b in zip(px, py) if np.isfinite(a) and np.isfinite(b)]
+    _svg(path, title, "".join(body))
+
+
+def _confusion(path, y_true, y_hat, classes):
+    index = {c: i for i, c in enumerate(classes)}
+    n = len(classes)
+    counts = np.zeros((n, n), dtype=int)
+    for t, p in zip(y_true, y_hat):
+        counts[index[t], index[p]] += 1
+    cell = max(14, min(60, 240 // max(n, 1)))
+    left, top = 90, 40
+    body = [f'<text x="{left + n * cell / 2}" y="{top - 6}" text-anchor="middle">predicted</text>',
+            f'<text x="12" y="{top + n * cell / 2}" text-anchor="middle" transform="rotate(-90 12 {top + n * cell / 2})">actual</text>']
+    for i in range(n):
+        total = counts[i].sum() or 1
+        body.append(f'<text x="{left - 4}" y="{top + i * cell + cell / 2 + 4}" text-anchor="end">{_esc(classes[i])[:12]}</text>')
+        for j in range(n):
+            shade = int(255 - 200 * counts[i, j] / total)
+            body.append(f'<rect x="{left + j * cell}" y="{top + i * cell}" width="{cell}" height="{cell}" '
+                        f'fill="rgb({shade},{shade},255)" stroke="white"/>')
+            if cell >= 24:
+                body.append(f'<text x="{left + j * cell + cell / 2}" y="{top + i * cell + cell / 2 + 4}" text-anchor="middle">{counts[i, j]}</text>')
+    _svg(path, "Confusion matrix (validation rows)", "".join(body), width=left + n * cell + 20, height=top + n * cell + 20)
+
+
+def _calibration(path, confidence, correct, title):
+    bins = np.linspace(0, 1, 11)
+    which = np.clip(np.digitize(confidence, bins) - 1, 0, 9)
+    mean_p = [confidence[which == b].mean() for b in range(10) if (which == b).any()]
+    rate = [correct[which == b].mean() for b in range(10) if (which == b).any()]
+    _chart(path, title, "predicted probability", "observed frequency", points=(mean_p, rate),
+           lines=[([0, 1], [0, 1], "#999"), (mean_p, rate, "#3366cc")], limits=(0, 1, 0, 1))
+'''
+
 _EVALUATE_REGRESSION = '''"""evaluate: rmse, mae and r2 of the predicted values. Written by Dojo's template."""
+
+import os
+import sys
+from pathlib import Path
 
 import numpy as np
 from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
@@ -618,18 +710,33 @@ def evaluate(y_pred, *, X_train, X_test, y_train, y_test, artifacts_dir):
     y_pred = np.asarray(y_pred, dtype=float).reshape(-1)
     if y_pred.shape != y_true.shape:
         raise ValueError(f"y_pred has {y_pred.shape[0]} values; expected {y_true.shape[0]}")
-    return {
+    metrics = {
         "rmse": float(np.sqrt(mean_squared_error(y_true, y_pred))),
         "mae": float(mean_absolute_error(y_true, y_pred)),
         "r2": float(r2_score(y_true, y_pred)),
     }
-'''
+    if _diagnostics_wanted():
+        try:
+            lo, hi = float(min(y_true.min(), y_pred.min())), float(max(y_true.max(), y_pred.max()))
+            _chart(artifacts_dir / "residuals_vs_predicted.svg", "Residuals vs predicted (validation rows)",
+                   "predicted", "actual - predicted", points=(y_pred, y_true - y_pred),
+                   lines=[([y_pred.min(), y_pred.max()], [0, 0], "#999")])
+            _chart(artifacts_dir / "predicted_vs_actual.svg", "Predicted vs actual (validation rows)",
+                   "actual", "predicted", points=(y_true, y_pred), lines=[([lo, hi], [lo, hi], "#999")])
+        except Exception as exc:  # noqa: BLE001 - a chart is never worth failing the score
+            print(f"diagnostics skipped: {type(exc).__name__}: {exc}", file=sys.stderr)
+    return metrics
+''' + _DIAGNOSTICS
 
 _EVALUATE_BINARY = '''"""evaluate: roc_auc, log_loss, accuracy and f1 of positive-class probabilities.
 Written by Dojo's template. The positive class is the larger of the two sorted labels."""
 
+import os
+import sys
+from pathlib import Path
+
 import numpy as np
-from sklearn.metrics import accuracy_score, f1_score, log_loss, roc_auc_score
+from sklearn.metrics import accuracy_score, f1_score, log_loss, roc_auc_score, roc_curve
 
 
 def evaluate(y_pred, *, X_train, X_test, y_train, y_test, artifacts_dir):
@@ -639,16 +746,34 @@ def evaluate(y_pred, *, X_train, X_test, y_train, y_test, artifacts_dir):
     if proba.shape != y_true.shape:
         raise ValueError(f"y_pred has {proba.shape[0]} values; expected {y_true.shape[0]}")
     predicted = (proba >= 0.5).astype(int)
-    return {
+    metrics = {
         "roc_auc": float(roc_auc_score(y_true, proba)),
         "log_loss": float(log_loss(y_true, proba, labels=[0, 1])),
         "accuracy": float(accuracy_score(y_true, predicted)),
         "f1": float(f1_score(y_true, predicted, zero_division=0)),
     }
-'''
+    if _diagnostics_wanted():
+        try:
+            labels = [str(c) for c in classes[-2:]]
+            _confusion(artifacts_dir / "confusion_matrix.svg", [labels[t] for t in y_true],
+                       [labels[p] for p in predicted], labels)
+            fpr, tpr, _ = roc_curve(y_true, proba)
+            _chart(artifacts_dir / "roc_curve.svg", f"ROC curve (validation rows), AUC {metrics['roc_auc']:.3f}",
+                   "false positive rate", "true positive rate",
+                   lines=[([0, 1], [0, 1], "#999"), (fpr, tpr, "#3366cc")], limits=(0, 1, 0, 1))
+            _calibration(artifacts_dir / "calibration.svg", proba, y_true.astype(float),
+                         "Calibration (validation rows)")
+        except Exception as exc:  # noqa: BLE001 - a chart is never worth failing the score
+            print(f"diagnostics skipped: {type(exc).__name__}: {exc}", file=sys.stderr)
+    return metrics
+''' + _DIAGNOSTICS
 
 _EVALUATE_MULTICLASS = '''"""evaluate: log_loss, accuracy and macro_f1 of class probabilities.
 Written by Dojo's template. Columns of y_pred follow the sorted labels of y_train and y_test."""
+
+import os
+import sys
+from pathlib import Path
 
 import numpy as np
 from sklearn.metrics import accuracy_score, f1_score, log_loss
@@ -661,12 +786,21 @@ def evaluate(y_pred, *, X_train, X_test, y_train, y_test, artifacts_dir):
     if proba.shape != (y_true.shape[0], classes.shape[0]):
         raise ValueError(f"y_pred has shape {proba.shape}; expected {(y_true.shape[0], classes.shape[0])}")
     predicted = classes[proba.argmax(axis=1)]
-    return {
+    metrics = {
         "log_loss": float(log_loss(y_true, proba, labels=classes)),
         "accuracy": float(accuracy_score(y_true, predicted)),
         "macro_f1": float(f1_score(y_true, predicted, average="macro", zero_division=0)),
     }
-'''
+    if _diagnostics_wanted():
+        try:
+            _confusion(artifacts_dir / "confusion_matrix.svg", [str(c) for c in y_true],
+                       [str(c) for c in predicted], [str(c) for c in classes])
+            _calibration(artifacts_dir / "calibration.svg", proba.max(axis=1), (predicted == y_true).astype(float),
+                         "Calibration of the top class (validation rows)")
+        except Exception as exc:  # noqa: BLE001 - a chart is never worth failing the score
+            print(f"diagnostics skipped: {type(exc).__name__}: {exc}", file=sys.stderr)
+    return metrics
+''' + _DIAGNOSTICS
 
 EVALUATE_TEMPLATES = {
     "regression": _EVALUATE_REGRESSION,

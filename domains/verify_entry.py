@@ -18,6 +18,7 @@ import resource
 import sys
 import time
 import traceback
+from pathlib import Path
 
 import numpy as np
 
@@ -543,7 +544,8 @@ def _verify(spec, state, result):
         ev["errors"].append(_raised("evaluate", exc))
         return None
     X_train, X_test, y_train, y_test = splits
-    artifacts = spec["artifacts_dir"]
+    # A Path, as in the experiment harness: `artifacts_dir / "residuals.png"` must work here too.
+    artifacts = Path(spec["artifacts_dir"])
 
     def run(y_pred, x_test, y_true, when):
         value, error = _call_tool(

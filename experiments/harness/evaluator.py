@@ -144,6 +144,9 @@ class Evaluator:
                 continue
             idx, X_part, y_part = self.parts[part]
             artifacts = self.scratch[part]
+            # The frozen evaluate may draw diagnostics; it is told which part it scores, so they
+            # are drawn for the validation rows only, never for the holdout.
+            os.environ["DOJO_EVALUATE_PART"] = part
             try:
                 result = self.evaluate(
                     y_pred[idx], X_train=self.X_train, X_test=X_part, y_train=self.y_train,

@@ -5,7 +5,8 @@ import pytest
 
 from domains.services import task_tools_import, task_verify
 from experiments.services import experiment_run
-from tests.domains.taskkit import LOAD_REGRESSION, make_domain as make_unfrozen_domain
+from tests.domains.taskkit import LOAD_REGRESSION
+from tests.domains.taskkit import make_domain as make_unfrozen_domain
 from tests.experiments.conftest import LINEAR
 
 pytestmark = pytest.mark.django_db

@@ -12,10 +12,12 @@ from domains.permissions import domain_get_for_user, domains_for_user
 from domains.services import (
     domain_create,
     domain_delete,
+    domain_env_request,
     domain_git_sync,
     domain_member_remove,
     domain_member_set,
     domain_update,
+    domain_workspace_status,
     task_create,
     task_for_domain,
     task_freeze,
@@ -175,8 +177,27 @@ class SyncOut(Schema):
 @router.post("/domains/{domain_id}/workspace/sync", response=SyncOut)
 def workspace_sync(request: HttpRequest, domain_id: Id, payload: SyncIn):
     """Fetch the git workspace and check out `ref` (default: the domain's recorded ref)."""
-    domain = domain_get_for_user(request.user, domain_id, "own")
+    domain = _get_domain(request, domain_id, "own")
     return domain_git_sync(domain=domain, ref=payload.ref)
+
+
+class EnvSetupIn(Schema):
+    run_setup_script: bool = False
+
+
+@router.post("/domains/{domain_id}/workspace/setup", response={202: dict})
+def workspace_setup(request: HttpRequest, domain_id: Id, payload: EnvSetupIn):
+    """Owner only. Queue building the workspace's environment (requirements.txt / pyproject.toml,
+    and setup.sh when `run_setup_script`); poll `GET .../workspace` for its state and log."""
+    domain = _get_domain(request, domain_id, "own")
+    domain = domain_env_request(domain=domain, run_setup_script=payload.run_setup_script)
+    return Status(202, domain_workspace_status(domain=domain))
+
+
+@router.get("/domains/{domain_id}/workspace", response=dict)
+def workspace_status(request: HttpRequest, domain_id: Id):
+    """Exists, writable, git commit, environment (state, interpreter, build log), interpreter version."""
+    return domain_workspace_status(domain=_get_domain(request, domain_id))
 
 
 @router.get("/domains/{domain_id}/members", response=list[MemberOut])

@@ -73,6 +73,14 @@ class Domain(models.Model):
     def workspace(self) -> Path:
         return Path(self.workspace_path)
 
+    @property
+    def trainer_python(self) -> str:
+        """The trainer's interpreter: the one the user set, else the environment `dojo_domain setup`
+        built, else Dojo's own. (The evaluator always runs in Dojo's own.)"""
+        import sys
+
+        return self.workspace_python or self.env_python or sys.executable
+
     def file_path(self, which: str) -> Path:
         """PROGRAM.md for "program", SETUP.md for "setup"."""
         if which == "program":

@@ -18,9 +18,10 @@ from pathlib import Path
 
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
+from django.db.models import Q
 from django.utils import timezone
 
-from dojo_site.errors import Conflict, InvalidInput, NotFound, NotReady
+from dojo_site.errors import Conflict, DojoError, InvalidInput, NotFound, NotReady
 from dojo_site.schemas import DB_INT_MAX
 from domains import audit, generation, snapshot, verification, workspaces
 from domains.contracts import CONTRACT_VERSION, LIMIT_KEYS, TASK_TYPES, tools_fingerprint
@@ -224,7 +225,7 @@ def domain_create(
             with transaction.atomic():
                 domain = domain_create(
                     name=name, task_type=task_type, workspace=clone.path, description=description,
-                    data_path=data_path, target_column=target_column, metric=metric, id_columns=ids,
+                    data_path=data_path, target_column=target_column, metric=metric, id_columns=ids, owner=owner,
                 )
                 Domain.objects.filter(pk=domain.pk).update(git_url=git_url, git_ref=git_ref, git_commit=clone.commit)
         except BaseException:
@@ -465,6 +466,166 @@ def domain_member_remove(*, domain: Domain, username: str) -> None:
     deleted, _ = DomainMember.objects.filter(domain=domain, user__username=(username or "").strip()).delete()
     if not deleted:
         raise NotFound(f"{username!r} is not a member of {domain.name}")
+
+
+# An environment build that has said "building" for longer than this lost its worker.
+ENV_BUILD_STALE_SECONDS = 2 * 3600
+
+
+def _env_claim(domain: Domain) -> None:
+    """Mark the domain's environment `building`; Conflict when a build is already under way."""
+    from datetime import timedelta
+
+    stale = timezone.now() - timedelta(seconds=ENV_BUILD_STALE_SECONDS)
+    claimed = (
+        Domain.objects.filter(pk=domain.pk)
+        .exclude(Q(env_state="building") & Q(updated_at__gt=stale))
+        .update(env_state="building", env_error="", env_log="", updated_at=timezone.now())
+    )
+    if not claimed:
+        raise Conflict(f"an environment build for {domain.name!r} is already running; wait for it to end")
+    domain.env_state, domain.env_error, domain.env_log = "building", "", ""
+
+
+def domain_env_request(*, domain: Domain, run_setup_script: bool = False) -> Domain:
+    """Queue an environment build (django-q2, after the transaction commits); return the domain
+    marked `building`. Conflict when one is running; InvalidInput when the workspace declares
+    nothing to install."""
+    workspaces.env_requirements_check(domain.workspace, run_setup_script=run_setup_script)
+    with transaction.atomic():
+        _env_claim(domain)
+        transaction.on_commit(lambda: _env_enqueue(domain.pk, run_setup_script))
+    return domain
+
+
+def _env_enqueue(domain_id: int, run_setup_script: bool) -> None:
+    from django_q.tasks import async_task
+
+    async_task("domains.tasks.domain_env_build_task", domain_id, run_setup_script,
+               task_name=f"dojo-env-{domain_id}", timeout=int(workspaces.env_timeout()) + 60)
+
+
+def domain_env_build(*, domain: Domain, run_setup_script: bool = False, claimed: bool = False,
+                     on_output=None) -> Domain:
+    """Build the domain's environment now (the CLI, and the queued task) and record it.
+
+    Returns the domain with env_state "ready": env_python, env_lock (pip freeze) and the log's tail
+    recorded; an environment Dojo built before is deleted. On failure records env_state "failed"
+    with the error and the log's tail, keeps the previous environment, and raises EnvFailed
+    (InvalidInput). Conflict when another build is running (unless `claimed` by the caller)."""
+    if not claimed:
+        workspaces.env_requirements_check(domain.workspace, run_setup_script=run_setup_script)
+        _env_claim(domain)
+    previous = domain.env_python
+    try:
+        built = workspaces.env_build(domain_id=domain.pk, workspace=domain.workspace,
+                                     run_setup_script=run_setup_script, on_output=on_output)
+    except BaseException as exc:
+        short = getattr(exc, "short", None) or f"{type(exc).__name__}: {exc}"
+        tail = getattr(exc, "log_tail", "") or workspaces.log_tail(workspaces.env_root(domain.pk) / "build.log")
+        Domain.objects.filter(pk=domain.pk).update(env_state="failed", env_error=short[:2000],
+                                                   env_log=tail, updated_at=timezone.now())
+        domain.env_state, domain.env_error, domain.env_log = "failed", short[:2000], tail
+        if isinstance(exc, DojoError):
+            raise
+        if isinstance(exc, Exception):
+            raise workspaces.EnvFailed(short, tail) from exc
+        raise
+    Domain.objects.filter(pk=domain.pk).update(
+        env_python=built.python, env_lock=built.lock, env_state="ready", env_error="", env_log=built.log,
+        env_built_at=timezone.now(), updated_at=timezone.now(),
+    )
+    domain.refresh_from_db()
+    root = workspaces.env_root(domain.pk)
+    if previous and previous != built.python and root in Path(previous).parents:
+        shutil.rmtree(Path(previous).parent.parent, ignore_errors=True)
+    return domain
+
+
+_versions: dict[tuple, str] = {}
+
+
+def _interpreter_version(python: str) -> str:
+    """`python --version` of an interpreter ("" when it does not run), cached by its file identity."""
+    import subprocess
+
+    try:
+        st = os.stat(python)
+    except OSError:
+        return ""
+    key = (python, st.st_ino, st.st_mtime_ns)
+    if key not in _versions:
+        try:
+            out = subprocess.run([python, "-c", "import sys; print(sys.version.split()[0])"], capture_output=True,
+                                 text=True, timeout=15, stdin=subprocess.DEVNULL, env={"PATH": "/usr/bin:/bin"})
+            _versions[key] = out.stdout.strip() if out.returncode == 0 else ""
+        except (OSError, subprocess.TimeoutExpired):
+            _versions[key] = ""
+    return _versions[key]
+
+
+def domain_workspace_status(*, domain: Domain) -> dict:
+    """Everything about the workspace a person checks first: whether it exists and is writable, its
+    git source and checked-out commit, the environment (state, interpreter, lock size, build log) and
+    the trainer's interpreter with its version."""
+    path = domain.workspace
+    exists = path.is_dir()
+    writable = False
+    if exists:
+        try:  # os.access() says yes to root on read-only mounts; creating a file is the real test
+            fd, probe = tempfile.mkstemp(prefix=".dojo-write-check-", dir=path)
+            os.close(fd)
+            os.unlink(probe)
+            writable = True
+        except OSError:
+            writable = False
+    python = domain.trainer_python
+    declared: dict = {}
+    if exists:
+        try:
+            declared = workspaces.env_requirements(path)
+        except InvalidInput:
+            declared = {}
+    lock_lines = [ln for ln in domain.env_lock.splitlines() if ln.strip() and not ln.startswith("#")]
+    return {
+        "path": str(path),
+        "exists": exists,
+        "writable": writable,
+        "git": {
+            "url": domain.git_url,
+            "ref": domain.git_ref,
+            "commit": domain.git_commit,
+            "head": workspaces.git_head(path) if exists else "",
+        },
+        "environment": {
+            "state": domain.env_state or ("none" if not domain.env_python else "ready"),
+            "ready": bool(domain.env_python) and Path(domain.env_python).exists(),
+            "python": domain.env_python,
+            "packages": len(lock_lines),
+            "lock_sha256": hashlib.sha256(domain.env_lock.encode()).hexdigest() if domain.env_lock else "",
+            "built_at": domain.env_built_at.isoformat() if domain.env_built_at else None,
+            "error": domain.env_error,
+            "log": domain_env_log(domain=domain),
+            "declared": {
+                "requirements_txt": bool(declared.get("requirements_txt")),
+                "pyproject": bool(declared.get("has_pyproject")),
+                "venv": declared.get("venv", ""),
+                "setup_sh": exists and (path / "setup.sh").is_file(),
+            },
+        },
+        "interpreter": {
+            "path": python,
+            "source": "workspace_python" if domain.workspace_python else ("environment" if domain.env_python else "dojo"),
+            "version": _interpreter_version(python),
+        },
+    }
+
+
+def domain_env_log(*, domain: Domain) -> str:
+    """The build log's tail: live from the log file while building, else as recorded."""
+    if domain.env_state == "building":
+        return workspaces.log_tail(workspaces.env_root(domain.pk) / "build.log")
+    return domain.env_log
 
 
 def domain_delete(*, domain: Domain) -> None:

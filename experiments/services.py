@@ -146,7 +146,7 @@ def _hidden_paths() -> list[Path]:
 
 
 def _python(domain: Domain) -> str:
-    return domain.workspace_python or sys.executable
+    return domain.trainer_python
 
 
 def _isolation_setting() -> str | None:

@@ -11,7 +11,14 @@ from dojo_site.cli import (
 )
 from dojo_site.errors import DojoError
 from domains.models import Domain
-from domains.services import domain_current, domain_git_sync, domain_resolve, domain_use
+from domains.services import (
+    domain_current,
+    domain_env_build,
+    domain_git_sync,
+    domain_resolve,
+    domain_use,
+    domain_workspace_status,
+)
 
 
 class Command(BaseCommand):
@@ -27,6 +34,10 @@ class Command(BaseCommand):
         action("current", help="Print the current domain.")
         show = action("show", help="Show a domain (default: --domain or the current one).")
         show.add_argument("target", metavar="NAME", nargs="?")
+        setup = action("setup", help="Build the workspace's environment (requirements.txt / pyproject.toml) now.")
+        setup.add_argument("--run-setup-script", action="store_true",
+                           help="Also run the workspace's setup.sh (in the sandbox, with network).")
+        action("status", help="Workspace status: exists, writable, git commit, environment, interpreter.")
         sync = action("sync", help="Fetch the domain's git workspace and check out --ref (default: its recorded ref).")
         sync.add_argument("--ref", default=None, help="Branch, tag or commit to move to.")
 
@@ -117,3 +128,34 @@ class Command(BaseCommand):
                 + ". Experiments refuse to run until you unfreeze and freeze the task again "
                 "(`manage.py dojo_task unfreeze --reason ...` then `dojo_task setup`)."
             )
+
+    def _setup(self, options) -> None:
+        domain = domain_resolve(name=options["domain"])
+        echo = None if options["json"] else (lambda text: self.stdout.write(text, ending=""))
+        domain = domain_env_build(domain=domain, run_setup_script=options["run_setup_script"], on_output=echo)
+        if options["json"]:
+            print_json(self, domain_workspace_status(domain=domain))
+            return
+        packages = len([ln for ln in domain.env_lock.splitlines() if ln.strip() and not ln.startswith("#")])
+        self.stdout.write(f"Environment ready: {domain.env_python} ({packages} packages locked). "
+                          "The trainer runs in it from the next experiment on.")
+
+    def _status(self, options) -> None:
+        domain = domain_resolve(name=options["domain"])
+        status = domain_workspace_status(domain=domain)
+        if options["json"]:
+            print_json(self, status)
+            return
+        env, git, interp = status["environment"], status["git"], status["interpreter"]
+        table = Table(show_header=False, box=None)
+        table.add_row("workspace", status["path"])
+        table.add_row("exists", "yes" if status["exists"] else "NO")
+        table.add_row("writable", "yes" if status["writable"] else "no")
+        if git["url"]:
+            table.add_row("git", f"{git['url']} @ {git['ref'] or '(default branch)'}")
+        table.add_row("git commit", git["head"] or git["commit"] or "-")
+        table.add_row("environment", f"{env['state']}" + (f" ({env['python']}, {env['packages']} packages)" if env["python"] else ""))
+        if env["error"]:
+            table.add_row("last build error", env["error"])
+        table.add_row("interpreter", f"{interp['path']} ({interp['source']}) Python {interp['version'] or '?'}")
+        console_for(self).print(table)

@@ -17,6 +17,7 @@ from domains.services import (
     domain_member_remove,
     domain_member_set,
     domain_update,
+    domain_workspace_scan,
     domain_workspace_status,
     task_create,
     task_for_domain,
@@ -198,6 +199,14 @@ def workspace_setup(request: HttpRequest, domain_id: Id, payload: EnvSetupIn):
 def workspace_status(request: HttpRequest, domain_id: Id):
     """Exists, writable, git commit, environment (state, interpreter, build log), interpreter version."""
     return domain_workspace_status(domain=_get_domain(request, domain_id))
+
+
+@router.post("/domains/{domain_id}/workspace/scan", response=dict)
+def workspace_scan(request: HttpRequest, domain_id: Id):
+    """Data files (shapes, column types, likely target and ID columns), scorer-like functions, and
+    suggestions, each with the SETUP.md text it would give (`setup_text`; write it with the file
+    endpoint to confirm). Nothing is written."""
+    return domain_workspace_scan(domain=_get_domain(request, domain_id, "edit"))
 
 
 @router.get("/domains/{domain_id}/members", response=list[MemberOut])

@@ -621,6 +621,32 @@ def domain_workspace_status(*, domain: Domain) -> dict:
     }
 
 
+def domain_workspace_scan(*, domain: Domain) -> dict:
+    """workspaces.workspace_scan of the domain's workspace; each suggestion carries `setup_text`, the
+    SETUP.md text with it applied (nothing is written: the person confirms by saving it)."""
+    scan = workspaces.workspace_scan(domain.workspace)
+    current = domain_file_read(domain=domain, which="setup")
+    for suggestion in scan["suggestions"]:
+        suggestion["setup_text"] = workspaces.setup_text_suggested(
+            current, data=suggestion["data"], target=suggestion["target"], id_columns=suggestion["id_columns"]
+        )
+    return scan
+
+
+def domain_scan_apply(*, domain: Domain, index: int = 0) -> dict:
+    """Write suggestion `index` of a fresh scan into SETUP.md; return that suggestion. InvalidInput
+    when the scan has no such suggestion."""
+    suggestions = domain_workspace_scan(domain=domain)["suggestions"]
+    if not 0 <= index < len(suggestions):
+        raise InvalidInput(
+            f"the scan has {len(suggestions)} suggestion(s); there is no number {index + 1}"
+            if suggestions else "the scan found no data file to suggest"
+        )
+    chosen = suggestions[index]
+    domain_file_write(domain=domain, which="setup", text=chosen["setup_text"])
+    return chosen
+
+
 def domain_env_log(*, domain: Domain) -> str:
     """The build log's tail: live from the log file while building, else as recorded."""
     if domain.env_state == "building":

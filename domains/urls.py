@@ -14,6 +14,9 @@ urlpatterns: list = [
     path("<int:pk>/settings/", views.domain_settings, name="settings"),
     path("<int:pk>/members/", views.domain_member_add, name="member_add"),
     path("<int:pk>/members/<str:username>/remove/", views.domain_member_delete, name="member_remove"),
+    # The workspace panel: status, environment build (with its log), scan and suggestions.
+    path("<int:pk>/workspace/", views.domain_workspace, name="workspace"),
+    path("<int:pk>/workspace/<str:action>/", views.domain_workspace_action, name="workspace_action"),
     # The task: its panel (the Task tab) and one POST per action (generate, verify, freeze,
     # unfreeze, import, config, tool), each answering with the refreshed panel.
     path("<int:pk>/task/", views.task_panel, name="task"),

@@ -17,11 +17,14 @@ from domains.services import (
     DOMAIN_FILES,
     domain_create,
     domain_current,
+    domain_env_request,
     domain_file_read,
     domain_file_write,
     domain_member_remove,
     domain_member_set,
     domain_update,
+    domain_workspace_scan,
+    domain_workspace_status,
     task_for_domain,
     task_freeze,
     task_generate,
@@ -240,6 +243,69 @@ def domain_file(request: HttpRequest, pk: int, which: str) -> HttpResponse:
         context = _file_context(domain, which, editing=may_write and request.GET.get("edit") == "1")
     context["may_write"] = _may_write_file(request, domain, which)
     return render(request, "domains/partials/domain_file.html", {"file": context})
+
+
+# --- Workspace panel (overview tab): status, environment build with its live log, scan --------
+
+WORKSPACE_ACTIONS = {"setup": "own", "scan": "edit", "suggest": "own"}
+
+
+def _workspace_panel(request: HttpRequest, domain: Domain, *, scan: dict | None = None, error: str = "",
+                     notice: str = "") -> HttpResponse:
+    status = domain_workspace_status(domain=domain)
+    return render(request, "domains/partials/workspace.html", {
+        "domain": domain, "status": status, "scan": scan, "error": error, "notice": notice,
+        "may_own": domain_may(request.user, domain, "own"), "may_edit": domain_may(request.user, domain, "edit"),
+        "building": status["environment"]["state"] == "building",
+    })
+
+
+@login_required
+def domain_workspace(request: HttpRequest, pk: int) -> HttpResponse:
+    """The workspace panel (htmx polls it every 2 s while an environment build runs)."""
+    domain = _get_domain(request, pk)
+    if not request.htmx:
+        return redirect(domain)
+    return _workspace_panel(request, domain)
+
+
+@login_required
+@require_POST
+def domain_workspace_action(request: HttpRequest, pk: int, action: str) -> HttpResponse:
+    """setup (owner: queue the environment build), scan (editor: data files and suggestions),
+    suggest (owner: open the SETUP.md editor filled with suggestion ?n; saving it confirms)."""
+    if action not in WORKSPACE_ACTIONS:
+        raise Http404("unknown workspace action")
+    domain = _get_domain(request, pk, WORKSPACE_ACTIONS[action])
+    scan, error, notice = None, "", ""
+    try:
+        if action == "setup":
+            domain_env_request(domain=domain, run_setup_script=request.POST.get("run_setup_script") == "on")
+            notice = "Environment build queued; its log appears below while it runs."
+        elif action == "scan":
+            scan = domain_workspace_scan(domain=domain)
+        else:
+            suggestions = domain_workspace_scan(domain=domain)["suggestions"]
+            try:
+                chosen = suggestions[int(request.POST.get("n", "0"))]
+            except (ValueError, IndexError):
+                raise InvalidInput("that suggestion is gone; scan again") from None
+            context = _file_context(domain, "setup", editing=True,
+                                    form=DomainFileForm(initial={"text": chosen["setup_text"]}))
+            context["may_write"] = True
+            context["notice"] = "Filled from the scan: review, then save to confirm."
+            if not request.htmx:
+                return redirect(domain)
+            return render(request, "domains/partials/domain_file.html", {"file": context})
+    except DojoError as exc:
+        error = str(exc)
+    if not request.htmx:
+        if error:
+            messages.error(request, error)
+        elif notice:
+            messages.success(request, notice)
+        return redirect(domain)
+    return _workspace_panel(request, domain, scan=scan, error=error, notice=notice)
 
 
 # --- end of domains --------------------------------------------------------------------------

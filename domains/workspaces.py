@@ -20,13 +20,19 @@ The story:
    fresh folder: a failed build is deleted and the domain keeps its previous environment. The
    owner's optional `setup.sh` runs last, in the sandbox (network on, the workspace and the new env
    writable, DOJO_HOME and the database hidden), only when asked for.
-3. **Scan and status**: see the sections below.
+3. **Scan.** `workspace_scan` walks the workspace (skipping .git, virtual environments,
+   node_modules, caches and DOJO_HOME) for data files (csv, tsv, parquet, json, jsonl), reads a
+   bounded sample of each for its shape and column types, guesses the target and the ID columns,
+   and finds public functions that look like scorers (an ast scan: nothing is imported or run).
+   It only suggests: `setup_text_suggested` writes the suggestion into SETUP.md's text, and the
+   person saves it (the web editor, or `dojo_domain scan --apply`).
 
 Everything here is called by domains.services; nothing here touches the database.
 """
 
 from __future__ import annotations
 
+import ast
 import os
 import re
 import secrets
@@ -462,3 +468,206 @@ def _setup_script(*, workspace: Path, env_dir: Path, log: _Log, deadline: float)
     if not result.ok:
         why = "timed out" if result.timed_out else f"exit code {result.returncode}"
         raise EnvFailed(f"setup.sh failed ({why})", log.tail())
+
+
+# --- Scan ------------------------------------------------------------------------------------
+
+DATA_EXTENSIONS = {".csv": "csv", ".tsv": "tsv", ".parquet": "parquet", ".json": "json", ".jsonl": "jsonl"}
+SKIP_DIRS = {".git", ".hg", ".svn", ".venv", "venv", "env", ".env", "node_modules", "__pycache__", ".tox",
+             ".nox", ".mypy_cache", ".pytest_cache", ".ruff_cache", "site-packages", ".ipynb_checkpoints",
+             "mlruns", ".dojo", "build", "dist", ".eggs"}
+MAX_DATA_FILES = 30
+MAX_PY_FILES = 400
+MAX_WALK_ENTRIES = 50_000
+SAMPLE_ROWS = 1000
+SCORER_RE = re.compile(r"(score|metric|evaluat|accuracy|loss|rmse|mae|mse|auc|f1|precision|recall|r2)", re.I)
+TARGET_NAMES = ("target", "label", "labels", "y", "class", "outcome", "response", "price", "churn", "churned",
+                "survived", "default", "fraud", "is_fraud", "sales", "revenue", "quality")
+_ID_RE = re.compile(r"(^id$|_id$|^id_|^uuid$|^key$|^index$|^row_?id$|^customer_?id$|^user_?id$)", re.I)
+
+
+def _walk(root: Path, skip: set[Path]):
+    """(folder, file names) under root, skipping tool/venv/VCS folders and `skip`; bounded."""
+    seen = 0
+    for folder, dirs, files in os.walk(root):
+        here = Path(folder)
+        dirs[:] = sorted(
+            d for d in dirs
+            if d not in SKIP_DIRS and not d.endswith(".egg-info") and (here / d) not in skip
+            and not (here / d / "pyvenv.cfg").exists()
+        )
+        seen += len(dirs) + len(files)
+        yield here, sorted(files)
+        if seen > MAX_WALK_ENTRIES:
+            return
+
+
+def _count_lines(path: Path, limit_bytes: int = 200 * 1024 * 1024) -> int | None:
+    if path.stat().st_size > limit_bytes:
+        return None
+    count = 0
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 20):
+            count += block.count(b"\n")
+    return count
+
+
+def _sample(path: Path, kind: str):
+    """(DataFrame sample, total rows or None). Raises on unreadable files."""
+    import pandas as pd
+
+    if kind in ("csv", "tsv"):
+        frame = pd.read_csv(path, sep="\t" if kind == "tsv" else ",", nrows=SAMPLE_ROWS, low_memory=False)
+        lines = _count_lines(path)
+        return frame, (max(0, lines - 1) if lines is not None else None)
+    if kind == "jsonl":
+        frame = pd.read_json(path, lines=True, nrows=SAMPLE_ROWS)
+        return frame, _count_lines(path)
+    if kind == "json":
+        if path.stat().st_size > 50 * 1024 * 1024:
+            raise ValueError("larger than 50 MB; not sampled")
+        frame = pd.read_json(path)
+        return frame.head(SAMPLE_ROWS), len(frame)
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise ValueError("reading parquet needs pyarrow") from None
+    parquet = pq.ParquetFile(path)
+    frame = next(parquet.iter_batches(batch_size=SAMPLE_ROWS)).to_pandas()
+    return frame, parquet.metadata.num_rows
+
+
+def _guess_target(frame) -> str:
+    names = {str(c).lower(): str(c) for c in frame.columns}
+    for wanted in TARGET_NAMES:
+        if wanted in names:
+            return names[wanted]
+    return ""
+
+
+def _guess_ids(frame) -> list[str]:
+    out = []
+    n = len(frame)
+    for col in frame.columns:
+        series = frame[col]
+        unique = n > 1 and series.nunique(dropna=False) == n
+        if _ID_RE.search(str(col)) and (unique or n <= 1):
+            out.append(str(col))
+        elif unique and series.dtype == object and n >= 20 and str(col).lower().endswith("id"):
+            out.append(str(col))
+    return out
+
+
+def _task_type_guess(series) -> str:
+    values = series.dropna()
+    if values.empty:
+        return ""
+    unique = values.nunique()
+    if unique == 2:
+        return "binary"
+    numeric = str(values.dtype).startswith(("int", "uint", "float"))
+    if not numeric or (str(values.dtype).startswith(("int", "uint")) and unique <= 20):
+        return "multiclass"
+    return "regression"
+
+
+def _scan_data_file(path: Path, root: Path, kind: str) -> dict:
+    info: dict = {"path": str(path.relative_to(root)), "format": kind, "bytes": path.stat().st_size}
+    try:
+        frame, rows = _sample(path, kind)
+    except Exception as exc:  # noqa: BLE001 - any parse failure is reported on that file only
+        info["error"] = f"{type(exc).__name__}: {str(exc)[:200]}"
+        return info
+    target = _guess_target(frame)
+    info.update(
+        rows=rows,
+        columns_count=int(frame.shape[1]),
+        shape=[rows, int(frame.shape[1])],
+        sampled_rows=int(len(frame)),
+        columns=[
+            {"name": str(c), "dtype": str(frame[c].dtype), "unique": int(frame[c].nunique()),
+             "missing": round(float(frame[c].isna().mean()), 4) if len(frame) else 0.0}
+            for c in list(frame.columns)[:200]
+        ],
+        target=target,
+        id_columns=[c for c in _guess_ids(frame) if c != target],
+        task_type=_task_type_guess(frame[target]) if target else "",
+    )
+    return info
+
+
+def _scorers(path: Path, root: Path) -> list[dict]:
+    try:
+        if path.stat().st_size > 1024 * 1024:
+            return []
+        tree = ast.parse(path.read_text(encoding="utf-8", errors="replace"), filename=str(path))
+    except (OSError, SyntaxError, ValueError):
+        return []
+    found = []
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and not node.name.startswith("_") \
+                and SCORER_RE.search(node.name):
+            args = [a.arg for a in node.args.args + node.args.kwonlyargs]
+            found.append({"path": str(path.relative_to(root)), "name": node.name, "line": node.lineno, "args": args})
+    return found
+
+
+def workspace_scan(workspace: Path) -> dict:
+    """What the workspace holds: {"path", "data_files": [...], "scorers": [...], "python_files",
+    "declares": {...}, "suggestions": [...]}; see the module's story. Reads only bounded samples."""
+    root = Path(workspace).resolve()
+    if not root.is_dir():
+        raise InvalidInput(f"the workspace {root} does not exist")
+    skip = {Path(settings.DOJO_HOME).resolve()}
+    data, scorers, py_files = [], [], 0
+    for folder, files in _walk(root, skip):
+        for name in files:
+            path = folder / name
+            if path.is_symlink() or not path.is_file():
+                continue
+            kind = DATA_EXTENSIONS.get(path.suffix.lower())
+            if kind and len(data) < MAX_DATA_FILES:
+                data.append(_scan_data_file(path, root, kind))
+            elif path.suffix == ".py" and py_files < MAX_PY_FILES:
+                py_files += 1
+                scorers += _scorers(path, root)
+    suggestions = []
+    for item in sorted(data, key=lambda d: (not d.get("target"), "error" in d, -(d.get("rows") or 0))):
+        if "error" in item or not item.get("columns"):
+            continue
+        suggestions.append({
+            "data": item["path"], "target": item.get("target", ""), "id_columns": item.get("id_columns", []),
+            "task_type": item.get("task_type", ""),
+        })
+    try:
+        declared = env_requirements(root)
+    except InvalidInput:
+        declared = {"requirements_txt": (root / "requirements.txt").is_file(), "venv": "", "has_pyproject": True}
+    return {"path": str(root), "data_files": data, "scorers": scorers[:100], "python_files": py_files,
+            "declares": {"requirements_txt": declared["requirements_txt"], "pyproject": bool(declared.get("has_pyproject")),
+                         "venv": declared["venv"], "setup_sh": (root / "setup.sh").is_file()},
+            "suggestions": suggestions[:10]}
+
+
+_BULLET_RE = re.compile(r"^\s*[-*]\s*(data|loader|target|id columns)\s*:", re.I)
+
+
+def setup_text_suggested(text: str, *, data: str, target: str = "", id_columns: list[str] | None = None) -> str:
+    """SETUP.md's text with the `## Dataset` section's data / target / id columns bullets set to the
+    suggestion (other lines kept; a `- loader:` line is replaced by the data file)."""
+    lines = text.splitlines()
+    wanted = [f"- data: {data}"] + ([f"- target: {target}"] if target else []) + (
+        [f"- id columns: {', '.join(id_columns)}"] if id_columns else [])
+    start = next((i for i, ln in enumerate(lines) if ln.strip().lower().startswith("## dataset")), None)
+    if start is None:
+        return "\n".join([*lines, "", "## Dataset", *wanted]).strip("\n") + "\n"
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+    body = [ln for ln in lines[start + 1:end] if not _BULLET_RE.match(ln)]
+    # The new bullets go right after the bullets at the top of the section (task type, …).
+    at = 0
+    while at < len(body) and not body[at].strip():
+        at += 1
+    while at < len(body) and body[at].lstrip().startswith(("-", "*")):
+        at += 1
+    body[at:at] = wanted
+    return "\n".join([*lines[:start + 1], *body, *lines[end:]]).rstrip("\n") + "\n"

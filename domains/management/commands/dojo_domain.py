@@ -16,7 +16,9 @@ from domains.services import (
     domain_env_build,
     domain_git_sync,
     domain_resolve,
+    domain_scan_apply,
     domain_use,
+    domain_workspace_scan,
     domain_workspace_status,
 )
 
@@ -37,6 +39,9 @@ class Command(BaseCommand):
         setup = action("setup", help="Build the workspace's environment (requirements.txt / pyproject.toml) now.")
         setup.add_argument("--run-setup-script", action="store_true",
                            help="Also run the workspace's setup.sh (in the sandbox, with network).")
+        scan = action("scan", help="Scan the workspace: data files, shapes, column types, likely target/ID columns, scorers.")
+        scan.add_argument("--apply", type=int, metavar="N", default=None,
+                          help="Write suggestion N (1 = the first) into SETUP.md.")
         action("status", help="Workspace status: exists, writable, git commit, environment, interpreter.")
         sync = action("sync", help="Fetch the domain's git workspace and check out --ref (default: its recorded ref).")
         sync.add_argument("--ref", default=None, help="Branch, tag or commit to move to.")
@@ -159,3 +164,33 @@ class Command(BaseCommand):
             table.add_row("last build error", env["error"])
         table.add_row("interpreter", f"{interp['path']} ({interp['source']}) Python {interp['version'] or '?'}")
         console_for(self).print(table)
+
+    def _scan(self, options) -> None:
+        domain = domain_resolve(name=options["domain"])
+        if options["apply"] is not None:
+            chosen = domain_scan_apply(domain=domain, index=options["apply"] - 1)
+            if options["json"]:
+                print_json(self, chosen)
+            else:
+                self.stdout.write(f"SETUP.md now names data {chosen['data']}"
+                                  + (f", target {chosen['target']}" if chosen["target"] else "")
+                                  + (f", id columns {', '.join(chosen['id_columns'])}" if chosen["id_columns"] else "")
+                                  + f". Review it: {domain.setup_path}")
+            return
+        scan = domain_workspace_scan(domain=domain)
+        if options["json"]:
+            print_json(self, scan)
+            return
+        console = console_for(self)
+        table = Table("data file", "format", "shape", "target?", "id columns?", "task type?")
+        for item in scan["data_files"]:
+            shape = "error: " + item["error"] if "error" in item else f"{item['rows'] if item['rows'] is not None else '?'} x {item['columns_count']}"
+            table.add_row(item["path"], item["format"], shape, item.get("target") or "-",
+                          ", ".join(item.get("id_columns") or []) or "-", item.get("task_type") or "-")
+        console.print(table if scan["data_files"] else "No data files (csv, tsv, parquet, json, jsonl) found.")
+        for scorer in scan["scorers"]:
+            console.print(f"scorer?  {scorer['path']}:{scorer['line']}  {scorer['name']}({', '.join(scorer['args'])})",
+                          markup=False)
+        for n, sug in enumerate(scan["suggestions"], 1):
+            console.print(f"suggestion {n}: data {sug['data']}, target {sug['target'] or '?'}, "
+                          f"id columns {', '.join(sug['id_columns']) or '-'}; apply with --apply {n}", markup=False)

@@ -16,7 +16,9 @@ urlpatterns: list = [
     path("<int:pk>/members/<str:username>/remove/", views.domain_member_delete, name="member_remove"),
     # The workspace panel: status, environment build (with its log), scan and suggestions.
     path("<int:pk>/workspace/", views.domain_workspace, name="workspace"),
-    path("<int:pk>/workspace/<str:action>/", views.domain_workspace_action, name="workspace_action"),
+    path("<int:pk>/workspace/setup/", views.domain_workspace_action, {"action": "setup"}, name="workspace_setup"),
+    path("<int:pk>/workspace/scan/", views.domain_workspace_action, {"action": "scan"}, name="workspace_scan"),
+    path("<int:pk>/workspace/suggest/", views.domain_workspace_action, {"action": "suggest"}, name="workspace_suggest"),
     # The task: its panel (the Task tab) and one POST per action (generate, verify, freeze,
     # unfreeze, import, config, tool), each answering with the refreshed panel.
     path("<int:pk>/task/", views.task_panel, name="task"),

@@ -1,9 +1,12 @@
 """Pages of agent runs: the list, a domain's runs with the start form, and the live run page."""
 
+from datetime import timedelta
+
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
-from django.db.models import Count, Q, QuerySet
+from django.db.models import Case, Count, F, Max, Min, OuterRef, Q, QuerySet, Subquery, When
+from django.db.models.functions import Coalesce, TruncDate
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
@@ -14,8 +17,15 @@ from agentrun.models import AgentEvent, AgentRun
 from agentrun.services import run_start, run_stop_request
 from dojo_site.errors import DojoError
 from domains.models import Domain
-from domains.permissions import domain_may, domains_for_user, web_domain_get, web_domain_require
+from domains.permissions import (
+    domain_may,
+    domains_for_user,
+    holdout_visible,
+    web_domain_get,
+    web_domain_require,
+)
 from experiments.models import Experiment
+from experiments.ranking import ranked_filter
 
 # Events per poll response, on the first render of the live page and per "earlier" click.
 POLL_EVENTS = 200
@@ -257,3 +267,115 @@ def run_stop(request: HttpRequest, pk: int) -> HttpResponse:
     else:
         messages.success(request, f"Stop requested for run {run.pk}.")
     return redirect(run)
+
+
+# --- Results of domains: the domains list's Results column and the domain overview ---------------
+# These read experiments and runs, so they live in the highest app and the domains pages load them
+# with htmx (docs/interfaces.md, "Web composition"). Every figure comes from a fixed number of
+# aggregate queries, whatever the number of domains or experiments.
+
+SPARK_W, SPARK_H, SPARK_DAYS = 120, 28, 60
+
+
+def _best_by_domain(domains: QuerySet[Domain]) -> dict[int, Experiment]:
+    """{domain id: its best experiment}, by experiments.ranking's definition, in two queries."""
+    ranked = ranked_filter(
+        Experiment.objects.filter(
+            domain=OuterRef("pk"), state=Experiment.State.COMPLETED,
+            task_fingerprint=OuterRef("task__fingerprint"), data_fingerprint=OuterRef("task__data_fingerprint"),
+        ).filter(Q(rank_value__isnull=False) | Q(primary_value__isnull=False))
+    ).annotate(rank=Coalesce("rank_value", "primary_value"))
+    lowest = ranked.order_by(F("rank").asc(nulls_last=True), "pk").values("pk")[:1]
+    highest = ranked.order_by(F("rank").desc(nulls_last=True), "pk").values("pk")[:1]
+    best_ids = dict(
+        domains.annotate(
+            best_id=Case(When(task__direction="maximize", then=Subquery(highest)), default=Subquery(lowest))
+        ).values_list("pk", "best_id")
+    )
+    found = Experiment.objects.only("pk", "domain_id", "primary_value", "holdout_primary_value", "hypothesis").in_bulk(
+        [pk for pk in best_ids.values() if pk]
+    )
+    return {domain_id: found[pk] for domain_id, pk in best_ids.items() if pk in found}
+
+
+def _sparkline(points: list[float], *, maximize: bool) -> str:
+    """SVG polyline points of the best-so-far series, scaled into SPARK_W × SPARK_H ("" if < 2)."""
+    if len(points) < 2:
+        return ""
+    best, series = None, []
+    for value in points:
+        best = value if best is None or (value > best if maximize else value < best) else best
+        series.append(best)
+    lo, hi = min(series), max(series)
+    span = (hi - lo) or 1.0
+    step = SPARK_W / (len(series) - 1)
+    # Up is better on the picture, whatever the metric's direction.
+    ys = [(hi - v) / span if maximize else (v - lo) / span for v in series]
+    return " ".join(f"{i * step:.1f},{2 + y * (SPARK_H - 4):.1f}" for i, y in enumerate(ys))
+
+
+def _domain_results(request: HttpRequest, domains: QuerySet[Domain]) -> list[dict]:
+    """One dict per domain: best (with holdout when the user may see it), experiment and run counts,
+    the active run with its progress, the last activity and a best-so-far sparkline by day."""
+    domains = domains.select_related("task").annotate(
+        n_experiments=Subquery(
+            Experiment.objects.filter(domain=OuterRef("pk")).values("domain").annotate(n=Count("pk")).values("n")
+        ),
+        last_experiment=Subquery(
+            Experiment.objects.filter(domain=OuterRef("pk")).order_by("-created_at").values("created_at")[:1]
+        ),
+        n_runs=Subquery(AgentRun.objects.filter(domain=OuterRef("pk")).values("domain").annotate(n=Count("pk")).values("n")),
+        last_run=Subquery(AgentRun.objects.filter(domain=OuterRef("pk")).order_by("-created_at").values("created_at")[:1]),
+    )
+    domains = list(domains)
+    ids = [d.pk for d in domains]
+    best = _best_by_domain(Domain.objects.filter(pk__in=ids))
+    active: dict[int, AgentRun] = {}
+    live = _runs_with_counts().filter(domain_id__in=ids, status__in=[AgentRun.Status.RUNNING, AgentRun.Status.QUEUED])
+    for run in live.order_by("created_at"):
+        active.setdefault(run.domain_id, run)
+    daily: dict[int, list[tuple]] = {}
+    since = timezone.now() - timedelta(days=SPARK_DAYS)
+    rows = (
+        Experiment.objects.filter(domain_id__in=ids, state=Experiment.State.COMPLETED, created_at__gte=since)
+        .exclude(primary_value=None)
+        .annotate(day=TruncDate("created_at"))
+        .values("domain_id", "day")
+        .annotate(lo=Min("primary_value"), hi=Max("primary_value"))
+        .order_by("domain_id", "day")
+    )
+    for row in rows:
+        daily.setdefault(row["domain_id"], []).append((row["lo"], row["hi"]))
+    results = []
+    for domain in domains:
+        task = domain.task_or_none
+        maximize = task is not None and task.direction == "maximize"
+        days = daily.get(domain.pk, [])
+        last = max((t for t in (domain.last_experiment, domain.last_run) if t), default=None)
+        results.append({
+            "domain": domain,
+            "task": task,
+            "best": best.get(domain.pk),
+            "show_holdout": not domain.hide_holdout_from_viewers or holdout_visible(request.user, domain),
+            "n_experiments": domain.n_experiments or 0,
+            "n_runs": domain.n_runs or 0,
+            "active": active.get(domain.pk),
+            "last_activity": last,
+            "spark": _sparkline([hi if maximize else lo for lo, hi in days], maximize=maximize),
+        })
+    return results
+
+
+@login_required
+def domains_results(request: HttpRequest) -> HttpResponse:
+    """The domains list's Results cells, swapped in out of band (one request for the whole list)."""
+    results = _domain_results(request, domains_for_user(request.user))
+    return render(request, "agentrun/partials/domains_results.html", {"results": results, "w": SPARK_W, "h": SPARK_H})
+
+
+@login_required
+def domain_results(request: HttpRequest, domain_id: int) -> HttpResponse:
+    """The domain overview's Results card."""
+    domain = web_domain_get(request.user, domain_id)
+    (result,) = _domain_results(request, Domain.objects.filter(pk=domain.pk))
+    return render(request, "agentrun/partials/domain_results.html", {"r": result, "w": SPARK_W, "h": SPARK_H})

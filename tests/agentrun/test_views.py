@@ -216,3 +216,54 @@ def test_the_runs_tab_pages(client_logged_in, frozen_domain_in_transaction):
     assert "page 1 of 2 · 27 runs" in first
     second = client_logged_in.get(url, {"page": 2}, **HX).content.decode()
     assert f'id="run-row-{runs[0].pk}"' in second and f'id="run-row-{runs[-1].pk}"' not in second
+
+
+def test_the_domains_results_show_the_best_by_the_ranking_counts_and_the_active_run(
+    client_logged_in, frozen_domain_in_transaction, django_assert_max_num_queries
+):
+    from experiments.ranking import best_experiment
+    from tests.knowledge.helpers import make_experiment
+
+    domain = frozen_domain_in_transaction
+    task = domain.task
+    values = [5.0, 3.0, 4.0]
+    for value in values:
+        exp = make_experiment(domain)
+        type(exp).objects.filter(pk=exp.pk).update(
+            state="completed", primary_value=value, holdout_primary_value=value + 0.5,
+            task_fingerprint=task.fingerprint, data_fingerprint=task.data_fingerprint,
+        )
+    run = run_create(domain=domain, max_experiments=8)
+    AgentRun.objects.filter(pk=run.pk).update(status="running")
+    best = best_experiment(domain)
+    assert best.primary_value == 3.0
+
+    with django_assert_max_num_queries(12):
+        html = client_logged_in.get(reverse("agentrun:domains_results"), **HX).content.decode()
+    cell = html[html.index(f'id="domain-results-{domain.pk}"'):]
+    assert f"best #{best.pk}" in cell and "<strong>3</strong>" in cell and "holdout 3.5" in cell
+    assert "3 experiments · 1 run" in cell and f"run #{run.pk} running" in cell
+    assert '<svg class="spark"' not in cell or "polyline" in cell
+
+    overview = client_logged_in.get(reverse("agentrun:domain_results", args=[domain.pk]), **HX).content.decode()
+    assert f"best #{best.pk}" in overview and 'data-chart="history"' in overview
+    # The domains list and the overview load them.
+    assert "/runs/domains/results/" in client_logged_in.get(reverse("domains:list")).content.decode()
+    assert f"/runs/domain/{domain.pk}/results/" in client_logged_in.get(domain.get_absolute_url()).content.decode()
+
+
+def test_the_domains_results_hide_holdout_from_viewers_when_the_owner_says_so(client, frozen_domain_in_transaction, other_user):
+    from domains.models import DomainMember
+    from tests.knowledge.helpers import make_experiment
+
+    domain = frozen_domain_in_transaction
+    type(domain).objects.filter(pk=domain.pk).update(hide_holdout_from_viewers=True)
+    DomainMember.objects.create(domain=domain, user=other_user, role="viewer")
+    exp = make_experiment(domain)
+    type(exp).objects.filter(pk=exp.pk).update(
+        state="completed", primary_value=1.0, holdout_primary_value=7.25,
+        task_fingerprint=domain.task.fingerprint, data_fingerprint=domain.task.data_fingerprint,
+    )
+    client.force_login(other_user)
+    html = client.get(reverse("agentrun:domain_results", args=[domain.pk]), **HX).content.decode()
+    assert f"best #{exp.pk}" in html and "7.25" not in html

@@ -5,8 +5,10 @@
    column, filters (state, run, family, text in the hypothesis). Only real, indexed columns sort
    (the `exp_*_idx` indexes on Experiment): a JSON metric or param is shown, never sorted on,
    because a sort without an index is what made deep pages slow at 10,000 rows.
-2. "Best first" is the ranking's (experiments.ranking, the one definition of best); the other
-   sorts are plain column orders.
+2. "Best first" orders by the stored rank value of experiments.ranking (the one definition of
+   best), so it walks an index; rows without one (failed, running) follow. The other sorts are
+   plain column orders. A page is read in two steps: its ids from the covering index, then those
+   25 rows (a "deferred join"): a deep page never reads the wide rows it skips.
 3. Reproductions (`reproduction_of` set) are not leaderboard entries: they are shown on the page
    of the experiment they reproduce.
 4. Compare lines up experiments' metrics, variables (flattened, differences marked) and code.
@@ -33,6 +35,7 @@ from experiments.models import Experiment
 
 # Sort key → the model field it orders by. Every one has an index starting with `domain`.
 SORT_FIELDS = {
+    "best": "rank_value",
     "validation": "primary_value",
     "holdout": "holdout_primary_value",
     "created": "created_at",
@@ -45,22 +48,14 @@ SORT_FIELDS = {
 ROW_FIELDS = (
     "id", "domain_id", "run_id", "parent_id", "state", "hypothesis", "error", "variables", "metrics",
     "holdout_metrics", "primary_value", "holdout_primary_value", "train_seconds", "created_at",
-    "task_fingerprint", "data_fingerprint", "seed",
+    "task_fingerprint", "data_fingerprint", "seed", "rank_value", "seed_spread", "cv_value", "quarantine_state",
 )
 MAX_COLUMNS = 40
 MAX_IDS = 50  # experiments compared at once
 
 
-def _has_field(name: str) -> bool:
-    try:
-        Experiment._meta.get_field(name)
-    except Exception:  # noqa: BLE001 - FieldDoesNotExist; the field arrives with experiments.ranking
-        return False
-    return True
-
-
 def sort_keys() -> list[str]:
-    return [key for key, name in SORT_FIELDS.items() if _has_field(name)]
+    return [key for key in SORT_FIELDS if key != "best"]
 
 
 def _maximize(task: Task | None, metric: str | None = None) -> bool:
@@ -95,8 +90,8 @@ def column_for(key: str, *, task: Task | None) -> Column | None:
         return Column(key, name, numeric=False) if name and len(name) <= 100 else None
     fixed = {
         "gap": Column("gap", "gap (holdout − val)"),
-        "cv": Column("cv", "CV", "cv" if _has_field("cv_value") else ""),
-        "seed_spread": Column("seed_spread", "seed spread", "seed_spread" if _has_field("seed_spread") else ""),
+        "cv": Column("cv", "CV", "cv"),
+        "seed_spread": Column("seed_spread", "seed spread", "seed_spread"),
         "train_seconds": Column("train_seconds", "train s", "train_seconds"),
         "family": Column("family", "family", numeric=False),
         "run": Column("run", "run", numeric=False),
@@ -173,7 +168,7 @@ class LeaderboardQuery:
 
 def natural_direction(sort: str, *, task: Task | None) -> str:
     """Best first for metrics, newest first for time and id, smallest first for seconds/spread."""
-    if sort in ("validation", "holdout", "cv"):
+    if sort in ("best", "validation", "holdout", "cv"):
         return "desc" if _maximize(task) else "asc"
     if sort in ("created", "id"):
         return "desc"
@@ -181,12 +176,11 @@ def natural_direction(sort: str, *, task: Task | None) -> str:
 
 
 def leaderboard_query(*, domain: Domain, query: LeaderboardQuery, task: Task | None = None) -> QuerySet:
-    """The domain's leaderboard rows as the query says (reproductions left out, archived ones only
-    when asked for), annotated with `other_contract` and `gap`; only ROW_FIELDS are loaded.
+    """The domain's leaderboard as an ordered queryset (reproductions left out, archived ones only
+    when asked for). Page it as `.values_list("id", flat=True)` and read the rows of one page with
+    `leaderboard_rows`: the ids come from a covering index.
 
     Raises InvalidInput for an unknown sort, direction or state."""
-    from domains.services import contract_annotate
-
     if task is None:
         task = Task.objects.filter(domain=domain).first()
     if query.sort != "best" and query.sort not in sort_keys():
@@ -195,23 +189,29 @@ def leaderboard_query(*, domain: Domain, query: LeaderboardQuery, task: Task | N
         raise InvalidInput("dir must be asc or desc")
     if query.state and query.state not in Experiment.State.values:
         raise InvalidInput(f"state must be one of {', '.join(Experiment.State.values)}")
-    if query.sort == "best":
-        qs = _filtered(_ranked(domain, task), query)
-    else:
-        column = SORT_FIELDS[query.sort]
-        direction = query.direction or natural_direction(query.sort, task=task)
-        order = F(column).desc(nulls_last=True) if direction == "desc" else F(column).asc(nulls_last=True)
-        tie = "-id" if direction == "desc" else "id"
-        qs = _filtered(Experiment.objects.filter(domain=domain), query).order_by(order, tie)
-    qs = qs.only(*ROW_FIELDS).annotate(gap=F("holdout_primary_value") - F("primary_value"))
+    column = SORT_FIELDS[query.sort]
+    direction = query.direction or natural_direction(query.sort, task=task)
+    order = F(column).desc(nulls_last=True) if direction == "desc" else F(column).asc(nulls_last=True)
+    tie = "-id" if direction == "desc" else "id"
+    return _filtered(Experiment.objects.filter(domain=domain), query).order_by(order, tie)
+
+
+def leaderboard_rows(*, ids: list[int], task: Task | None) -> list[Experiment]:
+    """The rows of one leaderboard page, in the order of `ids`: only ROW_FIELDS loaded,
+    annotated with `gap` (holdout − validation) and `other_contract`."""
+    from domains.services import contract_annotate
+
+    qs = Experiment.objects.filter(pk__in=ids).only(*ROW_FIELDS).annotate(
+        gap=F("holdout_primary_value") - F("primary_value")
+    )
     if task is not None:
         qs = contract_annotate(qs, task=task)
-    return qs
+    by_id = {e.pk: e for e in qs}
+    return [by_id[i] for i in ids if i in by_id]
 
 
 def _filtered(qs: QuerySet, query: LeaderboardQuery) -> QuerySet:
-    if _has_field("reproduction_of"):
-        qs = qs.filter(reproduction_of__isnull=True)
+    qs = qs.filter(reproduction_of__isnull=True)
     if query.state:
         qs = qs.filter(state=query.state)
     else:
@@ -223,17 +223,6 @@ def _filtered(qs: QuerySet, query: LeaderboardQuery) -> QuerySet:
     if query.q:
         qs = qs.filter(hypothesis__icontains=query.q)
     return qs
-
-
-def _ranked(domain: Domain, task: Task | None) -> QuerySet:
-    """Best first per experiments.ranking, the one definition of best (until it exists: the
-    validation primary metric, unscored rows last)."""
-    try:
-        from experiments import ranking
-    except ImportError:
-        order = F("primary_value").desc(nulls_last=True) if _maximize(task) else F("primary_value").asc(nulls_last=True)
-        return Experiment.objects.filter(domain=domain).order_by(order, "-id")
-    return ranking.ranked_experiments(domain, include_quarantined=True)
 
 
 def cell(exp: Experiment, key: str) -> Any:
@@ -249,7 +238,7 @@ def cell(exp: Experiment, key: str) -> Any:
             return None
         return exp.holdout_primary_value - exp.primary_value
     if key == "cv":
-        return getattr(exp, "cv_value", None)
+        return exp.cv_value
     if key == "family":
         return family_of(exp.variables)
     if key == "run":
@@ -413,8 +402,7 @@ def parallel_data(*, domain: Domain, run: int | None = None, limit: int = 10_000
     are left out; at most 12 dimensions, the params most often set first."""
     task = domain.task_or_none
     qs = Experiment.objects.filter(domain=domain, state=Experiment.State.COMPLETED, primary_value__isnull=False)
-    if _has_field("reproduction_of"):
-        qs = qs.filter(reproduction_of__isnull=True)
+    qs = qs.filter(reproduction_of__isnull=True)
     if run is not None:
         qs = qs.filter(run_id=run)
     rows = list(qs.order_by("id").values_list("id", "variables", "primary_value")[:limit])
@@ -457,14 +445,12 @@ def experiment_lineage(*, experiment: Experiment, children_limit: int = 100) -> 
         path.append(parent)
         parent_id = parent.parent_id
     path.reverse()
-    children = Experiment.objects.filter(parent=experiment).only("id", "state", "hypothesis", "primary_value", "created_at")
-    if _has_field("reproduction_of"):
-        reproductions = list(Experiment.objects.filter(reproduction_of=experiment).order_by("-id")
-                             .only("id", "state", "primary_value", "holdout_primary_value", "metrics",
-                                   "holdout_metrics", "created_at"))
-        children = children.filter(reproduction_of__isnull=True)
-    else:
-        reproductions = []
+    children = Experiment.objects.filter(parent=experiment, reproduction_of__isnull=True).only(
+        "id", "state", "hypothesis", "primary_value", "created_at"
+    )
+    reproductions = list(Experiment.objects.filter(reproduction_of=experiment).order_by("-id")
+                         .only("id", "state", "primary_value", "holdout_primary_value", "metrics",
+                               "holdout_metrics", "created_at"))
     return {
         "path": path,
         "children": list(children.order_by("-id")[:children_limit]),
@@ -478,7 +464,7 @@ class Node:
     id: int
     state: str
     value: float | None
-    hypothesis: str
+    hypothesis: str = ""
     children: list[Node] = field(default_factory=list)
     size: int = 1  # nodes in this subtree
     on_best_path: bool = False
@@ -486,18 +472,24 @@ class Node:
     hidden_children: int = 0
 
 
-def lineage_tree(*, domain: Domain, best_id: int | None = None, children_limit: int = 200) -> dict:
-    """The domain's experiments as a forest by parent (reproductions left out). `roots` (newest
-    first) hold Nodes; the path from a root to `best_id` is marked `on_best_path`. A node shows at
-    most `children_limit` children (the rest are counted in `hidden_children`)."""
-    qs = Experiment.objects.filter(domain=domain).exclude(state=Experiment.State.ARCHIVED)
-    if _has_field("reproduction_of"):
-        qs = qs.filter(reproduction_of__isnull=True)
-    rows = qs.order_by("id").values_list("id", "parent_id", "state", "primary_value", "hypothesis")
+@dataclass
+class Forest:
+    roots: list[Node]  # best path's root first, then newest first
+    nodes: dict[int, Node]
+    count: int
+
+
+def lineage_forest(*, domain: Domain, best_id: int | None = None) -> Forest:
+    """The domain's experiments as a forest by parent (reproductions and archived ones left out),
+    read from the `exp_tree_idx` index alone. The path from a root to `best_id` is marked
+    `on_best_path` (and sorts first among siblings); `size` counts each subtree. Hypotheses are
+    not loaded: `lineage_label` fills them in for the nodes a page shows."""
+    qs = (Experiment.objects.filter(domain=domain, reproduction_of__isnull=True)
+          .exclude(state=Experiment.State.ARCHIVED))
     nodes: dict[int, Node] = {}
     parents: dict[int, int | None] = {}
-    for pk, parent_id, state, value, hypothesis in rows:
-        nodes[pk] = Node(pk, state, value, (hypothesis or "")[:120])
+    for pk, parent_id, state, value in qs.values_list("id", "parent_id", "state", "primary_value"):
+        nodes[pk] = Node(pk, state, value)
         parents[pk] = parent_id
     roots: list[Node] = []
     for pk, node in nodes.items():
@@ -506,8 +498,8 @@ def lineage_tree(*, domain: Domain, best_id: int | None = None, children_limit: 
             nodes[parent_id].children.append(node)
         else:
             roots.append(node)
-    # Subtree sizes, children before parents (ids grow with time, a parent is older than its child
-    # except in hand-edited data, which the seen-set guards against).
+    # Subtree sizes, children first: a child is newer (larger id) than its parent; a hand-edited
+    # cycle (which that rule excludes) only makes a size too small, never loops.
     for pk in sorted(nodes, reverse=True):
         node = nodes[pk]
         node.size = 1 + sum(c.size for c in node.children if c.id > node.id)
@@ -521,22 +513,33 @@ def lineage_tree(*, domain: Domain, best_id: int | None = None, children_limit: 
             current = parents.get(current)
     for node in nodes.values():
         node.children.sort(key=lambda c: (not c.on_best_path, -c.id))
+    roots.sort(key=lambda r: (not r.on_best_path, -r.id))
+    return Forest(roots=roots, nodes=nodes, count=len(nodes))
+
+
+def lineage_shown(nodes: list[Node], *, children_limit: int = 200) -> list[Node]:
+    """What a page renders of these subtrees: each node, and the children of nodes on the best
+    path (open), at most `children_limit` per node; other subtrees load when opened. Fills in
+    the hypotheses of exactly those nodes (one query) and returns them."""
+    shown: list[Node] = []
+    stack = list(nodes)
+    while stack:
+        node = stack.pop()
+        shown.append(node)
         if len(node.children) > children_limit:
             node.hidden_children = len(node.children) - children_limit
-            node.children = node.children[:children_limit]
-    roots.sort(key=lambda r: (not r.on_best_path, -r.id))
-    return {"roots": roots, "count": len(nodes)}
+        if node.on_best_path:
+            stack.extend(node.children[:children_limit])
+    hypotheses = dict(Experiment.objects.filter(pk__in=[n.id for n in shown]).values_list("id", "hypothesis"))
+    for node in shown:
+        node.hypothesis = (hypotheses.get(node.id) or "")[:120]
+    return shown
 
 
 def best_experiment_for(domain: Domain) -> Experiment | None:
-    """The domain's best experiment per experiments.ranking (the one definition), falling back to
-    the validation leader until that module exists."""
-    try:
-        from experiments.ranking import best_experiment
-    except ImportError:
-        from experiments.services import experiment_best
+    """The domain's best experiment per experiments.ranking (the one definition of best)."""
+    from experiments.ranking import best_experiment
 
-        return experiment_best(domain=domain)
     return best_experiment(domain)
 
 
@@ -550,8 +553,7 @@ def history_data(*, domain: Domain, run: int | None = None) -> dict:
     task = domain.task_or_none
     maximize = _maximize(task)
     qs = Experiment.objects.filter(domain=domain, state=Experiment.State.COMPLETED, primary_value__isnull=False)
-    if _has_field("reproduction_of"):
-        qs = qs.filter(reproduction_of__isnull=True)
+    qs = qs.filter(reproduction_of__isnull=True)
     if run is not None:
         qs = qs.filter(run_id=run)
     ids, validation, holdout, best = [], [], [], []

@@ -100,13 +100,14 @@ def experiment_domain_list(request: HttpRequest, domain_id: int) -> HttpResponse
             natural[column.key] = (_url(request, base, sort=column.sort, dir=flip, page=None), current)
         else:
             natural[column.key] = (_url(request, base, sort=column.sort, dir=None, page=None), "")
-    qs = analysis.leaderboard_query(domain=domain, query=query, task=task)
-    paginator = Paginator(qs, PAGE_SIZE)
+    ordered = analysis.leaderboard_query(domain=domain, query=query, task=task)
+    paginator = Paginator(ordered.values_list("id", flat=True), PAGE_SIZE)
     page_obj = paginator.get_page(values.get("page") or 1)
+    exps = analysis.leaderboard_rows(ids=list(page_obj.object_list), task=task)
     if not holdout:
-        for exp in page_obj:
+        for exp in exps:
             exp.holdout_blanked()
-    rows = [{"exp": e, "cells": [analysis.cell(e, c.key) for c in columns]} for e in page_obj]
+    rows = [{"exp": e, "cells": [analysis.cell(e, c.key) for c in columns]} for e in exps]
     params = analysis.recent_params(domain=domain)
     context = {
         "domain": domain, "task": task, "query": query, "sort": sort, "columns": columns, "rows": rows,
@@ -200,14 +201,27 @@ def experiment_compare(request: HttpRequest) -> HttpResponse:
 
 @login_required
 def experiment_lineage_tree(request: HttpRequest, domain_id: int) -> HttpResponse:
+    """The domain's lineage tree, 50 roots a page, the best path open; `?node=ID` returns the
+    children of one node (loaded by htmx when the node is opened)."""
     domain = _domain_for(request, domain_id)
     best = analysis.best_experiment_for(domain)
-    tree = analysis.lineage_tree(domain=domain, best_id=best.pk if best else None)
-    roots = tree["roots"]
-    paginator = Paginator(roots, 50)
+    forest = analysis.lineage_forest(domain=domain, best_id=best.pk if best else None)
+    node_id = request.GET.get("node")
+    if node_id is not None:
+        node = forest.nodes.get(int(node_id)) if node_id.isdigit() else None
+        if node is None:
+            raise Http404("no such experiment in this lineage")
+        children = node.children[:200]
+        node.hidden_children = len(node.children) - len(children)
+        analysis.lineage_shown(children)
+        return render(request, "experiments/partials/lineage_children.html",
+                      {"domain": domain, "node": node, "children": children})
+    paginator = Paginator(forest.roots, 50)
     page_obj = paginator.get_page(request.GET.get("page") or 1)
+    roots = list(page_obj)
+    analysis.lineage_shown(roots)
     context = {"domain": domain, "task": domain.task_or_none, "best": best, "page_obj": page_obj,
-               "count": tree["count"], "roots": list(page_obj)}
+               "count": forest.count, "roots": roots}
     return render(request, "experiments/lineage.html", context)
 
 

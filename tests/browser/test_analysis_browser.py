@@ -20,7 +20,9 @@ def _exp(domain, value, holdout, **fields):
     return Experiment.objects.create(
         domain=domain, state="completed", train_code=fields.pop("code", SHORT), code_sha256="0" * 64,
         metrics={"rmse": value, "mae": value / 2}, holdout_metrics={"rmse": holdout, "mae": holdout / 2},
-        primary_value=value, holdout_primary_value=holdout, **fields,
+        primary_value=value, holdout_primary_value=holdout,
+        # What experiments.ranking.ranking_update stores for a one-seed configuration.
+        rank_value=value, **fields,
     )
 
 
@@ -42,6 +44,7 @@ def lab(transactional_db):
 def _errors(page) -> list[str]:
     # Plotly (4.8 MB) comes from the test server's static handler: give navigations room.
     page.set_default_navigation_timeout(30_000)
+    page.set_default_timeout(20_000)  # the machine is shared; clicks wait for navigations too
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     return errors

@@ -21,7 +21,9 @@ def _exp(domain, *, value=None, holdout=None, state="completed", code=CODE_A, **
     holdout_metrics = {"rmse": holdout, "mae": holdout / 2} if holdout is not None else {}
     return Experiment.objects.create(
         domain=domain, state=state, train_code=code, code_sha256="0" * 64, metrics=metrics,
-        holdout_metrics=holdout_metrics, primary_value=value, holdout_primary_value=holdout, **fields,
+        holdout_metrics=holdout_metrics, primary_value=value, holdout_primary_value=holdout,
+        # What experiments.ranking.ranking_update stores for a one-seed configuration.
+        rank_value=value if state == "completed" else None, **fields,
     )
 
 
@@ -109,6 +111,7 @@ def test_it_shows_the_columns_the_user_chose(client_logged_in, domain, board):
 def test_it_pages_with_numbers_and_a_page_jump(client_logged_in, domain):
     Experiment.objects.bulk_create([
         Experiment(domain=domain, state="completed", train_code="x", code_sha256="0" * 64, primary_value=float(i),
+                   rank_value=float(i),
                    metrics={"rmse": float(i)}, hypothesis=f"h{i}")
         for i in range(130)
     ])
@@ -225,6 +228,14 @@ def test_it_shows_lineage_on_the_experiment_page_and_as_a_tree(client_logged_in,
     assert f'<div class="node leaf best-path" data-id="{board["best"].pk}">' in page
     assert f'<div class="node leaf" data-id="{board["sibling"].pk}">' in page
     assert f'data-id="{board["repro"].pk}"' not in page
+    # A node off the best path loads its children when opened (htmx GET ?node=ID).
+    other = _exp(domain, value=70.0, holdout=71.0, hypothesis="knn")
+    leaf = _exp(domain, value=69.0, holdout=70.0, hypothesis="knn k=9", parent=other)
+    page = client_logged_in.get(reverse("experiments:lineage", args=[domain.pk])).content.decode()
+    assert f'?node={other.pk}" hx-trigger="toggle once"' in page and "knn k=9" not in page
+    opened = client_logged_in.get(reverse("experiments:lineage", args=[domain.pk]), {"node": other.pk})
+    assert f'data-id="{leaf.pk}"' in opened.content.decode() and "knn k=9" in opened.content.decode()
+    assert client_logged_in.get(reverse("experiments:lineage", args=[domain.pk]), {"node": "x"}).status_code == 404
 
 
 def test_it_renders_the_experiment_page_cleanly(client_logged_in, domain, board):

@@ -198,9 +198,16 @@ CACHES = {
 # The longest a background agent run may take; django-q2's timeout sits above it and retry above that,
 # so a run is never re-delivered while it is still running (reference/stack.md §2.3).
 DOJO_RUN_MAX_SECONDS = env_int("DOJO_RUN_MAX_SECONDS", 6 * 3600)
+# The queue: "orm" (the database; the default, nothing else to run) or "redis" (REDIS_URL; install
+# the `redis` extra). Several machines can share either; Redis also keeps the clusters' stats shared.
+DOJO_BROKER = env_str("DOJO_BROKER", "orm")
+REDIS_URL = env_str("REDIS_URL", "redis://127.0.0.1:6379/0")
+if DOJO_BROKER not in ("orm", "redis"):
+    raise ImproperlyConfigured(f"DOJO_BROKER must be orm or redis, got {DOJO_BROKER!r}")
 Q_CLUSTER = {
-    "name": "dojo",
-    "orm": "default",
+    # Two installations sharing one Redis need different names (the name is the queue's key).
+    "name": env_str("DOJO_QUEUE_NAME", "dojo"),
+    **({"redis": REDIS_URL} if DOJO_BROKER == "redis" else {"orm": "default"}),
     "workers": env_int("DOJO_Q_WORKERS", 2),
     "timeout": DOJO_RUN_MAX_SECONDS + 300,
     "retry": DOJO_RUN_MAX_SECONDS + 600,

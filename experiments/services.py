@@ -37,6 +37,7 @@ from domains.models import Domain, Task
 from domains.sandbox import ISOLATION_HINT, sandbox_env, sandbox_isolation
 from experiments.harness import pool
 from experiments.models import Artifact, Experiment
+from experiments.quarantine import quarantine_assess
 from experiments.ranking import cv_parse, ranking_update
 from experiments.scan import scan_train_code
 
@@ -403,9 +404,15 @@ def _after_scoring(exp: Experiment) -> None:
     """Rank the completed experiment within its configuration. Never fails the experiment: a
     failure here is logged and the experiment stays as scored (unranked until the next update)."""
     try:
+        # The audit first (experiments/quarantine.py): a quarantined experiment never ranks.
+        quarantine_assess(experiment=exp, y_pred=getattr(exp, "_y_pred", None))
+    except Exception:  # noqa: BLE001
+        log.exception("auditing experiment %s failed", exp.pk)
+    try:
         ranking_update(experiment=exp)
     except Exception:  # noqa: BLE001
         log.exception("ranking experiment %s failed", exp.pk)
+    exp._y_pred = None
 
 
 def experiments_fail_stale(*, domain: Domain, limits: Limits) -> int:
@@ -500,6 +507,7 @@ def _execute(exp: Experiment, domain: Domain, task: Task, should_stop, started: 
         )
         _trainer_outcome(answer, job_dir, limits, y_pred)
         scores = _evaluate(evaluator_spec, exp, job_dir, y_pred)
+        exp._y_pred = y_pred  # accepted by the evaluator; kept compactly for probe detection
         artifacts = _collect_artifacts(exp, job_dir, scores.pop("_eval_dir"), limits, warnings)
         primary = task.primary_metric
         # The CV line is the train code's own claim (untrusted): stored as reported, and

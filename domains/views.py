@@ -47,6 +47,7 @@ DOMAIN_TABS = [
     ("experiments", "Experiments", "/experiments/domain/{id}/"),
     ("runs", "Runs", "/runs/domain/{id}/"),
     ("knowledge", "Knowledge", "/knowledge/domain/{id}/"),
+    ("quarantine", "Quarantine", "/experiments/domain/{id}/quarantine/"),
     ("settings", "Members & settings", None),
 ]
 FILE_NAMES = {"program": "PROGRAM.md", "setup": "SETUP.md"}

@@ -1,3 +1,4 @@
+from django import forms
 from django.contrib import admin
 from django.db.models import QuerySet
 from django.http import HttpRequest
@@ -17,12 +18,32 @@ class ArtifactInline(admin.TabularInline):
         return False
 
 
+class ExperimentAdminForm(forms.ModelForm):
+    """A person's verdict on a quarantined experiment: clear or confirm, with a reason (recorded)."""
+
+    quarantine_decision = forms.ChoiceField(
+        required=False, choices=[("", "—"), ("cleared", "Clear (it ranks again)"), ("confirmed", "Confirm (never ranks)")],
+    )
+    quarantine_reason = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 2}), max_length=2000)
+
+    class Meta:
+        model = Experiment
+        fields = "__all__"
+
+    def clean(self):
+        data = super().clean()
+        if data.get("quarantine_decision") and not (data.get("quarantine_reason") or "").strip():
+            self.add_error("quarantine_reason", "A reason is required to clear or confirm.")
+        return data
+
+
 @admin.register(Experiment)
 class ExperimentAdmin(DomainScopedAdmin):
     change_action = "edit"
-    list_display = ["id", "domain", "state", "primary_value", "holdout_primary_value", "short_hypothesis", "run",
-                    "isolation", "created_at"]
-    list_filter = ["state", "domain", "isolation"]
+    form = ExperimentAdminForm
+    list_display = ["id", "domain", "state", "primary_value", "holdout_primary_value", "quarantine_state",
+                    "short_hypothesis", "run", "isolation", "created_at"]
+    list_filter = ["state", "quarantine_state", "domain", "isolation"]
     search_fields = ["hypothesis", "error", "code_sha256"]
     list_select_related = ["domain", "run"]
     date_hierarchy = "created_at"
@@ -36,8 +57,18 @@ class ExperimentAdmin(DomainScopedAdmin):
         "primary_value", "holdout_primary_value", "logged_metrics", "logged_params", "error", "warnings",
         "stdout_tail", "stderr_tail", "train_seconds", "total_seconds", "peak_memory_mb", "seed",
         "data_fingerprint", "task_fingerprint", "environment", "isolation", "created_at", "started_at",
-        "finished_at",
+        "finished_at", "cv_value", "cv_rows", "rank_value", "seed_spread", "seed_count", "validation_ci",
+        "holdout_ci", "probe_of", "probe_rows", "quarantine_state", "quarantine_reasons", "quarantine_review",
     ]
+
+    def save_model(self, request: HttpRequest, obj: Experiment, form, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        decision = form.cleaned_data.get("quarantine_decision")
+        if decision:
+            from experiments.quarantine import quarantine_review
+
+            quarantine_review(experiment=obj, decision=decision, reason=form.cleaned_data["quarantine_reason"],
+                              by=request.user.get_username())
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

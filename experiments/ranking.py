@@ -169,3 +169,32 @@ def within_noise(experiment: Experiment, best: Experiment, *, metric: str) -> bo
 def ranked_filter(queryset: QuerySet) -> QuerySet:
     """Drop what never ranks (quarantined, confirmed) from any experiment queryset."""
     return queryset.filter(~Q(quarantine_state__in=UNRANKED_STATES))
+
+
+def rank_correlation(domain: Domain, *, limit: int = 10_000) -> tuple[float | None, int]:
+    """Spearman correlation between the validation and holdout primary values over the domain's
+    ranked experiments (an overfitting meter: near 1, validation order predicts holdout order;
+    near 0, the validation ranking is noise or overfit). (None, n) below 3 experiments."""
+    rows = list(
+        ranked_experiments(domain).filter(holdout_primary_value__isnull=False)
+        .values_list("primary_value", "holdout_primary_value")[:limit]
+    )
+    if len(rows) < 3:
+        return None, len(rows)
+    from scipy.stats import spearmanr
+
+    rho = spearmanr([r[0] for r in rows], [r[1] for r in rows]).statistic
+    return (None if rho is None or math.isnan(rho) else float(rho)), len(rows)
+
+
+def trust_summary(domain: Domain) -> dict:
+    """What the domain page shows about trust: quarantined count, probes, rank correlation."""
+    qs = Experiment.objects.filter(domain=domain)
+    rho, n = rank_correlation(domain)
+    return {
+        "quarantined": qs.filter(quarantine_state=Experiment.QuarantineState.QUARANTINED).count(),
+        "confirmed": qs.filter(quarantine_state=Experiment.QuarantineState.CONFIRMED).count(),
+        "probes": qs.filter(probe_of__isnull=False).count(),
+        "rank_correlation": rho,
+        "rank_correlation_n": n,
+    }

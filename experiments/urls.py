@@ -9,6 +9,9 @@ urlpatterns: list = [
     # tab via htmx), its lineage tree, and chart data (compact JSON arrays).
     path("domain/<int:domain_id>/", views.experiment_domain_list, name="domain_list"),
     path("domain/<int:domain_id>/lineage/", views.experiment_lineage_tree, name="lineage"),
+    # Experiments the audit held back (experiments/quarantine.py) and a person's verdict on one.
+    path("domain/<int:domain_id>/quarantine/", views.experiment_quarantine_list, name="quarantine"),
+    path("<int:pk>/quarantine/", views.experiment_quarantine_review, name="quarantine_review"),
     path("domain/<int:domain_id>/charts/<slug:kind>.json", views.experiment_chart_data, name="chart_data"),
     # Several experiments side by side: ?ids=1,2,3
     path("compare/", views.experiment_compare, name="compare"),

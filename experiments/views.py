@@ -20,9 +20,10 @@ from pygments.lexers import PythonLexer
 from dojo_site.errors import DojoError, NotFound
 from domains.models import Domain
 from domains.permissions import domain_may, holdout_visible, web_domain_get
-from experiments import analysis
+from experiments import analysis, ranking
 from experiments.forms import ExperimentFilterForm
 from experiments.models import Artifact, Experiment
+from experiments.quarantine import quarantine_review
 from experiments.services import artifact_file, experiment_reproduce_enqueue
 
 PAGE_SIZE = 25
@@ -197,6 +198,40 @@ def experiment_compare(request: HttpRequest) -> HttpResponse:
 
 
 # --- Lineage ------------------------------------------------------------------------------------
+
+
+@login_required
+def experiment_quarantine_list(request: HttpRequest, domain_id: int) -> HttpResponse:
+    """The domain's Quarantine tab: every experiment a rule held back, its reasons and verdict,
+    with the trust figures (quarantined count, validation→holdout rank correlation)."""
+    domain = _domain_for(request, domain_id)
+    held = (
+        Experiment.objects.filter(domain=domain).exclude(quarantine_state="")
+        .only("id", "state", "hypothesis", "primary_value", "holdout_primary_value", "quarantine_state",
+              "quarantine_reasons", "quarantine_review", "probe_of_id", "probe_rows", "run_id", "created_at")
+        .order_by("-pk")
+    )
+    page_obj = Paginator(held, PAGE_SIZE).get_page(request.GET.get("page") or 1)
+    context = {"domain": domain, "task": domain.task_or_none, "page_obj": page_obj,
+               "trust": ranking.trust_summary(domain), "may_review": _may(request, domain, "own"),
+               "show_holdout": _may(request, domain, "view_holdout")}
+    template = "experiments/partials/quarantine.html" if request.htmx else "experiments/quarantine.html"
+    return render(request, template, context)
+
+
+@login_required
+@require_POST
+def experiment_quarantine_review(request: HttpRequest, pk: int) -> HttpResponse:
+    """Clear or confirm a quarantined experiment (owner), with a reason that is recorded."""
+    exp = _experiment_for(request, pk, "own")
+    try:
+        quarantine_review(experiment=exp, decision=request.POST.get("decision", ""),
+                          reason=request.POST.get("reason", ""), by=request.user.get_username())
+    except DojoError as exc:
+        messages.error(request, f"#{exp.pk}: {exc}")
+    else:
+        messages.info(request, f"#{exp.pk} {exp.quarantine_state}.")
+    return redirect(reverse("experiments:quarantine", args=[exp.domain_id]))
 
 
 @login_required

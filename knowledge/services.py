@@ -18,6 +18,7 @@ from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 from dojo_site.errors import Conflict, InvalidInput
 from domains.models import Domain
 from experiments.models import Experiment
+from experiments.ranking import UNRANKED_STATES
 from knowledge import text
 from knowledge.models import Evidence, KnowledgeAtom
 
@@ -88,7 +89,10 @@ def _clean_evidence(evidence: Iterable[Any] | None, *, domain: Domain | None) ->
             raise InvalidInput(
                 f"Experiment(s) {', '.join(map(str, foreign))} belong to another domain than {domain.name}."
             )
-    return stances
+    # Quarantined experiments are no evidence of anything until a person clears them
+    # (experiments/quarantine.py): they are left out, not refused, so a finding still records.
+    held = set(Experiment.objects.filter(pk__in=stances, quarantine_state__in=UNRANKED_STATES).values_list("pk", flat=True))
+    return {pk: stance for pk, stance in stances.items() if pk not in held}
 
 
 def _add_evidence(atom: KnowledgeAtom, stances: dict[int, str], *, claim: str = "") -> None:

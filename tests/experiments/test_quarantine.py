@@ -151,3 +151,22 @@ def test_it_quarantines_a_perfect_score_however_it_was_obtained(diabetes):
     assert perfect.quarantine_state == "quarantined"
     assert "implausible" in {r["rule"] for r in perfect.quarantine_reasons}
     assert best_experiment(diabetes).pk == best.pk
+
+
+def test_the_quarantine_tab_lists_and_a_person_reviews_on_the_web(diabetes, admin_client):
+    good = _honest(diabetes)
+    y_test, validation = _sealed(diabetes)
+    forged = experiment_run(domain=diabetes, train_code=FORGED.format(validation={i: y_test[i] for i in validation}))
+    page = admin_client.get(f"/experiments/domain/{diabetes.pk}/quarantine/")
+    assert page.status_code == 200
+    body = page.content.decode()
+    assert f"#{forged.pk}" in body and "holdout_gap" in body and "rank correlation" in body
+    assert f"#{good[0].pk}<" not in body
+    refused = admin_client.post(f"/experiments/{forged.pk}/quarantine/", {"decision": "cleared", "reason": ""})
+    assert refused.status_code == 302
+    forged.refresh_from_db()
+    assert forged.quarantine_state == "quarantined"  # no reason, no change
+    admin_client.post(f"/experiments/{forged.pk}/quarantine/", {"decision": "confirmed", "reason": "forged labels"})
+    forged.refresh_from_db()
+    assert forged.quarantine_state == "confirmed" and forged.quarantine_review["reason"] == "forged labels"
+    assert admin_client.get(f"/domains/{diabetes.pk}/?tab=quarantine").status_code == 200

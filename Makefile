@@ -22,19 +22,25 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev,postgres,redis]'
 	touch $(STAMP)
 
-demo: install
+demo: install sandbox-deps
 	$(PY) manage.py migrate --noinput -v 0
 	$(PY) manage.py dojo_demo
 
+# The sandbox wants bubblewrap; install it when missing and apt-get can (root), else say so loudly:
+# without it every experiment runs with the weaker fallback isolation.
+sandbox-deps:
+	@command -v bwrap >/dev/null 2>&1 || (command -v apt-get >/dev/null 2>&1 && \
+		(DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null 2>&1 || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null 2>&1)) && \
+		command -v bwrap >/dev/null 2>&1) || \
+		echo "WARNING: bubblewrap (bwrap) is not installed and could not be installed here (needs apt-get as root)." \
+		"Experiments will run with the WEAKER fallback isolation. Install it: sudo apt-get install bubblewrap" >&2
+
 # Browser tests need Debian's chromium; install it when missing (never `playwright install`).
-browser-deps:
+browser-deps: sandbox-deps
 	@command -v chromium >/dev/null 2>&1 || (command -v apt-get >/dev/null 2>&1 && \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || \
 		echo "chromium could not be installed: browser tests will be skipped")
-	@command -v bwrap >/dev/null 2>&1 || (command -v apt-get >/dev/null 2>&1 && \
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null 2>&1 || \
-		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null) || \
-		echo "bubblewrap could not be installed: the sandbox falls back to weaker isolation")
 
 lint: install
 	$(VENV)/bin/ruff check .
@@ -53,6 +59,6 @@ test-postgres: install browser-deps postgres-up
 	DATABASE_URL=$(PG_URL) SECRET_KEY=$${SECRET_KEY:-test-postgres-only-key} $(VENV)/bin/pytest -p no:cacheprovider
 
 # runserver and qcluster together; Ctrl-C stops both. `make serve ADDR=0.0.0.0:8000` to listen wider.
-serve: install
+serve: install sandbox-deps
 	$(PY) manage.py migrate --noinput -v 0
 	$(PY) manage.py dojo_serve $(ADDR)

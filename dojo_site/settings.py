@@ -69,7 +69,9 @@ def secret_key_load(home: Path) -> str:
 
 
 SECRET_KEY = secret_key_load(DOJO_HOME)
-DEBUG = env_bool("DEBUG", True)
+# Off unless asked for: Django's debug pages show settings and source to whoever hits an error.
+# dojo_serve still serves static files with DEBUG off (runserver --insecure; docs/decisions.md).
+DEBUG = env_bool("DJANGO_DEBUG", False)
 ALLOWED_HOSTS = [h.strip() for h in env_str("ALLOWED_HOSTS", "127.0.0.1,localhost,testserver").split(",") if h.strip()]
 CSRF_TRUSTED_ORIGINS = [o.strip() for o in env_str("CSRF_TRUSTED_ORIGINS", "").split(",") if o.strip()]
 

@@ -4,6 +4,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -44,7 +45,7 @@ def _children(pid: int) -> list[int]:
 
 def test_it_serves_the_web_and_the_worker_and_stops_both_on_ctrl_c():
     port = _free_port()
-    env = os.environ | {
+    env = {k: v for k, v in os.environ.items() if k != "DJANGO_DEBUG"} | {  # DEBUG off, the default
         "DATABASE_URL": subprocess_database_url(),
         "DOJO_HOME": str(settings.DOJO_HOME),
     }
@@ -62,6 +63,14 @@ def test_it_serves_the_web_and_the_worker_and_stops_both_on_ctrl_c():
             except OSError:
                 time.sleep(0.3)
         assert status == 200
+        # DEBUG is off, and the pages still get their styles (runserver --insecure) and a plain 404.
+        css = urllib.request.urlopen(f"http://127.0.0.1:{port}/static/dojo/dojo.css", timeout=5)
+        assert css.status == 200 and b".card" in css.read()
+        with pytest.raises(urllib.error.HTTPError) as missing:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/no-such-page/", timeout=5)
+        assert missing.value.code == 404
+        body = missing.value.read().decode()
+        assert "Not found" in body and "URLconf" not in body
         children = _children(serve.pid)
         assert len(children) == 2  # runserver and qcluster
         deadline = time.monotonic() + 30

@@ -24,7 +24,10 @@ class Command(BaseCommand):
 
     def handle(self, *args, **options) -> None:
         manage = [sys.executable, str(settings.BASE_DIR / "manage.py")]
-        commands = {"web": manage + ["runserver", options["addrport"]] + (["--noreload"] if options["noreload"] else [])}
+        # --insecure: runserver serves static files from the app folders even with DEBUG off (the
+        # default), so the pages keep their styles without a collectstatic step (docs/decisions.md).
+        web = manage + ["runserver", options["addrport"], "--insecure"]
+        commands = {"web": web + (["--noreload"] if options["noreload"] else [])}
         if not options["no_worker"]:
             commands["worker"] = manage + ["qcluster"]
         # Each child gets its own process group: a terminal Ctrl-C reaches only us, and we forward

@@ -83,6 +83,8 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "django_htmx",
+    # Only for its bundled Swagger UI / ReDoc assets: /api/docs works offline (no CDN).
+    "ninja",
     # Before django_q: its `qcluster` command is replaced by dojo_site's (a clean stop on SIGTERM).
     "dojo_site",
     "django_q",

@@ -69,8 +69,9 @@ def test_it_shows_program_setup_and_task_state_on_the_domain_page(client_logged_
 
     assertTemplateUsed(response, "domains/domain_detail.html")
     assertContains(response, 'id="file-program"')
-    assertContains(response, "## Goal")
-    assertContains(response, "- target: price")
+    # PROGRAM.md / SETUP.md are rendered as Markdown.
+    assertContains(response, "<h2>Goal</h2>")
+    assertContains(response, "<li>target: price</li>")
     assertContains(response, "not frozen")
 
 

@@ -331,6 +331,10 @@ def sandbox_command(
         bw += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID", "--cap-add", "CAP_SETPCAP", "--",
                shutil.which("setpriv") or "setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups",
                "--inh-caps=-all", "--bounding-set=-all", "--"]
+    elif os.geteuid() == 0:
+        # Root keeps every capability inside bwrap unless told otherwise; trusted-but-user-written
+        # code (the frozen evaluate) must not be able to unmount the tmpfs that hides DOJO_HOME.
+        bw += ["--cap-drop", "ALL", "--"]
     else:
         bw.append("--")
     kwargs = {"cwd": "/", "env": dict(env), "start_new_session": True}

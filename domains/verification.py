@@ -18,7 +18,7 @@ from pathlib import Path
 
 from django.conf import settings
 
-from domains import contracts
+from domains import contracts, safe_read
 from domains.sandbox import sandbox_env, sandbox_run
 
 ENTRY_SCRIPT = Path(__file__).with_name("verify_entry.py")
@@ -114,9 +114,20 @@ def tools_run(
             output_cap=16384,
             memory_mb=settings.DOJO_TRAIN_MEMORY_MB,
         )
-        result = _read_json(output)
+        # The work folder was writable inside the sandbox: read it by descriptor, never by path.
+        work_fd = safe_read.open_dir(work.name, under=work.parent)
+        try:
+            result = _read_json(work_fd, output.name)
+            phase = _read_text(work_fd, output.name + ".phase") if result is None else ""
+        finally:
+            os.close(work_fd)
+        if result is not None and snapshot_dir is not None:
+            problem = _snapshot_tree_problem(snapshot_dir)
+            if problem:
+                result["load_data"]["errors"] = [*result["load_data"].get("errors", []), problem]
+                result["snapshot"] = None
         if result is None:
-            phase = _read_text(Path(str(output) + ".phase")) or "load_data"
+            phase = phase or "load_data"
             tool = "evaluate" if phase == "evaluate" else "load_data"
             if run.timed_out:
                 message = (
@@ -136,8 +147,8 @@ def tools_run(
                 isolation=run.isolation, seconds=run.seconds, peak_memory_mb=run.peak_memory_mb,
             )
         return ToolsRun(
-            load_data=ToolCheck("load_data", **result["load_data"]),
-            evaluate=ToolCheck("evaluate", **result["evaluate"]),
+            load_data=_tool_check("load_data", result["load_data"]),
+            evaluate=_tool_check("evaluate", result["evaluate"]),
             isolation=run.isolation,
             seconds=run.seconds,
             snapshot=result.get("snapshot"),
@@ -160,18 +171,53 @@ def _hidden_paths(home: Path) -> list[Path]:
     return hidden
 
 
-def _read_json(path: Path) -> dict | None:
+RESULT_MAX_BYTES = 8 * 1024 * 1024
+
+
+def _tool_check(name: str, found: dict) -> ToolCheck:
+    """Only the fields a ToolCheck has, typed: the result file came out of the sandbox."""
+    errors = found.get("errors")
+    sample = found.get("sample")
+    seconds = found.get("seconds")
+    return ToolCheck(
+        name, errors=[str(e) for e in errors] if isinstance(errors, list) else [],
+        sample=sample if isinstance(sample, dict) else {},
+        seconds=float(seconds) if isinstance(seconds, (int, float)) and not isinstance(seconds, bool) else None,
+    )
+
+
+def _read_json(work_fd: int, name: str) -> dict | None:
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
+        data = json.loads(safe_read.read_file(work_fd, name, owner=safe_read.sandbox_owner(), cap=RESULT_MAX_BYTES))
+    except (OSError, ValueError, safe_read.Refused):
         return None
+    if not isinstance(data, dict) or not all(isinstance(data.get(k), dict) for k in ("load_data", "evaluate")):
+        return None
+    return data
 
 
-def _read_text(path: Path) -> str:
+def _read_text(work_fd: int, name: str) -> str:
     try:
-        return path.read_text().strip()
-    except OSError:
+        return safe_read.read_file(work_fd, name, owner=safe_read.sandbox_owner(), cap=256).decode(errors="replace").strip()
+    except (OSError, safe_read.Refused):
         return ""
+
+
+def _snapshot_tree_problem(snapshot_dir: Path) -> str:
+    """load_data wrote the snapshot's files from inside the sandbox, which has ended: anything in
+    that tree but plain folders and regular files would later be followed by root (chmod, hash,
+    unpickle), so it fails the snapshot instead."""
+    try:
+        fd = safe_read.open_dir(snapshot_dir.name, under=snapshot_dir.parent)
+    except (OSError, safe_read.Refused) as exc:
+        return f"load_data: the snapshot folder was replaced ({exc})"
+    try:
+        problems = safe_read.tree_problems(fd, owner=(safe_read.sandbox_owner(), os.geteuid()))
+    finally:
+        os.close(fd)
+    if problems:
+        return "load_data: the snapshot folder holds what the harness will not follow: " + "; ".join(problems[:5])
+    return ""
 
 
 def own_tree(path: Path) -> None:

@@ -31,7 +31,7 @@ from django.utils import timezone
 
 from dojo_site.errors import InvalidInput, NotFound, NotReady
 from dojo_site.schemas import DB_INT_MAX
-from domains import contracts
+from domains import contracts, safe_read
 from domains.audit import bundled_data_paths
 from domains.models import Domain, Task
 from domains.sandbox import ISOLATION_HINT, sandbox_env, sandbox_isolation
@@ -44,6 +44,8 @@ from experiments.scan import scan_train_code
 log = logging.getLogger(__name__)
 
 TAIL_BYTES = 65536
+META_MAX_BYTES = 65536  # meta.json / error.json: a few numbers and a message
+PRED_HEADER_BYTES = 4096  # a .npy header is ~128 bytes; room for odd but valid ones
 CONTRACTS_PATH = Path(contracts.__file__).resolve()
 
 
@@ -147,6 +149,7 @@ def _hidden_paths() -> list[Path]:
 
 
 def _python(domain: Domain) -> str:
+    """The untrusted trainer's interpreter (never the evaluator's)."""
     return domain.trainer_python
 
 
@@ -195,7 +198,9 @@ def _evaluate_sha(task: Task) -> str:
 def _evaluator_spec(domain: Domain, task: Task) -> pool.Spec:
     snap = Path(task.snapshot_path)
     isolation = sandbox_isolation(_isolation_setting())
-    python = _python(domain)
+    # Trusted code runs in Dojo's own interpreter (DESIGN §8): a domain's interpreter is chosen by
+    # a user and could be anything that speaks the protocol, so it serves the trainer only.
+    python = sys.executable
     env = sandbox_env(threads=1)
     idle = str(_setting("DOJO_POOL_IDLE_SECONDS", 600))
     sha = _evaluate_sha(task)
@@ -228,27 +233,62 @@ class _Stopped(_Failed):
     """Ends the experiment `stopped`: a stop request killed its trainer."""
 
 
-def _tail(path: Path, size: int = TAIL_BYTES) -> str:
+def _tail(job_fd: int, name: str, warnings: list[str], size: int = TAIL_BYTES) -> str:
+    """The end of a log the trainer wrote, read by descriptor (domains.safe_read): a planted
+    symlink, FIFO or hard link is refused and noted in `warnings`, never followed."""
     try:
-        with open(path, "rb") as fh:
-            fh.seek(0, os.SEEK_END)
-            length = fh.tell()
-            fh.seek(max(0, length - size))
-            data = fh.read()
-    except OSError:
+        data, length = safe_read.read_tail(job_fd, name, owner=safe_read.sandbox_owner(), size=size)
+    except FileNotFoundError:
+        return ""
+    except safe_read.Refused as exc:
+        warnings.append(f"log {exc}")
         return ""
     text = data.decode("utf-8", errors="replace")
     return f"[… {length - size} bytes cut …]\n{text}" if length > size else text
 
 
-def _read_json(path: Path) -> dict | None:
+def _read_json(job_fd: int, name: str, warnings: list[str], cap: int = META_MAX_BYTES) -> dict | None:
     import json
 
     try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
+        data = json.loads(safe_read.read_file(job_fd, name, owner=safe_read.sandbox_owner(), cap=cap))
+    except FileNotFoundError:
+        return None
+    except safe_read.Refused as exc:
+        warnings.append(str(exc))
+        return None
+    except ValueError:
         return None
     return data if isinstance(data, dict) else None
+
+
+def prediction_cap(*, task: Task) -> int:
+    """The most bytes a y_pred hand-over may take: X_test's rows × the classes (at least 2, so a
+    wrong-shaped predict_proba still gets its own clear message) × 8 bytes, plus the .npy header.
+    512 MB when the snapshot does not say how many rows it has (an old snapshot)."""
+    info = task.snapshot_info or {}
+    rows = info.get("n_test")
+    if not isinstance(rows, int) or rows <= 0:
+        return 512 * 1024 * 1024
+    classes = info.get("classes")
+    width = max(len(classes) if isinstance(classes, list) else 1, 2)
+    return rows * width * 8 + PRED_HEADER_BYTES
+
+
+def _read_cold_prediction(jobs: Path, job_id: str, cap: int, warnings: list[str]) -> bytes:
+    """y_pred.npy as `trainer.py once` wrote it (after everything the job started was killed)."""
+    try:
+        fd = safe_read.open_dir(job_id, under=jobs)
+    except (safe_read.Refused, OSError):
+        return b""
+    try:
+        return safe_read.read_file(fd, "y_pred.npy", owner=safe_read.sandbox_owner(), cap=cap)
+    except FileNotFoundError:
+        return b""
+    except safe_read.Refused as exc:
+        raise _Failed(f"the hand-over {exc}") from None
+    finally:
+        os.close(fd)
 
 
 def _record(exp: Experiment, **fields) -> None:
@@ -448,6 +488,7 @@ def _execute(exp: Experiment, domain: Domain, task: Task, should_stop, started: 
     job = {
         "id": job_id, "code": exp.train_code, "timeout": limits.timeout_seconds, "memory_mb": limits.memory_mb,
         "max_processes": limits.max_processes, "max_file_mb": limits.max_file_mb, "seed": exp.seed,
+        "max_pred_bytes": prediction_cap(task=task), "max_meta_bytes": META_MAX_BYTES,
     }
     spec = _trainer_spec(domain, task, limits)
     jobs = home / "jobs"
@@ -480,10 +521,7 @@ def _execute(exp: Experiment, domain: Domain, task: Task, should_stop, started: 
         answer, result, work = pool.trainer_cold(spec, job, should_stop=should_stop)
         _move(work / job_id, job_dir)
         _discard(work)
-        try:  # written by `trainer.py once` after everything the job started was killed
-            y_pred = (job_dir / "y_pred.npy").read_bytes() if answer is not None else b""
-        except OSError:
-            y_pred = b""
+        y_pred = _read_cold_prediction(jobs, job_id, job["max_pred_bytes"], warnings) if answer is not None else b""
         isolation = result.isolation
         versions = (answer or {}).get("versions", {})
         if answer is None:
@@ -495,20 +533,27 @@ def _execute(exp: Experiment, domain: Domain, task: Task, should_stop, started: 
             raise _Failed(f"the trainer could not run: {detail}")
     if isolation == "fallback":
         warnings.append(ISOLATION_HINT)
+    # Everything below reads the job folder through one descriptor, opened without following a
+    # link (the folder came out of the sandbox): domains.safe_read.
     try:
-        meta = answer.get("meta") or _read_json(job_dir / "meta.json") or {}
+        job_fd = safe_read.open_dir(job_dir, under=jobs)
+    except safe_read.Refused as exc:
+        _discard(job_dir)
+        raise _Failed(f"the trainer's job folder was replaced ({exc}); nothing in it was read") from None
+    try:
+        meta = answer.get("meta") or _read_json(job_fd, "meta.json", warnings) or {}
         _record(
-            exp, isolation=isolation, stdout_tail=_tail(job_dir / "stdout.txt"),
-            stderr_tail=_tail(job_dir / "stderr.txt"), peak_memory_mb=_number(answer.get("peak_memory_mb")),
+            exp, isolation=isolation, stdout_tail=_tail(job_fd, "stdout.txt", warnings),
+            stderr_tail=_tail(job_fd, "stderr.txt", warnings), peak_memory_mb=_number(answer.get("peak_memory_mb")),
             train_seconds=_number(meta.get("train_seconds")),
-            environment={**versions, "interpreter": _python(domain), "isolation": isolation,
-                         "warm": warm is not None, "threads": limits.threads},
+            environment={**versions, "interpreter": _python(domain), "evaluator": sys.executable,
+                         "isolation": isolation, "warm": warm is not None, "threads": limits.threads},
             warnings=warnings,
         )
-        _trainer_outcome(answer, job_dir, limits, y_pred)
-        scores = _evaluate(evaluator_spec, exp, job_dir, y_pred)
+        _trainer_outcome(answer, job_fd, limits, y_pred, warnings)
+        scores = _evaluate(evaluator_spec, exp, y_pred)
         exp._y_pred = y_pred  # accepted by the evaluator; kept compactly for probe detection
-        artifacts = _collect_artifacts(exp, job_dir, scores.pop("_eval_dir"), limits, warnings)
+        artifacts = _collect_artifacts(exp, job_fd, scores.pop("_eval_dirs"), limits, warnings)
         primary = task.primary_metric
         # The CV line is the train code's own claim (untrusted): stored as reported, and
         # experiments/ranking.py lets it only lower the experiment's rank.
@@ -526,6 +571,7 @@ def _execute(exp: Experiment, domain: Domain, task: Task, should_stop, started: 
         else:  # one UPDATE is atomic by itself
             _save(exp, **completed, total_seconds=time.perf_counter() - started)
     finally:
+        os.close(job_fd)
         _discard(job_dir)
 
 
@@ -596,7 +642,7 @@ def _dead_trainer_message(job_dir: Path, log_tail: str) -> str:
     return "the warm trainer process died during the experiment" + (f" ({last})" if last else "")
 
 
-def _trainer_outcome(answer: dict, job_dir: Path, limits: Limits, y_pred: bytes) -> None:
+def _trainer_outcome(answer: dict, job_fd: int, limits: Limits, y_pred: bytes, warnings: list[str]) -> None:
     status = answer.get("status")
     if status == "stopped":
         raise _Stopped("stopped")
@@ -608,7 +654,7 @@ def _trainer_outcome(answer: dict, job_dir: Path, limits: Limits, y_pred: bytes)
         raise _Failed(f"harness error: {answer.get('error') or status}")
     if answer.get("error"):
         raise _Failed(str(answer["error"]))
-    error = _read_json(job_dir / "error.json")
+    error = _read_json(job_fd, "error.json", warnings)
     if answer.get("signal"):
         sig = answer["signal"]
         name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else str(sig)
@@ -620,7 +666,7 @@ def _trainer_outcome(answer: dict, job_dir: Path, limits: Limits, y_pred: bytes)
             message = f"file size limit ({limits.max_file_mb} MB) exceeded: {message}"
         raise _Failed(message)
     if answer.get("returncode"):
-        last = (_tail(job_dir / "stderr.txt", 4000).strip().splitlines() or ["no output on stderr"])[-1]
+        last = (_tail(job_fd, "stderr.txt", warnings, 4000).strip().splitlines() or ["no output on stderr"])[-1]
         raise _Failed(f"the trainer exited with code {answer['returncode']}: {last}")
     if not y_pred:
         raise _Failed(
@@ -628,9 +674,10 @@ def _trainer_outcome(answer: dict, job_dir: Path, limits: Limits, y_pred: bytes)
         )
 
 
-def _evaluate(spec: pool.Spec, exp: Experiment, job_dir: Path, y_pred: bytes) -> dict:
+def _evaluate(spec: pool.Spec, exp: Experiment, y_pred: bytes) -> dict:
     """Score y_pred (.npy bytes) with the trusted evaluator; y_pred goes down its stdin right
-    after the request line. One retry when the evaluator died (it is restarted)."""
+    after the request line. One retry when the evaluator died (it is restarted). "_eval_dirs"
+    lists (part, evaluator work folder, folder name) of what evaluate wrote, for the artifacts."""
     for attempt in (1, 2):
         wp = pool.evaluator_get(spec)
         if wp.ready is None:
@@ -638,12 +685,12 @@ def _evaluate(spec: pool.Spec, exp: Experiment, job_dir: Path, y_pred: bytes) ->
         with wp.lock:
             answer = wp.request({"id": exp.pk, "y_pred_bytes": len(y_pred)}, payload=y_pred,
                                 timeout=_setting("DOJO_EVALUATE_TIMEOUT_SECONDS", 600.0))
-        eval_dir = job_dir / "evaluate"
-        # Only folders evaluate wrote into come back, renamed for this experiment alone.
+        # Only folders evaluate wrote into, directly in the evaluator's own work folder, are taken.
+        eval_dirs = []
         for part, path in ((answer or {}).get("artifacts") or {}).items():
             src = Path(str(path))
-            if part in ("validation", "holdout") and src.parent == wp.work:
-                _move(src, eval_dir / part)
+            if part in ("validation", "holdout") and src.parent == wp.work and src.name not in ("", ".", ".."):
+                eval_dirs.append((part, wp.work, src.name))
         if answer is None:
             tail = wp.log_tail()
             pool.evaluator_forget(wp)
@@ -651,9 +698,11 @@ def _evaluate(spec: pool.Spec, exp: Experiment, job_dir: Path, y_pred: bytes) ->
                 continue
             raise _Failed(f"the evaluator died while scoring: {(tail.splitlines() or ['no output'])[-1]}")
         if not answer.get("ok"):
+            for _, work, name in eval_dirs:
+                shutil.rmtree(work / name, ignore_errors=True)
             raise _Failed(str(answer.get("error") or "the evaluator rejected the predictions"))
         return {"metrics": answer.get("metrics") or {}, "holdout_metrics": answer.get("holdout_metrics") or {},
-                "_eval_dir": eval_dir}
+                "_eval_dirs": eval_dirs}
     raise _Failed("the evaluator could not score the predictions")
 
 
@@ -661,57 +710,60 @@ def artifacts_root(experiment_id: int) -> Path:
     return Path(settings.DOJO_HOME) / "artifacts" / str(experiment_id)
 
 
-def _collect_artifacts(exp: Experiment, job_dir: Path, eval_dir: Path, limits: Limits,
+def _collect_artifacts(exp: Experiment, job_fd: int, eval_dirs: list[tuple[str, Path, str]], limits: Limits,
                        warnings: list[str]) -> list[Artifact]:
-    """Keep what train() and evaluate() wrote: regular files only (links refused: they could point
-    outside the artifacts folder), each under the per-file cap, all under the total cap."""
+    """Keep what train() and evaluate() wrote, copied by descriptor (domains.safe_read.copy_tree):
+    regular files with one link and the writer's owner, each under the per-file cap, all under the
+    total cap; links, FIFOs and devices are refused with a warning and never followed."""
     root = artifacts_root(exp.pk)
     if root.exists():
         shutil.rmtree(root)
-    sources = [(job_dir / "artifacts", root / "train"), (eval_dir / "validation", root / "evaluate" / "validation"),
-               (eval_dir / "holdout", root / "evaluate" / "holdout")]
-    sources = [(src, dst) for src, dst in sources if _has_entries(src)]
-    if not sources:
-        return []  # the usual case: nothing written, no folder made, nothing to walk
-    for src, dst in sources:
-        _move(src, dst)
     per_file = limits.artifacts_max_file_mb * 1024 * 1024
     total_cap = limits.artifacts_max_total_mb * 1024 * 1024
-    total = 0
-    rows: list[Artifact] = []
-    for folder, dirs, files in os.walk(root, followlinks=False):
-        dirs.sort()
-        for name in sorted(files + [d for d in dirs if os.path.islink(os.path.join(folder, d))]):
-            path = Path(folder) / name
-            rel = path.relative_to(root).as_posix()
-            st = path.lstat()
-            if path.is_symlink() or not path.is_file():
-                path.unlink(missing_ok=True)
-                warnings.append(f"artifact {rel} refused: links and special files may point outside the artifacts folder")
-                continue
-            if st.st_size > per_file:
-                path.unlink()
-                warnings.append(f"artifact {rel} dropped: {st.st_size / 1e6:.1f} MB is over the {limits.artifacts_max_file_mb} MB per-file cap")
-                continue
-            if total + st.st_size > total_cap:
-                path.unlink()
-                warnings.append(f"artifact {rel} dropped: the artifacts would exceed the {limits.artifacts_max_total_mb} MB total cap")
-                continue
-            if len(rel) > 500:
-                path.unlink()
-                warnings.append(f"artifact {rel[:80]}… dropped: its path is longer than 500 characters")
-                continue
-            total += st.st_size
-            rows.append(Artifact(
-                experiment=exp, path=rel, size=st.st_size,
-                content_type=mimetypes.guess_type(name)[0] or "application/octet-stream",
-                source="evaluate" if rel.startswith("evaluate/") else "train",
-            ))
-        dirs[:] = [d for d in dirs if not os.path.islink(os.path.join(folder, d))]
-    return rows
+    copied: list[tuple[str, int]] = []
+    sources: list[tuple[int, str, int]] = []  # (folder fd, prefix, owner)
+    try:
+        try:
+            sources.append((safe_read.open_dir("artifacts", dir_fd=job_fd), "train/", safe_read.sandbox_owner()))
+        except safe_read.Refused:
+            if _exists_at(job_fd, "artifacts"):
+                warnings.append("artifacts folder refused: train() replaced it with a link")
+        for part, work, name in eval_dirs:
+            try:
+                sources.append((safe_read.open_dir(name, under=work), f"evaluate/{part}/", os.geteuid()))
+            except (safe_read.Refused, OSError):
+                warnings.append(f"evaluate's {part} artifacts refused: not a plain folder")
+        for fd, prefix, owner in sources:
+            if not _has_entries(fd):
+                continue  # the usual case: nothing written, no folder made, nothing to walk
+            files, notes = safe_read.copy_tree(
+                fd, root / prefix.rstrip("/"), owner=owner, file_cap=per_file,
+                total_cap=total_cap - sum(size for _, size in copied), prefix=prefix,
+            )
+            copied += [(prefix + rel, size) for rel, size in files]
+            warnings += notes
+    finally:
+        for fd, _, _ in sources:
+            os.close(fd)
+        for _, work, name in eval_dirs:
+            shutil.rmtree(work / name, ignore_errors=True)
+    return [
+        Artifact(experiment=exp, path=rel, size=size,
+                 content_type=mimetypes.guess_type(rel)[0] or "application/octet-stream",
+                 source="evaluate" if rel.startswith("evaluate/") else "train")
+        for rel, size in copied
+    ]
 
 
-def _has_entries(folder: Path) -> bool:
+def _exists_at(dir_fd: int, name: str) -> bool:
+    try:
+        os.lstat(name, dir_fd=dir_fd)
+        return True
+    except OSError:
+        return False
+
+
+def _has_entries(folder: Path | int) -> bool:
     try:
         with os.scandir(folder) as entries:
             return any(True for _ in entries)

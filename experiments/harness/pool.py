@@ -171,8 +171,12 @@ class WarmProcess:
         return data
 
     def log_tail(self, size: int = 4000) -> str:
+        # The log is ours (created here, in a folder the sandbox cannot see); only its size is
+        # the sandbox's doing, so read just the end.
         try:
-            data = self.log_path.read_bytes()[-size:]
+            with open(self.log_path, "rb") as fh:
+                fh.seek(max(0, os.fstat(fh.fileno()).st_size - size))
+                data = fh.read(size)
         except OSError:
             return ""
         return data.decode("utf-8", errors="replace").strip()

@@ -275,3 +275,24 @@ def test_it_records_an_unfreeze_and_marks_earlier_experiments(workspace, django_
     marked = {e.pk: e.other_contract for e in contract_annotate(Experiment.objects.all(), task=task)}
     assert marked == {before.pk: True, after.pk: False}
     assert not task_contract_matches(task=task, task_fingerprint=before.task_fingerprint, data_fingerprint=before.data_fingerprint)
+
+
+def test_it_refuses_a_snapshot_holding_a_link_planted_by_load_data(workspace, tmp_path):
+    """load_data writes the snapshot from inside the sandbox; a link it plants there would later
+    be followed by the trusted side (chmod while sealing, hashing, unpickling)."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("not the snapshot's")
+    victim.chmod(0o600)
+    planting = LOAD_REGRESSION + f'''
+
+import json as _json, os as _os, sys as _sys
+
+_spec = _json.load(open(_sys.argv[1]))
+if _spec.get("snapshot_dir"):
+    _os.symlink({str(victim)!r}, _os.path.join(_spec["snapshot_dir"], "public", "extra.pkl"))
+'''
+    task = _ready_task(workspace, load=planting)
+    with pytest.raises(NotReady, match="will not follow: public/extra.pkl is a symlink"):
+        task_freeze(task=task)
+    assert stat.S_IMODE(victim.stat().st_mode) == 0o600
+    assert not task_of(task.domain).is_frozen

@@ -330,3 +330,178 @@ def train(X_train, y_train, X_test, *, artifacts_dir):
     assert exp.state == "completed", exp.error
     assert "READ 0" in exp.stdout_tail or "DENIED" in exp.stdout_tail
     assert "target" not in exp.stdout_tail and (workspace / "data.csv").stat().st_size > 10_000
+
+
+# --- Issue 9: the trusted side reads only what it opened itself (domains/safe_read.py) ----------
+
+
+def _log_targets(diabetes, home: Path, monkeypatch) -> dict[str, tuple[str, str]]:
+    """name → (path a planted link points to, a string that must never come back)."""
+    import sqlite3
+
+    secret = home / "secret_key"
+    secret.write_text("SECRET-KEY-MARKER-9f2c")
+    db = home / "dojo.sqlite3"
+    with sqlite3.connect(db) as conn:
+        conn.execute("create table t (v text)")
+        conn.execute("insert into t values ('DB-ROW-MARKER-77e1')")
+    monkeypatch.setenv("DOJO_ENVIRON_MARKER", "ENVIRON-MARKER-41ab")
+    split = Path(diabetes.task.snapshot_path) / "sealed" / "split.json"
+    return {
+        "sealed-split": (str(split), '"holdout"'),
+        "secret-key": (str(secret), "SECRET-KEY-MARKER-9f2c"),
+        "sqlite": (str(db), "SQLite format 3"),
+        "proc-environ": ("/proc/self/environ", "ENVIRON-MARKER-41ab"),
+    }
+
+
+@pytest.mark.parametrize("target", ["sealed-split", "secret-key", "sqlite", "proc-environ"])
+def test_it_never_follows_a_log_planted_as_a_symlink(diabetes, baseline, settings, monkeypatch, target):
+    """stdout.txt/stderr.txt replaced by links: the server used to read the link's target (as
+    root) into the experiment's logs, which the agent reads back."""
+    path, marker = _log_targets(diabetes, Path(settings.DOJO_HOME), monkeypatch)[target]
+    exp = run(diabetes, f"""
+import os, sys
+
+def train(X_train, y_train, X_test, *, artifacts_dir):
+    job = artifacts_dir.parent
+    for name in ("stdout.txt", "stderr.txt"):
+        os.unlink(job / name)
+        os.symlink({path!r}, job / name)
+{HONEST_TAIL}""")
+    assert_failed_or_honest(exp, baseline)
+    assert exp.state == "completed", exp.error
+    assert marker not in exp.stdout_tail and marker not in exp.stderr_tail
+    assert exp.stdout_tail == "" and exp.stderr_tail == ""
+    text = " ".join(exp.warnings)
+    assert "stdout.txt refused: a symlink" in text and "stderr.txt refused: a symlink" in text
+
+
+def test_it_does_not_block_on_a_log_replaced_by_a_fifo(diabetes, baseline):
+    """Opening a FIFO for reading blocks until a writer comes: the old code hung on it forever."""
+    started = time.monotonic()
+    exp = run(diabetes, f"""
+import os
+
+def train(X_train, y_train, X_test, *, artifacts_dir):
+    job = artifacts_dir.parent
+    os.unlink(job / "stdout.txt")
+    os.mkfifo(job / "stdout.txt")
+    os.mkfifo(job / "error.json")
+{HONEST_TAIL}""")
+    assert time.monotonic() - started < 20
+    assert exp.state == "completed", exp.error
+    assert "stdout.txt refused: a FIFO" in " ".join(exp.warnings)
+
+
+def test_it_refuses_a_hard_linked_and_a_fifo_artifact(diabetes, baseline, settings):
+    exp = run(diabetes, f"""
+import os
+
+def train(X_train, y_train, X_test, *, artifacts_dir):
+    (artifacts_dir / "plain.txt").write_text("mine")
+    (artifacts_dir.parent / "outside.txt").write_text("not an artifact")
+    os.link(artifacts_dir.parent / "outside.txt", artifacts_dir / "linked.txt")
+    os.mkfifo(artifacts_dir / "pipe")
+    (artifacts_dir / "sub").mkdir()
+    os.symlink("/etc", artifacts_dir / "sub" / "etc")
+{HONEST_TAIL}""")
+    assert exp.state == "completed", exp.error
+    kept = sorted(exp.artifacts.values_list("path", flat=True))
+    assert kept == ["train/plain.txt"]
+    text = " ".join(exp.warnings)
+    assert "linked.txt refused: a hard link" in text
+    assert "pipe refused: a FIFO" in text
+    assert "sub/etc refused" in text
+    root = Path(settings.DOJO_HOME) / "artifacts" / str(exp.pk) / "train"
+    assert sorted(p.name for p in root.rglob("*")) == ["plain.txt"]
+
+
+def test_it_refuses_a_job_folder_replaced_by_a_link(diabetes, baseline, settings):
+    """train() swaps its whole job folder for a link to the sealed folder: nothing in it is read."""
+    sealed = Path(diabetes.task.snapshot_path) / "sealed"
+    exp = run(diabetes, f"""
+import os, shutil
+
+def train(X_train, y_train, X_test, *, artifacts_dir):
+    job = artifacts_dir.parent
+    os.rename(job, str(job) + "-gone")
+    os.symlink({str(sealed)!r}, job)
+{HONEST_TAIL}""")
+    assert exp.metrics == {} or exp.metrics == baseline.metrics
+    assert '"holdout"' not in exp.stdout_tail + exp.stderr_tail + exp.error
+
+
+def _forging_interpreter(tmp_path: Path, n_rows: int) -> Path:
+    """A "python" that speaks both harness protocols without running anything honest: as the
+    trainer it hands over all-zero predictions, as the evaluator it answers perfect scores.
+    What a user could point workspace_python at (it answers `-c` like a real interpreter)."""
+    import io
+
+    import numpy as np
+
+    folder = tmp_path / "forger" / "bin"
+    folder.mkdir(parents=True)
+    zeros = io.BytesIO()
+    np.save(zeros, np.zeros(n_rows), allow_pickle=False)
+    (folder / "zeros.npy").write_bytes(zeros.getvalue())
+    (folder / "fake.py").write_text(f"""
+import json, os, sys
+evaluator = sys.argv[1].endswith("evaluator.py")
+perfect = {{"rmse": 0.0, "mae": 0.0, "r2": 1.0}}
+zeros = open({str(folder / "zeros.npy")!r}, "rb").read()
+out = sys.stdout.buffer
+out.write(json.dumps({{"ready": True, "pid": os.getpid(), "versions": {{}}}}).encode() + b"\\n"); out.flush()
+buf = b""
+while True:
+    chunk = os.read(0, 1 << 20)
+    if not chunk:
+        break
+    buf += chunk
+    while b"\\n" in buf:
+        line, buf = buf.split(b"\\n", 1)
+        req = json.loads(line)
+        if "id" not in req:
+            continue
+        need = req.get("y_pred_bytes", 0)
+        while len(buf) < need:
+            buf += os.read(0, 1 << 20)
+        buf = buf[need:]
+        if evaluator:
+            answer = {{"id": req["id"], "ok": True, "metrics": perfect, "holdout_metrics": perfect, "artifacts": {{}}}}
+            out.write(json.dumps(answer).encode() + b"\\n")
+        else:
+            answer = {{"id": req["id"], "status": "exited", "returncode": 0, "signal": None, "meta": {{}},
+                      "payload_bytes": len(zeros)}}
+            out.write(json.dumps(answer).encode() + b"\\n" + zeros)
+        out.flush()
+""")
+    script = folder / "python"
+    script.write_text(f"""#!/bin/sh
+case "$1" in
+  *evaluator.py|*trainer.py) exec /usr/bin/python3 {folder / "fake.py"} "$@" ;;
+esac
+exec /usr/bin/python3 "$@"
+""")
+    script.chmod(0o755)
+    return script
+
+
+def test_it_runs_the_evaluator_in_dojos_interpreter_whatever_the_workspace_python(diabetes, baseline, tmp_path):
+    """A workspace interpreter that forges the evaluator's answers changes nothing: the
+    evaluator runs in Dojo's own interpreter; the user's one serves the trainer only (which
+    here hands over zeros, scored as zeros)."""
+    import sys
+
+    if not Path("/usr/bin/python3").exists():
+        pytest.skip("the forging interpreter is a shell script around /usr/bin/python3")
+    from domains.snapshot import snapshot_load_public
+
+    n_rows = len(snapshot_load_public(diabetes.task.snapshot_path)[2])
+    diabetes.workspace_python = str(_forging_interpreter(tmp_path, n_rows))
+    diabetes.save(update_fields=["workspace_python"])
+    exp = run(diabetes, LINEAR)
+    assert exp.state == "completed", exp.error
+    assert exp.metrics["rmse"] > 100 and exp.holdout_metrics["rmse"] > 100  # zeros, honestly scored
+    assert exp.environment["interpreter"] == diabetes.workspace_python
+    assert exp.environment["evaluator"] == sys.executable

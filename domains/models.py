@@ -107,6 +107,11 @@ class Domain(models.Model):
             "workspace_path": self.workspace_path,
             "program_path": self.program_path,
             "setup_path": self.setup_path,
+            "git_url": self.git_url,
+            "git_ref": self.git_ref,
+            "git_commit": self.git_commit,
+            "env_python": self.env_python,
+            "env_state": self.env_state,
             "created_at": self.created_at.isoformat() if self.created_at else None,
             "task": None if task is None else {
                 "task_type": task.task_type,

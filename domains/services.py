@@ -472,18 +472,20 @@ def domain_member_remove(*, domain: Domain, username: str) -> None:
 ENV_BUILD_STALE_SECONDS = 2 * 3600
 
 
-def _env_claim(domain: Domain) -> None:
+def _env_claim(domain: Domain, *, force: bool = False) -> None:
     """Mark the domain's environment `building`; Conflict when a build is already under way."""
     from datetime import timedelta
 
     stale = timezone.now() - timedelta(seconds=ENV_BUILD_STALE_SECONDS)
-    claimed = (
-        Domain.objects.filter(pk=domain.pk)
-        .exclude(Q(env_state="building") & Q(updated_at__gt=stale))
-        .update(env_state="building", env_error="", env_log="", updated_at=timezone.now())
-    )
+    rows = Domain.objects.filter(pk=domain.pk)
+    if not force:
+        rows = rows.exclude(Q(env_state="building") & Q(updated_at__gt=stale))
+    claimed = rows.update(env_state="building", env_error="", env_log="", updated_at=timezone.now())
     if not claimed:
-        raise Conflict(f"an environment build for {domain.name!r} is already running; wait for it to end")
+        raise Conflict(
+            f"an environment build for {domain.name!r} is already running; wait for it to end (if no worker "
+            f"runs it, `manage.py dojo_domain setup --domain {domain.name} --force` builds it here)"
+        )
     domain.env_state, domain.env_error, domain.env_log = "building", "", ""
 
 
@@ -506,16 +508,17 @@ def _env_enqueue(domain_id: int, run_setup_script: bool) -> None:
 
 
 def domain_env_build(*, domain: Domain, run_setup_script: bool = False, claimed: bool = False,
-                     on_output=None) -> Domain:
+                     on_output=None, force: bool = False) -> Domain:
     """Build the domain's environment now (the CLI, and the queued task) and record it.
 
     Returns the domain with env_state "ready": env_python, env_lock (pip freeze) and the log's tail
     recorded; an environment Dojo built before is deleted. On failure records env_state "failed"
     with the error and the log's tail, keeps the previous environment, and raises EnvFailed
-    (InvalidInput). Conflict when another build is running (unless `claimed` by the caller)."""
+    (InvalidInput). Conflict when another build is running (unless `claimed` by the caller, or
+    `force`: a queued build no worker took)."""
     if not claimed:
         workspaces.env_requirements_check(domain.workspace, run_setup_script=run_setup_script)
-        _env_claim(domain)
+        _env_claim(domain, force=force)
     previous = domain.env_python
     try:
         built = workspaces.env_build(domain_id=domain.pk, workspace=domain.workspace,

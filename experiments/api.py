@@ -57,6 +57,7 @@ class ExperimentOut(Schema):
     task_fingerprint: str
     data_fingerprint: str
     environment: dict
+    provenance: dict
     isolation: str
     code_flags: list
     audit_trail: list

@@ -947,7 +947,7 @@ def experiment_summary(exp: Experiment, *, holdout: bool = True) -> dict:
         "warnings": exp.warnings, "code_sha256": exp.code_sha256, "seed": exp.seed,
         "train_seconds": exp.train_seconds, "total_seconds": exp.total_seconds,
         "peak_memory_mb": exp.peak_memory_mb, "task_fingerprint": exp.task_fingerprint,
-        "data_fingerprint": exp.data_fingerprint, "environment": exp.environment,
+        "data_fingerprint": exp.data_fingerprint, "environment": exp.environment, "provenance": exp.provenance,
         "isolation": exp.isolation, "cv_value": exp.cv_value, "cv_rows": exp.cv_rows,
         "rank_value": exp.rank_value, "seed_spread": exp.seed_spread, "seed_count": exp.seed_count,
         "validation_ci": exp.validation_ci, "quarantine_state": exp.quarantine_state,

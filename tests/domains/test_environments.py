@@ -163,3 +163,35 @@ def test_setup_script_runs_only_when_the_owner_asks(wheels, workspace, client_lo
     assert "setup.sh failed (exit code 3)" in status["environment"]["error"]
     assert "broken on purpose" in status["environment"]["log"]
     assert status["environment"]["python"] == env.env_python
+
+
+def test_the_domain_page_polls_the_build_log_and_a_second_build_waits(wheels, workspace, client_logged_in, user,
+                                                                      django_capture_on_commit_callbacks):
+    from domains.services import domain_create
+    from domains.workspaces import env_root
+
+    (workspace / "requirements.txt").write_text("tinypkg==9.9\n")
+    domain = domain_create(name="poll", task_type="regression", workspace=workspace, owner=user)
+    with django_capture_on_commit_callbacks(execute=False) as queued:  # no worker picks it up
+        response = client_logged_in.post(f"/api/domains/{domain.pk}/workspace/setup", {},
+                                         content_type="application/json")
+    assert response.status_code == 202 and len(queued) == 1
+    env_root(domain.pk).mkdir(parents=True)
+    (env_root(domain.pk) / "build.log").write_text("Collecting tinypkg (from the log file)\n")
+
+    hx = {"HTTP_HX_REQUEST": "true"}
+    panel = client_logged_in.get(f"/domains/{domain.pk}/workspace/", **hx).content.decode()
+    assert 'hx-trigger="every 2s"' in panel and "Collecting tinypkg (from the log file)" in panel
+    assert client_logged_in.get(f"/api/domains/{domain.pk}/workspace").json()["environment"]["log"].startswith("Collecting")
+
+    again = client_logged_in.post(f"/api/domains/{domain.pk}/workspace/setup", {}, content_type="application/json")
+    assert again.status_code == 409 and "already running" in again.json()["detail"]
+    with pytest.raises(CommandError, match="--force"):
+        _call("dojo_domain", "setup", "--domain", "poll")
+
+    with pytest.raises(CommandError, match="pip install failed"):
+        _call("dojo_domain", "setup", "--domain", "poll", "--force")
+    panel = client_logged_in.get(f"/domains/{domain.pk}/workspace/", **hx).content.decode()
+    assert "every 2s" not in panel and "Last build failed: pip install failed" in panel
+    assert "tinypkg==9.9" in panel  # pip's own words, from the log's tail
+    assert not list(env_root(domain.pk).glob("*/bin/python"))  # the failed build left nothing

@@ -39,6 +39,8 @@ class Command(BaseCommand):
         setup = action("setup", help="Build the workspace's environment (requirements.txt / pyproject.toml) now.")
         setup.add_argument("--run-setup-script", action="store_true",
                            help="Also run the workspace's setup.sh (in the sandbox, with network).")
+        setup.add_argument("--force", action="store_true",
+                           help="Build even if a queued build is recorded as running (e.g. no worker picked it up).")
         scan = action("scan", help="Scan the workspace: data files, shapes, column types, likely target/ID columns, scorers.")
         scan.add_argument("--apply", type=int, metavar="N", default=None,
                           help="Write suggestion N (1 = the first) into SETUP.md.")
@@ -137,7 +139,8 @@ class Command(BaseCommand):
     def _setup(self, options) -> None:
         domain = domain_resolve(name=options["domain"])
         echo = None if options["json"] else (lambda text: self.stdout.write(text, ending=""))
-        domain = domain_env_build(domain=domain, run_setup_script=options["run_setup_script"], on_output=echo)
+        domain = domain_env_build(domain=domain, run_setup_script=options["run_setup_script"], on_output=echo,
+                                  force=options["force"])
         if options["json"]:
             print_json(self, domain_workspace_status(domain=domain))
             return

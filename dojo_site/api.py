@@ -80,6 +80,15 @@ def health(request: HttpRequest) -> dict:
     return {"status": "ok"}
 
 
+@api.get("/config", tags=["health"])
+def config(request: HttpRequest) -> dict:
+    """Dojo's version and its non-secret settings (an allow-list: no keys, tokens or URLs with
+    credentials); any authenticated user may read it."""
+    from dojo_site.config import config_public
+
+    return config_public()
+
+
 def _add_routers() -> None:
     from agentrun.api import router as runs_router
     from domains.api import router as domains_router

@@ -284,9 +284,15 @@ DOJO_CLAUDE_ALLOW_WRITE_TOOLS = env_bool("DOJO_CLAUDE_ALLOW_WRITE_TOOLS", False)
 # The Claude agent's CLI runs in the trainer's bubblewrap profile ("auto"); "off" runs it as is
 # (a fake CLI in tests). Its tool calls are path-checked either way (agentrun/claude_sandbox.py).
 DOJO_CLAUDE_SANDBOX = env_str("DOJO_CLAUDE_SANDBOX", "auto")
+# Where users reach the site; commands print links under it (`dojo_run --background`).
+DOJO_BASE_URL = env_str("DOJO_BASE_URL", "http://127.0.0.1:8000")
 # "db" (default) or "mlflow" (also needs MLFLOW_TRACKING_URI).
 DOJO_TRACKING = env_str("DOJO_TRACKING", "db")
-MLFLOW_TRACKING_URI = env_str("MLFLOW_TRACKING_URI", "")
+MLFLOW_TRACKING_URI = env_str("MLFLOW_TRACKING_URI", "")  # empty: sqlite under DOJO_HOME/mlflow
+# MLflow experiments Dojo creates are named PREFIX + domain name, artifacts under this folder
+# (empty: DOJO_HOME/mlflow/artifacts).
+DOJO_MLFLOW_EXPERIMENT_PREFIX = env_str("DOJO_MLFLOW_EXPERIMENT_PREFIX", "dojo/")
+DOJO_MLFLOW_ARTIFACTS = env_str("DOJO_MLFLOW_ARTIFACTS", "")
 # How long the worker (`qcluster`) may take to stop after SIGTERM before what is left is killed.
 DOJO_WORKER_STOP_SECONDS = env_float("DOJO_WORKER_STOP_SECONDS", 6.0)
 # Seconds without a heartbeat after which the reaper marks a run failed ("worker lost").

@@ -20,6 +20,7 @@ from domains.services import (
     domain_workspace_scan,
     domain_workspace_status,
     task_create,
+    task_delete,
     task_for_domain,
     task_freeze,
     task_generate,
@@ -349,6 +350,28 @@ def task_show(request: HttpRequest, domain_id: Id):
 def task_create_endpoint(request: HttpRequest, domain_id: Id, payload: TaskCreateIn):
     task = task_create(domain=_get_domain(request, domain_id, "own"), **payload.dict())
     return Status(201, task_status(task=task))
+
+
+@router.delete("/domains/{domain_id}/task", response={204: None}, tags=["task"])
+def task_delete_endpoint(request: HttpRequest, domain_id: Id):
+    """Delete the domain's unfrozen task (409 when it is frozen)."""
+    task_delete(task=_task(request, domain_id, "own"))
+    return Status(204, None)
+
+
+@router.get("/domains/{domain_id}/metrics", tags=["domains"])
+def domain_metrics(request: HttpRequest, domain_id: Id, run: Id | None = None) -> dict:
+    """The primary metric over the domain's completed experiments, in creation order, for charts:
+    parallel arrays `ids`, `validation`, `holdout` (empty when hidden from this user) and `best`
+    (best validation so far); `?run=ID` narrows to one agent run."""
+    from domains.permissions import holdout_visible
+    from experiments.analysis import history_data
+
+    domain = _get_domain(request, domain_id)
+    data = history_data(domain=domain, run=run)
+    if not holdout_visible(request.user, domain):
+        data["holdout"] = []
+    return data
 
 
 @router.patch("/domains/{domain_id}/task", response=TaskOut, tags=["task"])

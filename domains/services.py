@@ -858,6 +858,18 @@ def task_create(*, domain: Domain, task_type: str, metric: str = "", config: dic
         raise Conflict(f"domain {domain.name!r} already has a task") from None
 
 
+def task_delete(*, task: Task) -> None:
+    """Delete an unfrozen task and its tool versions (a new one can then be created with another
+    type). Conflict when the task is frozen: unfreeze it first, with a reason."""
+    with transaction.atomic():
+        locked = Task.objects.select_for_update().filter(pk=task.pk).first()
+        if locked is None:
+            raise NotFound("the domain has no task")
+        if locked.is_frozen:
+            raise Conflict("the task is frozen; unfreeze it (with a reason) before deleting it")
+        locked.delete()
+
+
 def task_update(*, task: Task, primary_metric: str | None = None, config: dict | None = None) -> Task:
     """Change the primary metric and/or config keys; refused on a frozen task (Conflict)."""
     with transaction.atomic():

@@ -786,18 +786,16 @@ _mlflow_lock = threading.Lock()
 
 
 def _track(exp: Experiment) -> None:
-    """MLflow when DOJO_TRACKING=mlflow and MLFLOW_TRACKING_URI are set; a failure is a warning."""
+    """MLflow when DOJO_TRACKING=mlflow (the store and its artifacts under DOJO_HOME/mlflow unless
+    MLFLOW_TRACKING_URI says otherwise); a failure is a warning."""
     if getattr(settings, "DOJO_TRACKING", "db") != "mlflow":
         return
-    uri = getattr(settings, "MLFLOW_TRACKING_URI", "") or os.environ.get("MLFLOW_TRACKING_URI", "")
-    if not uri:
-        _save(exp, warnings=[*exp.warnings, "tracking: DOJO_TRACKING=mlflow but MLFLOW_TRACKING_URI is not set"])
-        return
     try:
-        from experiments.tracking import mlflow_log_experiment
+        from experiments.tracking import mlflow_locations, mlflow_log_experiment
 
+        uri, artifact_root = mlflow_locations()
         with _mlflow_lock:  # mlflow's fluent API keeps the active run in process state
-            mlflow_log_experiment(exp, uri=uri, artifacts_dir=artifacts_root(exp.pk))
+            mlflow_log_experiment(exp, uri=uri, artifacts_dir=artifacts_root(exp.pk), artifact_root=artifact_root)
     except Exception as exc:  # noqa: BLE001 - tracking never fails an experiment
         log.warning("MLflow tracking failed for experiment %s: %s", exp.pk, exc)
         _save(exp, warnings=[*exp.warnings, f"tracking: MLflow failed: {type(exc).__name__}: {exc}"[:500]])

@@ -6,19 +6,50 @@ The DB stays the system of record; this only mirrors a finished experiment. Impo
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
+
+from django.conf import settings
 
 from experiments.models import Experiment
 
 
-def mlflow_log_experiment(exp: Experiment, *, uri: str, artifacts_dir: Path) -> str:
-    """Log the experiment as one MLflow run; return the MLflow run id."""
+def mlflow_locations() -> tuple[str, Path]:
+    """(tracking URI, artifact root): MLFLOW_TRACKING_URI (setting or environment) or a SQLite
+    store at DOJO_HOME/mlflow/mlflow.db; artifacts under DOJO_MLFLOW_ARTIFACTS or
+    DOJO_HOME/mlflow/artifacts — never mlflow's default ./mlruns in the current directory."""
+    home = Path(settings.DOJO_HOME) / "mlflow"
+    uri = getattr(settings, "MLFLOW_TRACKING_URI", "") or os.environ.get("MLFLOW_TRACKING_URI", "")
+    if not uri:
+        home.mkdir(parents=True, exist_ok=True)
+        uri = f"sqlite:///{home / 'mlflow.db'}"
+    root = Path(getattr(settings, "DOJO_MLFLOW_ARTIFACTS", "") or home / "artifacts")
+    return uri, root
+
+
+def mlflow_experiment_name(domain_name: str) -> str:
+    return f"{getattr(settings, 'DOJO_MLFLOW_EXPERIMENT_PREFIX', 'dojo/')}{domain_name}"
+
+
+def mlflow_log_experiment(exp: Experiment, *, uri: str, artifacts_dir: Path, artifact_root: Path | None = None) -> str:
+    """Log the experiment as one MLflow run; return the MLflow run id. The MLflow experiment is
+    named by Dojo (mlflow_experiment_name) and, when Dojo creates it, keeps its artifacts in
+    `artifact_root`/<domain>."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=uri)
-    name = f"dojo/{exp.domain.name}"
+    name = mlflow_experiment_name(exp.domain.name)
     found = client.get_experiment_by_name(name)
-    mlflow_experiment_id = found.experiment_id if found else client.create_experiment(name)
+    if found:
+        mlflow_experiment_id = found.experiment_id
+    else:
+        location = None
+        if artifact_root is not None:
+            folder = Path(artifact_root).absolute() / re.sub(r"[^A-Za-z0-9_.-]", "_", exp.domain.name)
+            folder.mkdir(parents=True, exist_ok=True)
+            location = folder.as_uri()
+        mlflow_experiment_id = client.create_experiment(name, artifact_location=location)
     tags = {
         "dojo.domain": exp.domain.name,
         "dojo.domain_id": str(exp.domain_id),

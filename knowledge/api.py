@@ -10,7 +10,13 @@ from dojo_site.schemas import Id, ListOut, Offset
 from domains.models import Domain
 from domains.permissions import domain_get_for_user, knowledge_global_require, knowledge_visible_q
 from knowledge.models import Evidence, KnowledgeAtom
-from knowledge.services import SEARCH_LIMIT_MAX, atom_search_page, atom_write, atoms_for_display
+from knowledge.services import (
+    SEARCH_LIMIT_MAX,
+    atom_retract,
+    atom_search_page,
+    atom_write,
+    atoms_for_display,
+)
 
 router = Router(tags=["knowledge"])
 
@@ -173,6 +179,20 @@ def knowledge_create(request: HttpRequest, payload: AtomIn):
         "matched_id": result.matched.pk if result.matched else None,
         "similarity": result.similarity,
     })
+
+
+@router.delete("/knowledge/{atom_id}", response=AtomOut)
+def knowledge_retract(request: HttpRequest, atom_id: Id):
+    """Retract an atom: it is marked wrong and kept as a record (ranked last), not erased.
+    Needs the editor role on its domain; global atoms are retracted by staff only. 409 when it
+    is already retracted."""
+    atom = _get_atom(request, atom_id)
+    if atom.domain_id is None:
+        knowledge_global_require(request.user)
+    else:
+        _get_domain(request, atom.domain_id, "edit")
+    atom_retract(atom=atom)
+    return _get_atom(request, atom_id)
 
 
 @router.get("/knowledge/{atom_id}", response=AtomDetailOut)

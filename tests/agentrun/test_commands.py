@@ -193,3 +193,20 @@ def test_dojo_runs_lists_and_shows(frozen_domain, scripted):
     with pytest.raises(CommandError, match="no run 4242"):
         _call("dojo_runs", "show", "4242")
     assert os.environ.get("DJANGO_SETTINGS_MODULE")
+
+
+def test_dojo_run_background_queues_the_run_and_prints_its_url(
+    frozen_domain_in_transaction, django_capture_on_commit_callbacks, monkeypatch, settings
+):
+    from django_q.conf import Conf
+
+    monkeypatch.setattr(Conf, "SYNC", False)
+    settings.DOJO_BASE_URL = "https://dojo.example/"
+    with django_capture_on_commit_callbacks() as callbacks:
+        text = _call("dojo_run", "--domain", "diabetes", "--background", "--max-experiments", "2")
+    run = AgentRun.objects.get()
+    assert run.status == "queued" and run.max_experiments == 2
+    assert f"queued for the worker: https://dojo.example/runs/{run.pk}/" in text
+    assert len(callbacks) == 1  # enqueued once the run row is committed
+    as_json = json.loads(_call("dojo_run", "--domain", "diabetes", "--background", "--json"))
+    assert as_json["status"] == "queued" and as_json["url"].startswith("https://dojo.example/runs/")

@@ -52,3 +52,24 @@ def test_it_records_a_tracking_failure_as_a_warning(diabetes, settings, tmp_path
     assert any(w.startswith("tracking: MLflow failed") for w in exp.warnings)
     exp.refresh_from_db()
     assert exp.state == "completed" and exp.metrics
+
+
+def test_it_keeps_the_store_and_artifacts_under_dojo_home_by_default(diabetes, settings, tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    settings.DOJO_TRACKING = "mlflow"
+    settings.MLFLOW_TRACKING_URI = ""
+    settings.DOJO_MLFLOW_EXPERIMENT_PREFIX = "lab/"
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    exp = experiment_run(domain=diabetes, train_code=PLOT)
+    assert exp.state == "completed" and not [w for w in exp.warnings if w.startswith("tracking")], exp.warnings
+    home = settings.DOJO_HOME / "mlflow"
+    client = MlflowClient(tracking_uri=f"sqlite:///{home / 'mlflow.db'}")
+    found = client.get_experiment_by_name("lab/diabetes")
+    assert found.artifact_location == (home / "artifacts" / "diabetes").as_uri()
+    run = client.search_runs([found.experiment_id])[0]
+    assert (home / "artifacts" / "diabetes" / run.info.run_id / "artifacts" / "train.py").is_file()
+    assert not any(cwd.iterdir())  # no ./mlruns in the current directory

@@ -9,7 +9,7 @@ from rich.markup import escape
 
 from agentrun.backends import BACKENDS
 from agentrun.models import AgentEvent, AgentRun
-from agentrun.services import run_create, run_execute
+from agentrun.services import run_create, run_execute, run_start
 from dojo_site.cli import add_domain_argument, add_json_argument, command_error, console_for
 from dojo_site.errors import DojoError
 from domains.services import domain_resolve
@@ -45,11 +45,16 @@ class Command(BaseCommand):
         parser.add_argument("--max-minutes", type=float, default=None, help="Wall-clock limit for the run.")
         parser.add_argument("--prompt", default=None, help="Use this text instead of PROGRAM.md for this run.")
         parser.add_argument("--seed", type=int, default=0)
+        parser.add_argument(
+            "--background", action="store_true",
+            help="Queue the run for the worker (`manage.py qcluster`) and print its URL instead of running it here.",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         try:
             domain = domain_resolve(name=options["domain"])
-            run = run_create(
+            create = run_start if options["background"] else run_create
+            run = create(
                 domain=domain,
                 backend=options["backend"],
                 max_turns=options["max_turns"],
@@ -64,6 +69,15 @@ class Command(BaseCommand):
 
         console = console_for(self)
         as_json = options["json"]
+        if options["background"]:
+            url = settings.DOJO_BASE_URL.rstrip("/") + run.get_absolute_url()
+            if as_json:
+                self.stdout.write(json.dumps({**run_json(run), "url": url}))
+            else:
+                console.print(f"Run {run.pk} on {escape(domain.name)} queued for the worker: {url}")
+                console.print("[dim]The worker is `manage.py qcluster` (make serve starts one); "
+                              f"stop it with `manage.py dojo_stop {run.pk}`.[/dim]")
+            return
         if not as_json:
             console.print(
                 f"[bold]Run {run.pk}[/bold] on [bold]{escape(domain.name)}[/bold] with the {run.backend} backend "

@@ -67,7 +67,8 @@ class Command(BaseCommand):
         config.add_argument(
             # Not dest="settings": Django reads options.settings as its --settings module.
             "--set", dest="config_items", action="append", default=[], metavar="KEY=VALUE",
-            help="A config key, e.g. --set holdout_ratio=0.3 (repeatable).",
+            help="A config key, e.g. --set holdout_ratio=0.3 or --set limits.timeout_seconds=60 "
+                 "(repeatable; limits.NAME=null removes that override; limits also on a frozen task).",
         )
 
     def handle(self, *args, **options) -> None:
@@ -146,12 +147,25 @@ class Command(BaseCommand):
         self._out(task, options, "Unfrozen. Experiments scored before are marked as from another contract.")
 
     def _config(self, task, options) -> None:
-        config = {}
+        config: dict = {}
         for item in options["config_items"]:
             key, sep, value = item.partition("=")
-            if not sep:
-                raise InvalidInput(f"--set takes KEY=VALUE, got {item!r}")
-            config[key.strip()] = value.strip()
+            key, value = key.strip(), value.strip()
+            if not sep or not key:
+                raise InvalidInput(f"--set takes KEY=VALUE (or SECTION.KEY=VALUE), got {item!r}")
+            section, dot, name = key.partition(".")
+            if not dot:
+                config[key] = value
+                continue
+            # limits.timeout_seconds=60 → {"limits": {"timeout_seconds": "60"}}; `null` removes an override.
+            if not name or "." in name:
+                raise InvalidInput(f"--set {key}: use SECTION.KEY=VALUE with one dot, e.g. limits.timeout_seconds=60")
+            if section not in ("limits",):
+                raise InvalidInput(f"--set {key}: {section!r} has no sub-keys; dotted keys are for limits.<name>")
+            existing = config.setdefault(section, {})
+            if not isinstance(existing, dict):
+                raise InvalidInput(f"--set {key}: {section} was also set as a whole")
+            existing[name] = None if value.lower() in ("null", "none", "") else value
         if not config and not options["metric"]:
             raise InvalidInput("give --metric and/or --set KEY=VALUE")
         task = task_update(task=task, primary_metric=options["metric"], config=config or None)

@@ -543,7 +543,7 @@ def _execute(exp: Experiment, domain: Domain, task: Task, should_stop, started: 
     try:
         meta = answer.get("meta") or _read_json(job_fd, "meta.json", warnings) or {}
         _record(
-            exp, isolation=isolation, stdout_tail=_tail(job_fd, "stdout.txt", warnings),
+            exp, isolation=isolation, audit_trail=_audit_trail(answer), stdout_tail=_tail(job_fd, "stdout.txt", warnings),
             stderr_tail=_tail(job_fd, "stderr.txt", warnings), peak_memory_mb=_number(answer.get("peak_memory_mb")),
             train_seconds=_number(meta.get("train_seconds")),
             environment={**versions, "interpreter": _python(domain), "evaluator": sys.executable,
@@ -573,6 +573,22 @@ def _execute(exp: Experiment, domain: Domain, task: Task, should_stop, started: 
     finally:
         os.close(job_fd)
         _discard(job_dir)
+
+
+AUDIT_KINDS = ("open", "dataset_loader", "subprocess", "socket", "ctypes", "proc", "truncated", "tampered")
+
+
+def _audit_trail(answer: dict) -> list[dict]:
+    """The audit events the warm trainer collected from the child's audit pipe (see trainer.py),
+    checked: the trainer is on the sandbox's side, so only known kinds, short strings, bounded."""
+    events = answer.get("audit_trail")
+    if not isinstance(events, list):
+        return []
+    out = []
+    for event in events[:202]:
+        if isinstance(event, dict) and event.get("kind") in AUDIT_KINDS and isinstance(event.get("detail"), str):
+            out.append({"kind": event["kind"], "detail": event["detail"][:300]})
+    return out
 
 
 def _number(value) -> float | None:

@@ -148,6 +148,185 @@ def _write_json(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
+# --- The audit trail: what train() did, for a reviewer ---------------------------------------
+# An audit hook (sys.addaudithook) installed in the forked child just before the train code runs
+# records the events a reviewer needs: files opened outside the public snapshot, the job folder,
+# the Python installation and the private temp folders ("open"), bundled datasets imported or
+# read ("dataset_loader"), subprocesses, sockets, ctypes and /proc. Each new event (deduplicated,
+# at most AUDIT_MAX_EVENTS, then one "truncated") is written at once, as a JSON line, to a pipe
+# (fd AUDIT_FD) whose read end only the warm parent holds, so a train() cannot take back what it
+# already did. When train() returns, the child writes an end marker carrying a per-job nonce; a
+# completed job whose marker is missing gets a "tampered" event (the pipe was closed or replaced).
+# Observational only: a hostile train() that finds the nonce in memory, or works through C code,
+# can hide from it (docs/decisions.md).
+AUDIT_FD = 4
+AUDIT_MAX_EVENTS = 200
+AUDIT_DETAIL_MAX = 200
+AUDIT_PIPE_MAX = 256 * 1024
+AUDIT_KINDS = ("open", "dataset_loader", "subprocess", "socket", "ctypes", "proc", "truncated", "tampered")
+# Mirrors domains.audit.DATASET_MODULES (this file imports nothing from the project; a test
+# checks the two agree).
+DATASET_MODULES = (
+    "sklearn.datasets", "seaborn.load_dataset", "seaborn.get_dataset_names", "openml",
+    "tensorflow_datasets", "torchvision.datasets", "torchtext.datasets", "keras.datasets",
+    "tensorflow.keras.datasets", "datasets", "statsmodels.datasets", "pmlb", "vega_datasets", "pydataset",
+    "ucimlrepo", "kaggle", "kagglehub", "plotly.data", "bokeh.sampledata", "pandas_datareader", "yellowbrick.datasets",
+    "mlxtend.data", "imblearn.datasets", "lightgbm.datasets", "catboost.datasets", "shap.datasets",
+)
+BUNDLED_DATA_PARTS = ("/sklearn/datasets/data", "/sklearn/datasets/descr", "/plotly/package_data/datasets",
+                      "/vega_datasets/_data", "/pydataset/resources")
+# What libraries read about their own process; anything else under /proc is recorded.
+_PROC_QUIET = ("/proc/self/stat", "/proc/self/statm", "/proc/self/status", "/proc/self/cgroup",
+               "/proc/self/mountinfo", "/proc/self/maps", "/proc/self/limits", "/proc/meminfo", "/proc/cpuinfo",
+               "/proc/stat")
+_SUBPROCESS_EVENTS = frozenset({"subprocess.Popen", "os.system", "os.exec", "os.posix_spawn", "os.spawn",
+                                "os.fork", "os.forkpty", "pty.spawn"})
+_SOCKET_EVENTS = frozenset({"socket.connect", "socket.bind", "socket.getaddrinfo", "socket.gethostbyname",
+                            "socket.gethostbyaddr", "socket.sendto", "socket.sendmsg"})
+_CTYPES_EVENTS = frozenset({"ctypes.dlopen", "ctypes.dlsym", "ctypes.dlsym/handle", "ctypes.call_function",
+                            "ctypes.cdata", "ctypes.cdata/buffer", "ctypes.string_at", "ctypes.wstring_at"})
+_WATCHED = frozenset({"open", "import", "os.listdir", "os.scandir"}) | _SUBPROCESS_EVENTS | _SOCKET_EVENTS | _CTYPES_EVENTS
+
+_audit_w: int | None = None  # in a forked child: the write end of its audit pipe
+_audit_readers: dict[int, int] = {}  # in the warm parent: child pid → read end of its audit pipe
+_audit_quiet_dirs: tuple[str, ...] = ()  # set by main(): the public snapshot folder
+_audit_finish = None  # in the child, once the hook is installed: stops recording, writes the end marker
+
+
+def _audit_prefixes(job_dir: Path) -> tuple[str, ...]:
+    """Folders whose files are not worth an event: the public snapshot, the job's folder, the
+    Python installation (every import reads it) and the sandbox's private temp folders."""
+    import sysconfig
+
+    dirs = {str(job_dir), *_audit_quiet_dirs, sys.prefix, sys.base_prefix, sys.exec_prefix,
+            "/tmp", "/var/tmp", "/dev", "/usr/share", "/usr/lib", "/sys"}
+    dirs.update(v for k, v in sysconfig.get_paths().items() if k in ("stdlib", "platstdlib", "purelib", "platlib"))
+    cwd = os.getcwd()
+    dirs.update(p for p in sys.path if p and p != cwd and os.path.isabs(p) and not cwd.startswith(p.rstrip("/") + "/"))
+    return tuple(sorted({d.rstrip("/") + "/" for d in dirs if d}))
+
+
+def audit_hook_install(*, fd: int, nonce: str, job_dir: Path):
+    """Install the audit hook in this (forked) child; return finish(), which stops recording and
+    writes the end marker. Costs a dict lookup per audit event the interpreter raises."""
+    quiet = _audit_prefixes(job_dir)
+    own = tuple(d.rstrip("/") + "/" for d in (str(job_dir), *_audit_quiet_dirs))
+    cwd = os.getcwd() + "/"
+    seen: set = set()
+    state = {"on": True, "count": 0}
+    write, fspath, dumps = os.write, os.fspath, json.dumps  # bound now: train() may patch the modules
+
+    def emit(kind: str, detail: str) -> None:
+        if (kind, detail) in seen or state["count"] > AUDIT_MAX_EVENTS:
+            return
+        seen.add((kind, detail))
+        if state["count"] == AUDIT_MAX_EVENTS:
+            kind, detail = "truncated", f"more than {AUDIT_MAX_EVENTS} distinct events; the rest are not recorded"
+        state["count"] += 1
+        try:
+            write(fd, (dumps({"kind": kind, "detail": detail[:AUDIT_DETAIL_MAX]}) + "\n").encode())
+        except OSError:
+            pass
+
+    def path_kind(path: str) -> str | None:
+        if path.startswith("/proc"):
+            return None if path.startswith(_PROC_QUIET) else "proc"
+        if any(part in path for part in BUNDLED_DATA_PARTS):
+            return "dataset_loader"
+        if path.startswith(own):  # the job's folder, the public snapshot
+            return None
+        if path.startswith(cwd):  # the workspace (which may sit under a quiet folder such as /tmp)
+            return None if path.endswith(".py") else "open"  # its own modules are imports
+        return None if path.startswith(quiet) else "open"  # the installation, the snapshot, the job
+
+    def hook(event: str, args: tuple) -> None:
+        if event not in _WATCHED or not state["on"]:
+            return
+        try:
+            if event == "open" or event == "os.listdir" or event == "os.scandir":
+                path = args[0] if args else None
+                if path is None or isinstance(path, int):
+                    return
+                path = fspath(path)
+                if isinstance(path, bytes):
+                    path = path.decode(errors="replace")
+                if not path.startswith("/"):
+                    path = cwd + path
+                kind = path_kind(path)
+                if kind is not None and (event == "open" or kind != "open"):
+                    emit(kind, path if event == "open" else f"{event} {path}")
+            elif event == "import":
+                name = str(args[0])
+                if any(name == m or name.startswith(m + ".") for m in DATASET_MODULES):
+                    emit("dataset_loader", f"import {name}")
+            elif event in _SUBPROCESS_EVENTS:
+                emit("subprocess", f"{event} {args[1] if event == 'subprocess.Popen' else args!r}"[:AUDIT_DETAIL_MAX])
+            elif event in _SOCKET_EVENTS:
+                emit("socket", f"{event} {args[1:] if event in ('socket.connect', 'socket.bind', 'socket.sendto') else args!r}"[:AUDIT_DETAIL_MAX])
+            else:
+                emit("ctypes", event if event == "ctypes.call_function" else f"{event} {args[:2]!r}"[:AUDIT_DETAIL_MAX])
+        except Exception:  # noqa: BLE001 - the hook must never break train()
+            pass
+
+    def finish() -> None:
+        if state["on"]:
+            state["on"] = False
+            try:
+                write(fd, (dumps({"end": nonce}) + "\n").encode())
+            except OSError:
+                pass
+
+    sys.addaudithook(hook)
+    return finish
+
+
+def _audit_start(job: dict, job_dir: Path) -> None:
+    global _audit_finish
+    nonce = job.pop("audit_nonce", None)
+    if _audit_w is not None and nonce:
+        _audit_finish = audit_hook_install(fd=AUDIT_FD, nonce=str(nonce), job_dir=job_dir)
+
+
+def _audit_end() -> None:
+    if _audit_finish is not None:
+        _audit_finish()
+
+
+def audit_events_collect(fd: int | None, nonce: str, *, completed: bool) -> list[dict]:
+    """The events the child wrote (parent side; call once the child has ended). `completed`: the
+    child handed over its result, so the end marker must be there."""
+    if fd is None:
+        return []
+    data = bytearray()
+    try:
+        os.set_blocking(fd, False)
+        while len(data) < AUDIT_PIPE_MAX:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            data += chunk
+    except OSError:  # BlockingIOError: a process the sweep has not reached yet holds the write end
+        pass
+    finally:
+        os.close(fd)
+    events, ended = [], False
+    for line in bytes(data[:AUDIT_PIPE_MAX]).splitlines()[: AUDIT_MAX_EVENTS + 4]:
+        try:
+            item = json.loads(line)
+        except ValueError:
+            continue
+        if not isinstance(item, dict):
+            continue
+        if item.get("end") == nonce:
+            ended = True
+        elif item.get("kind") in AUDIT_KINDS and isinstance(item.get("detail"), str):
+            events.append({"kind": item["kind"], "detail": item["detail"][:AUDIT_DETAIL_MAX]})
+    if completed and not ended:
+        events.append({"kind": "tampered", "detail": "the audit pipe was closed, replaced or flooded before train() "
+                       "returned: events may be missing"})
+    return events[: AUDIT_MAX_EVENTS + 2]
+
+
 # --- The child: runs one train() -------------------------------------------------------------
 
 
@@ -163,7 +342,11 @@ def _child(job: dict, job_dir: Path, data: tuple, result_fd: int) -> None:
         os.dup2(out, 1)
         os.dup2(err, 2)
         os.dup2(result_fd, 3)
-        os.closerange(4, 1024)  # the control pipes included: the child cannot talk to the harness
+        if _audit_w is not None:
+            os.dup2(_audit_w, AUDIT_FD)
+            os.set_blocking(AUDIT_FD, False)  # a full pipe drops events rather than hanging train()
+        # The control pipes included: the child cannot talk to the harness.
+        os.closerange(AUDIT_FD + 1 if _audit_w is not None else 4, 1024)
         sys.stdin = open(0, closefd=False)
         sys.stdout = open(1, "w", buffering=1, closefd=False)
         sys.stderr = open(2, "w", buffering=1, closefd=False)
@@ -238,6 +421,7 @@ def _train(job: dict, job_dir: Path, data: tuple, result_fd: int) -> int:
     os.environ["DOJO_ARTIFACTS_DIR"] = str(artifacts)
     X_train, y_train, X_test = data
     _workspace_importable(job_dir)
+    _audit_start(job, job_dir)
     started = time.perf_counter()
     try:
         source = (job_dir / "train.py").read_text()
@@ -249,6 +433,7 @@ def _train(job: dict, job_dir: Path, data: tuple, result_fd: int) -> int:
         t0 = time.perf_counter()
         y_pred = train(X_train, y_train, X_test, artifacts_dir=artifacts)
         train_seconds = time.perf_counter() - t0
+        _audit_end()
     except MemoryError as exc:
         traceback.print_exc()
         return _fail(job_dir, "MemoryError", f"memory limit ({job.get('memory_mb')} MB) exceeded: {exc}")
@@ -297,6 +482,7 @@ def _train_frame(exc: BaseException) -> str:
 
 
 def _fail(job_dir: Path, kind: str, message: str) -> int:
+    _audit_end()
     _write_json(job_dir / "error.json", {"type": kind, "message": message[:2000]})
     return 1
 
@@ -462,7 +648,9 @@ def run_job(job: dict, work: Path, data: tuple, control: LineReader | None = Non
     (job_dir / "train.py").write_text(job["code"])
     in_namespace = _is_sandbox_ns()
     started = time.monotonic()
+    job["audit_nonce"] = nonce = os.urandom(12).hex()
     pid, pidfd, result_fd = _hand_over(job, work, data)
+    audit_fd = _audit_readers.pop(pid, None)
     result = Result(result_fd)
     deadline = started + float(job.get("timeout") or 600)
     status = "exited"
@@ -520,6 +708,7 @@ def run_job(job: dict, work: Path, data: tuple, control: LineReader | None = Non
         answer["signal"] = os.WTERMSIG(wstatus) if os.WIFSIGNALED(wstatus) else None
         answer["peak_memory_mb"] = usage.ru_maxrss / 1024
         pid = 0
+    answer["audit_trail"] = audit_events_collect(audit_fd, nonce, completed=bool(payload))
     answer["payload_bytes"] = len(payload)
     return answer, payload, pid
 
@@ -544,13 +733,17 @@ _standby: tuple[int, int, int] | None = None  # (pid, write end of its job pipe,
 
 def standby_fork(work: Path, data: tuple) -> None:
     global _standby
+    global _audit_w
     read_fd, write_fd = os.pipe()
     result_r, result_w = os.pipe()
+    audit_r, audit_w = os.pipe()
     sys.stdout.flush()
     pid = os.fork()
     if pid == 0:
         os.close(write_fd)
         os.close(result_r)
+        os.close(audit_r)
+        _audit_w = audit_w
         chunks = []
         while True:
             chunk = os.read(read_fd, 1 << 20)
@@ -564,6 +757,8 @@ def standby_fork(work: Path, data: tuple) -> None:
         _child(job, work / str(job["id"]), data, result_w)
     os.close(read_fd)
     os.close(result_w)
+    os.close(audit_w)
+    _audit_readers[pid] = audit_r
     _standby = (pid, write_fd, result_r)
 
 
@@ -579,18 +774,25 @@ def _hand_over(job: dict, work: Path, data: tuple) -> tuple[int, int, int]:
             os.close(write_fd)
             return pid, pidfd, result_r
         except OSError:  # the standby is gone: fall through to a fresh fork
-            for fd in (write_fd, result_r):
+            for fd in (write_fd, result_r, _audit_readers.pop(pid, None)):
                 try:
-                    os.close(fd)
+                    if fd is not None:
+                        os.close(fd)
                 except OSError:
                     pass
+    global _audit_w
     result_r, result_w = os.pipe()
+    audit_r, audit_w = os.pipe()
     sys.stdout.flush()
     pid = os.fork()
     if pid == 0:
         os.close(result_r)
+        os.close(audit_r)
+        _audit_w = audit_w
         _child(job, work / str(job["id"]), data, result_w)
     os.close(result_w)
+    os.close(audit_w)
+    _audit_readers[pid] = audit_r
     return pid, os.pidfd_open(pid), result_r
 
 
@@ -616,8 +818,10 @@ def _arg(name: str, default: str | None = None) -> str | None:
 
 
 def main() -> int:
+    global _audit_quiet_dirs
     mode = sys.argv[1]
     public = Path(_arg("--public"))
+    _audit_quiet_dirs = (str(public),)
     work = Path(_arg("--work"))
     _setup()
     if mode == "once":

@@ -190,15 +190,17 @@ _WATCHED = frozenset({"open", "import", "os.listdir", "os.scandir"}) | _SUBPROCE
 _audit_w: int | None = None  # in a forked child: the write end of its audit pipe
 _audit_readers: dict[int, int] = {}  # in the warm parent: child pid → read end of its audit pipe
 _audit_quiet_dirs: tuple[str, ...] = ()  # set by main(): the public snapshot folder
+_audit_quiet: tuple[str, ...] | None = None  # computed once in the warm process (audit_prefixes)
 _audit_finish = None  # in the child, once the hook is installed: stops recording, writes the end marker
 
 
-def _audit_prefixes(job_dir: Path) -> tuple[str, ...]:
-    """Folders whose files are not worth an event: the public snapshot, the job's folder, the
-    Python installation (every import reads it) and the sandbox's private temp folders."""
+def audit_prefixes() -> tuple[str, ...]:
+    """Folders whose files are not worth an event: the public snapshot, the Python installation
+    (every import reads it) and the sandbox's private temp folders. Computed once, in the warm
+    process, so a child's hook costs nothing to set up."""
     import sysconfig
 
-    dirs = {str(job_dir), *_audit_quiet_dirs, sys.prefix, sys.base_prefix, sys.exec_prefix,
+    dirs = {*_audit_quiet_dirs, sys.prefix, sys.base_prefix, sys.exec_prefix,
             "/tmp", "/var/tmp", "/dev", "/usr/share", "/usr/lib", "/sys"}
     dirs.update(v for k, v in sysconfig.get_paths().items() if k in ("stdlib", "platstdlib", "purelib", "platlib"))
     cwd = os.getcwd()
@@ -209,7 +211,7 @@ def _audit_prefixes(job_dir: Path) -> tuple[str, ...]:
 def audit_hook_install(*, fd: int, nonce: str, job_dir: Path):
     """Install the audit hook in this (forked) child; return finish(), which stops recording and
     writes the end marker. Costs a dict lookup per audit event the interpreter raises."""
-    quiet = _audit_prefixes(job_dir)
+    quiet = _audit_quiet if _audit_quiet is not None else audit_prefixes()
     own = tuple(d.rstrip("/") + "/" for d in (str(job_dir), *_audit_quiet_dirs))
     cwd = os.getcwd() + "/"
     seen: set = set()
@@ -818,10 +820,11 @@ def _arg(name: str, default: str | None = None) -> str | None:
 
 
 def main() -> int:
-    global _audit_quiet_dirs
+    global _audit_quiet_dirs, _audit_quiet
     mode = sys.argv[1]
     public = Path(_arg("--public"))
     _audit_quiet_dirs = (str(public),)
+    _audit_quiet = audit_prefixes()
     work = Path(_arg("--work"))
     _setup()
     if mode == "once":

@@ -563,6 +563,7 @@ def _execute(exp: Experiment, domain: Domain, task: Task, should_stop, started: 
             holdout_metrics=scores["holdout_metrics"], primary_value=scores["metrics"].get(primary),
             holdout_primary_value=scores["holdout_metrics"].get(primary), finished_at=timezone.now(),
             warnings=warnings, cv_value=cv_value, cv_rows=cv_rows or None,
+            validation_ci=scores["ci"]["validation"], holdout_ci=scores["ci"]["holdout"],
         )
         if artifacts:
             with transaction.atomic():
@@ -718,8 +719,21 @@ def _evaluate(spec: pool.Spec, exp: Experiment, y_pred: bytes) -> dict:
                 shutil.rmtree(work / name, ignore_errors=True)
             raise _Failed(str(answer.get("error") or "the evaluator rejected the predictions"))
         return {"metrics": answer.get("metrics") or {}, "holdout_metrics": answer.get("holdout_metrics") or {},
-                "_eval_dirs": eval_dirs}
+                "ci": _ci_clean(answer.get("ci")), "_eval_dirs": eval_dirs}
     raise _Failed("the evaluator could not score the predictions")
+
+
+def _ci_clean(raw) -> dict:
+    """{part: {metric: [lo, hi]}} with finite numbers only: the evaluator is trusted, but its
+    answer is JSON and stored as such."""
+    out: dict = {}
+    for part in ("validation", "holdout"):
+        items = (raw or {}).get(part) if isinstance(raw, dict) else None
+        out[part] = {
+            str(k): [float(v[0]), float(v[1])] for k, v in (items or {}).items()
+            if isinstance(v, list) and len(v) == 2 and all(_number(x) is not None for x in v)
+        } if isinstance(items, dict) else {}
+    return out
 
 
 def artifacts_root(experiment_id: int) -> Path:

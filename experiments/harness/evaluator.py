@@ -115,6 +115,9 @@ class Evaluator:
         manifest = json.loads((snapshot / "manifest.json").read_text())
         classes = manifest.get("classes")
         self.n_classes = len(classes) if classes else None
+        self.classes = classes or None
+        # Loaded by path (not sys.path): experiments/harness/noise.py beside this file, numpy only.
+        self.noise = _load_module("dojo_noise", Path(__file__).resolve().with_name("noise.py"))
         self.n_rows = len(self.y_test)
         self.parts = {}
         for part in ("validation", "holdout"):
@@ -161,6 +164,11 @@ class Evaluator:
             if problem:
                 return {"ok": False, "error": problem}
             out[key] = clean
+            # Confidence intervals (experiments/harness/noise.py); never a reason to fail the score.
+            out.setdefault("ci", {})[part] = {
+                name: ci for name, value in clean.items()
+                if (ci := self.noise.bootstrap_ci(name, y_part, y_pred[idx], reported=value, classes=self.classes))
+            }
         return out
 
     def _hand_over_artifacts(self, part: str, request_id, out: dict) -> None:

@@ -71,3 +71,31 @@ def test_it_leaves_quarantined_experiments_out_of_best_everywhere(diabetes, caps
     assert best_experiment(diabetes).pk == worse.pk
     call_command("dojo_experiments", "best", "--domain", diabetes.name, "--json")
     assert json.loads(capsys.readouterr().out)["id"] == worse.pk
+
+
+def test_it_records_bootstrap_intervals_around_both_scores(diabetes, make_domain):
+    exp = experiment_run(domain=diabetes, train_code=LINEAR)
+    exp.refresh_from_db()
+    for part, metrics, ci in (("validation", exp.metrics, exp.validation_ci), ("holdout", exp.holdout_metrics, exp.holdout_ci)):
+        assert set(ci) == {"rmse", "mae", "r2"}, part
+        for name, (lo, hi) in ci.items():
+            assert lo < metrics[name] < hi, (part, name)
+    again = experiment_run(domain=diabetes, train_code=LINEAR)
+    again.refresh_from_db()
+    assert again.validation_ci == exp.validation_ci  # seeded: the same predictions, the same interval
+    wine = make_domain("load_wine", name="wine")
+    proba = experiment_run(domain=wine, train_code=WINE_LOGISTIC)
+    proba.refresh_from_db()
+    assert proba.state == "completed", proba.error
+    lo, hi = proba.validation_ci["log_loss"]
+    assert lo <= proba.metrics["log_loss"] <= hi and "accuracy" in proba.validation_ci
+
+
+WINE_LOGISTIC = """
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+def train(X_train, y_train, X_test, *, artifacts_dir):
+    return make_pipeline(StandardScaler(), LogisticRegression(max_iter=500)).fit(X_train, y_train).predict_proba(X_test)
+"""

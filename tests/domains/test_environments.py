@@ -2,6 +2,7 @@
 
 import base64
 import hashlib
+import json
 import zipfile
 from io import StringIO
 from pathlib import Path
@@ -195,3 +196,25 @@ def test_the_domain_page_polls_the_build_log_and_a_second_build_waits(wheels, wo
     assert "every 2s" not in panel and "Last build failed: pip install failed" in panel
     assert "tinypkg==9.9" in panel  # pip's own words, from the log's tail
     assert not list(env_root(domain.pk).glob("*/bin/python"))  # the failed build left nothing
+
+
+def test_a_repository_with_its_own_venv_keeps_it(workspace):
+    import subprocess
+    import sys
+    import sysconfig
+
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(workspace / ".venv")], check=True)
+    site = subprocess.run([str(workspace / ".venv" / "bin" / "python"), "-c",
+                           "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    # The user's venv reaches numpy the way theirs would have it installed (here: Dojo's packages).
+    Path(site, "deps.pth").write_text(str(Path(sysconfig.get_paths()["purelib"]).resolve()) + "\n")
+    _call("dojo_init", "--name", "own-venv", "--task-type", "regression", "--workspace", str(workspace),
+          "--non-interactive")
+    out = _call("dojo_domain", "setup", "--domain", "own-venv")
+    domain = Domain.objects.get(name="own-venv")
+    assert "repository's own environment" in out
+    assert domain.env_python == str(workspace / ".venv" / "bin" / "python")
+    assert any(line.startswith("numpy==") for line in domain.env_lock.splitlines())
+    status = json.loads(_call("dojo_domain", "status", "--domain", "own-venv", "--json"))
+    assert status["interpreter"]["source"] == "environment" and status["environment"]["declared"]["venv"]

@@ -12,11 +12,17 @@ from experiments.services import experiment_run
 from tests.factories import frozen_domain
 
 TRAIN_WITH_MODULE = """
+import os
 import numpy as np
 from mypipe.features import version
 
 def train(X_train, y_train, X_test, *, artifacts_dir):
     print("FEATURES", version())
+    try:
+        open(os.path.join(os.getcwd(), "mypipe", "planted.py"), "w").write("x = 1")
+        print("WORKSPACE WRITABLE")
+    except OSError:
+        print("WORKSPACE READ-ONLY")
     return np.full(len(X_test), float(np.mean(y_train)))
 """
 
@@ -45,6 +51,9 @@ def test_it_imports_workspace_modules_and_sees_each_edit(db, tmp_path):
     first = experiment_run(domain=domain, train_code=TRAIN_WITH_MODULE)
     assert first.state == "completed", first.error
     assert "FEATURES v1" in first.stdout_tail
+    if first.isolation == "bwrap":  # the fallback relies on file permissions for this
+        assert "WORKSPACE READ-ONLY" in first.stdout_tail
+        assert not (workspace / "mypipe" / "planted.py").exists()
 
     _write(module, "def version():\n    return 'v2'\n")
     second = experiment_run(domain=domain, train_code=TRAIN_WITH_MODULE)

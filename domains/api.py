@@ -8,7 +8,7 @@ from ninja import Field, Query, Router, Schema, Status
 from dojo_site.errors import InvalidInput
 from dojo_site.schemas import Id, ListOut, Offset
 from domains.models import Domain, DomainChange, DomainMember
-from domains.permissions import domain_get_for_user, domains_for_user
+from domains.permissions import domain_get_for_user, domain_may, domains_for_user
 from domains.services import (
     domain_create,
     domain_delete,
@@ -101,6 +101,13 @@ class DomainOut(Schema):
     @staticmethod
     def resolve_owner(obj: Domain) -> str | None:
         return obj.owner.username if obj.owner_id else None
+
+    @staticmethod
+    def resolve_env_vars(obj: Domain, context) -> dict:
+        # Env vars often carry keys: members who are not the owner see the names only.
+        if domain_may(context["request"].user, obj, "own"):
+            return obj.env_vars
+        return dict.fromkeys(obj.env_vars, "(hidden)")
 
 
 class MemberIn(Schema):

@@ -104,6 +104,7 @@ class Domain(models.Model):
             "name": self.name,
             "description": self.description,
             "status": self.status,
+            "owner": self.owner.username if self.owner_id else None,
             "workspace_path": self.workspace_path,
             "program_path": self.program_path,
             "setup_path": self.setup_path,

@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import stat
+import sys
 import tempfile
 from pathlib import Path
 
@@ -342,6 +343,16 @@ def workspace_python_check(*, python: str, workspace: str | os.PathLike) -> str:
     return version
 
 
+def domain_change_record(*, domain: Domain, field: str, old, new, user=None) -> DomainChange | None:
+    """Add a row to the domain's history when `old` != `new` (None otherwise); `user` None means a
+    management command or a background worker."""
+    if old == new:
+        return None
+    return DomainChange.objects.create(
+        domain=domain, user=user, field=field, old_value=_history_value(old), new_value=_history_value(new),
+    )
+
+
 def _history_value(value) -> str:
     if isinstance(value, dict):
         return json.dumps(value, sort_keys=True)
@@ -358,6 +369,7 @@ def domain_update(
     workspace_python: str | None = None,
     env_vars: dict[str, str] | None = None,
     hide_holdout_from_viewers: bool | None = None,
+    owner_username: str | None = None,
     user=None,
 ) -> Domain:
     """Change the given fields (None leaves a field as it is); return the domain.
@@ -367,6 +379,14 @@ def domain_update(
     interpreter or the env vars is recorded in DomainChange with `user` (None: a management command),
     in the same transaction as the change."""
     before = {field: getattr(domain, field) for field in HISTORY_FIELDS}
+    old_owner = domain.owner.username if domain.owner_id else ""
+    new_owner = None
+    if owner_username is not None:
+        from django.contrib.auth import get_user_model
+
+        new_owner = get_user_model().objects.filter(username=owner_username.strip(), is_active=True).first()
+        if new_owner is None:
+            raise NotFound(f"no user named {owner_username!r}")
     if name is not None:
         name = domain_name_check(name)
         if Domain.objects.filter(name=name).exclude(pk=domain.pk).exists():
@@ -398,17 +418,18 @@ def domain_update(
         domain.env_vars = env_vars
     if hide_holdout_from_viewers is not None:
         domain.hide_holdout_from_viewers = bool(hide_holdout_from_viewers)
+    if new_owner is not None:
+        domain.owner = new_owner
     try:
         domain.full_clean(validate_unique=False)
         with transaction.atomic():
             domain.save()
             for field, old in before.items():
-                new_value = getattr(domain, field)
-                if new_value != old:
-                    DomainChange.objects.create(
-                        domain=domain, user=user, field=field,
-                        old_value=_history_value(old), new_value=_history_value(new_value),
-                    )
+                domain_change_record(domain=domain, field=field, old=old, new=getattr(domain, field), user=user)
+            if new_owner is not None:
+                # The new owner needs no membership: their role is "owner" now.
+                DomainMember.objects.filter(domain=domain, user=new_owner).delete()
+                domain_change_record(domain=domain, field="owner", old=old_owner, new=new_owner.username, user=user)
     except ValidationError as exc:
         domain.refresh_from_db()
         raise InvalidInput(_validation_message(exc)) from None
@@ -430,8 +451,11 @@ def domain_git_sync(*, domain: Domain, ref: str | None = None) -> dict:
         raise InvalidInput(f"domain {domain.name!r} has no git URL: its workspace is a local folder")
     ref = domain.git_ref if ref is None else workspaces.git_ref_check(ref)
     synced = workspaces.git_sync(path=domain.workspace, ref=ref)
+    previous_commit = domain.git_commit
     domain.git_ref, domain.git_commit = ref, synced.commit
-    domain.save(update_fields=["git_ref", "git_commit", "updated_at"])
+    with transaction.atomic():
+        domain.save(update_fields=["git_ref", "git_commit", "updated_at"])
+        domain_change_record(domain=domain, field="git_commit", old=previous_commit, new=synced.commit)
     task = domain.task_or_none
     contract = sorted(set(task.contract_files or {}) & set(synced.changed_files)) if task and task.is_frozen else []
     return {
@@ -534,11 +558,13 @@ def domain_env_build(*, domain: Domain, run_setup_script: bool = False, claimed:
         if isinstance(exc, Exception):
             raise workspaces.EnvFailed(short, tail) from exc
         raise
-    Domain.objects.filter(pk=domain.pk).update(
-        env_python=built.python, env_lock=built.lock, env_state="ready", env_error="", env_log=built.log,
-        env_built_at=timezone.now(), updated_at=timezone.now(),
-    )
-    domain.refresh_from_db()
+    with transaction.atomic():
+        Domain.objects.filter(pk=domain.pk).update(
+            env_python=built.python, env_lock=built.lock, env_state="ready", env_error="", env_log=built.log,
+            env_built_at=timezone.now(), updated_at=timezone.now(),
+        )
+        domain.refresh_from_db()
+        domain_change_record(domain=domain, field="env_python", old=previous, new=built.python)
     root = workspaces.env_root(domain.pk)
     if previous and previous != built.python and root in Path(previous).parents:
         shutil.rmtree(Path(previous).parent.parent, ignore_errors=True)
@@ -549,21 +575,23 @@ _versions: dict[tuple, str] = {}
 
 
 def _interpreter_version(python: str) -> str:
-    """`python --version` of an interpreter ("" when it does not run), cached by its file identity."""
-    import subprocess
+    """The version an interpreter answers ("" when it does not), cached by its file identity.
 
+    Asked inside the sandbox like the trainer: a workspace interpreter (or a venv whose packages the
+    workspace chose, with their .pth files) never runs on the trusted side."""
     try:
         st = os.stat(python)
     except OSError:
         return ""
     key = (python, st.st_ino, st.st_mtime_ns)
     if key not in _versions:
-        try:
-            out = subprocess.run([python, "-c", "import sys; print(sys.version.split()[0])"], capture_output=True,
-                                 text=True, timeout=15, stdin=subprocess.DEVNULL, env={"PATH": "/usr/bin:/bin"})
-            _versions[key] = out.stdout.strip() if out.returncode == 0 else ""
-        except (OSError, subprocess.TimeoutExpired):
-            _versions[key] = ""
+        if os.path.realpath(python) == os.path.realpath(sys.executable):
+            _versions[key] = ".".join(map(str, sys.version_info[:3]))
+        else:
+            try:
+                _versions[key] = workspace_python_check(python=python, workspace=tempfile.gettempdir())
+            except InvalidInput:
+                _versions[key] = ""
     return _versions[key]
 
 

@@ -286,3 +286,23 @@ def test_it_keeps_the_admin_to_staff_who_see_every_domain(client, world, user):
     assert DOMAIN_NAME in page
     change = client.get(reverse("admin:domains_domain_change", args=[world.domain.pk])).content.decode()
     assert "vera" in change and "History" in change or "domain change" in change.lower()
+
+
+def test_it_shows_env_var_values_to_the_owner_only(client, world):
+    world.domain.env_vars = {"WANDB_API_KEY": "olgas-key"}
+    world.domain.save()
+    _as(client, world.editor)
+    assert client.get(f"/api/domains/{world.domain.pk}").json()["env_vars"] == {"WANDB_API_KEY": "(hidden)"}
+    assert "olgas-key" not in client.get(reverse("domains:detail", args=[world.domain.pk]) + "?tab=settings").content.decode()
+    _as(client, world.owner)
+    assert client.get(f"/api/domains/{world.domain.pk}").json()["env_vars"] == {"WANDB_API_KEY": "olgas-key"}
+
+
+def test_it_offers_task_actions_to_the_owner_only(client, world):
+    url = reverse("domains:task", args=[world.domain.pk])
+    _as(client, world.editor)
+    panel = client.get(url, HTTP_HX_REQUEST="true").content.decode()
+    assert "task/verify/" not in panel and "task/tool/" not in panel and "task/import/" not in panel
+    _as(client, world.owner)
+    panel = client.get(url, HTTP_HX_REQUEST="true").content.decode()
+    assert "task/verify/" in panel and "task/import/" in panel  # (no tools yet: no tool editors)

@@ -155,3 +155,52 @@ def test_it_sets_the_interpreter_in_the_admin(client, domain, tmp_path, django_u
     domain.refresh_from_db()
     assert domain.workspace_python == sys.executable
     assert DomainChange.objects.get(domain=domain, field="workspace_python").user == admin
+
+
+def test_it_sets_the_interpreter_env_and_owner_from_the_command_line(domain, tmp_path, other_user):
+    from django.core.management import CommandError, call_command
+
+    fake = _script(tmp_path, "python3", 'echo "3.12.0"\n')
+    with pytest.raises(CommandError, match="is not a Python 3 interpreter"):
+        call_command("dojo_domain", "set", "--domain", domain.name, "--python", str(fake))
+    with pytest.raises(CommandError, match="NAME=VALUE"):
+        call_command("dojo_domain", "set", "--domain", domain.name, "--env", "NOEQUALS")
+    call_command("dojo_domain", "set", "--domain", domain.name, "--python", sys.executable,
+                 "--env", "A=1", "--env", "B=x=y", "--owner", other_user.username, "--hide-holdout")
+    domain.refresh_from_db()
+    assert (domain.workspace_python, domain.env_vars, domain.owner, domain.hide_holdout_from_viewers) == (
+        sys.executable, {"A": "1", "B": "x=y"}, other_user, True)
+    rows = {c.field: (c.old_value, c.new_value, c.user) for c in DomainChange.objects.filter(domain=domain)}
+    assert rows == {
+        "workspace_python": ("", sys.executable, None),
+        "env_vars": ("{}", '{"A": "1", "B": "x=y"}', None),
+        "owner": ("ada", other_user.username, None),
+    }
+
+
+def test_it_asks_an_interpreters_version_inside_the_sandbox_only(domain, tmp_path):
+    """The workspace status shows the interpreter's version without running it on the trusted side."""
+    import shutil
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    from domains.models import Domain
+    from domains.services import domain_workspace_status
+
+    if not bwrap_works() or not os.path.exists("/usr/bin/python3"):
+        pytest.skip("needs bubblewrap and a system python3 the sandbox can see")
+    folder = Path(tempfile.mkdtemp(prefix="dojo-interp-", dir="/var/tmp"))
+    try:
+        folder.chmod(0o755)
+        mark = folder / "ran-on-host"
+        wrapper = _script(folder, "python-wrapper", f'touch {mark} 2>/dev/null\nexec /usr/bin/python3 "$@"\n')
+        Domain.objects.filter(pk=domain.pk).update(workspace_python=str(wrapper))  # as if accepted earlier
+        domain.refresh_from_db()
+        status = domain_workspace_status(domain=domain)
+        assert status["interpreter"]["version"].startswith("3.")
+        assert not mark.exists()
+        subprocess.run([str(wrapper), "-c", "pass"], check=True)
+        assert mark.exists()  # the mark does show when it runs on the host
+    finally:
+        shutil.rmtree(folder)

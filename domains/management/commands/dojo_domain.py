@@ -17,6 +17,7 @@ from domains.services import (
     domain_git_sync,
     domain_resolve,
     domain_scan_apply,
+    domain_update,
     domain_use,
     domain_workspace_scan,
     domain_workspace_status,
@@ -24,7 +25,8 @@ from domains.services import (
 
 
 class Command(BaseCommand):
-    help = "List domains, show one, and choose the current domain: ls | use NAME | current | show [NAME]."
+    help = ("List domains, show one, choose the current domain and change its settings: "
+            "ls | use NAME | current | show [NAME] | set | setup | scan | status | sync.")
 
     def add_arguments(self, parser) -> None:
         add_domain_argument(parser)
@@ -45,6 +47,18 @@ class Command(BaseCommand):
         scan.add_argument("--apply", type=int, metavar="N", default=None,
                           help="Write suggestion N (1 = the first) into SETUP.md.")
         action("status", help="Workspace status: exists, writable, git commit, environment, interpreter.")
+        settings = action(
+            "set", help="Change the domain's owner, trainer interpreter (checked in the sandbox) or env vars; "
+            "each change is kept in its history.",
+        )
+        settings.add_argument("--python", metavar="PATH", help="Trainer interpreter; '' for Dojo's own.")
+        settings.add_argument("--env", metavar="NAME=VALUE", action="append", default=None,
+                              help="Set an env var for the trainer (repeat; replaces the whole set).")
+        settings.add_argument("--clear-env", action="store_true", help="Remove every env var.")
+        settings.add_argument("--owner", metavar="USERNAME", help="Give the domain to this user.")
+        holdout = settings.add_mutually_exclusive_group()
+        holdout.add_argument("--hide-holdout", action="store_true", help="Viewers see no holdout values.")
+        holdout.add_argument("--show-holdout", action="store_true", help="Viewers see holdout values.")
         sync = action("sync", help="Fetch the domain's git workspace and check out --ref (default: its recorded ref).")
         sync.add_argument("--ref", default=None, help="Branch, tag or commit to move to.")
 
@@ -115,6 +129,31 @@ class Command(BaseCommand):
             for key, value in task["config"].items():
                 table.add_row(f"config.{key}", str(value))
         console.print(table)
+
+    def _set(self, options) -> None:
+        domain = domain_resolve(name=options["domain"])
+        changes: dict = {}
+        if options["python"] is not None:
+            changes["workspace_python"] = options["python"]
+        if options["clear_env"]:
+            changes["env_vars"] = {}
+        elif options["env"] is not None:
+            pairs = [item.partition("=") for item in options["env"]]
+            bad = [name for name, sep, _ in pairs if not sep]
+            if bad:
+                raise CommandError(f"--env takes NAME=VALUE, got {bad[0]!r}")
+            changes["env_vars"] = {name: value for name, _, value in pairs}
+        if options["owner"] is not None:
+            changes["owner_username"] = options["owner"]
+        if options["hide_holdout"] or options["show_holdout"]:
+            changes["hide_holdout_from_viewers"] = options["hide_holdout"]
+        if not changes:
+            raise CommandError("nothing to change: give --python, --env, --clear-env, --owner or --hide-holdout/--show-holdout")
+        domain = domain_update(domain=domain, **changes)  # a management command: the local administrator
+        if options["json"]:
+            print_json(self, domain.summary())
+            return
+        self.stdout.write(f"{domain.name}: " + ", ".join(sorted(changes)) + " saved.")
 
     def _sync(self, options) -> None:
         domain = domain_resolve(name=options["domain"])

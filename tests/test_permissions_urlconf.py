@@ -24,6 +24,7 @@ PUBLIC_WEB = {
     (None, None, ""): "redirect to the domains list",
     (None, "login", "login/"): "the login form",
     (None, "logout", "logout/"): "logging out",
+    (None, None, "favicon.ico"): "redirect to the static icon",
 }
 # Web routes that take their ids in the query string: also checked as id routes with these.
 QUERY_IDS = {

@@ -29,7 +29,7 @@ from experiments.ranking import ranked_filter
 
 # Events per poll response, on the first render of the live page and per "earlier" click.
 POLL_EVENTS = 200
-PAGE_EVENTS = 200
+PAGE_EVENTS = 100
 RUNS_PAGE = 25
 # The live page's event filter: a name in the URL (?show=) → the event types it keeps.
 EVENT_FILTERS = {

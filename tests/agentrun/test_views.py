@@ -146,15 +146,15 @@ def test_the_live_page_reaches_every_event_of_a_long_run_through_earlier_pages(c
     page = client_logged_in.get(run.get_absolute_url())
     html = page.content.decode()
     # The newest page is shown; the rest is one click away per page, by seq (a keyset, not an offset).
-    assert 'id="event-1000"' in html and 'id="event-801"' in html and 'id="event-800"' not in html
+    assert 'id="event-1000"' in html and 'id="event-901"' in html and 'id="event-900"' not in html
     earlier_url = reverse("agentrun:earlier", args=[run.pk])
-    assert f"{earlier_url}?before=801&show=all" in html
-    seen, before = set(), 801
+    assert f"{earlier_url}?before=901&show=all" in html
+    seen, before = set(), 901
     while before:
         part = client_logged_in.get(earlier_url, {"before": before}, **HX)
         seen |= {e.seq for e in part.context["events"]}
         before = part.context["first_seq"] if part.context["earlier"] else 0
-    assert seen == set(range(1, 801))
+    assert seen == set(range(1, 901))
     # Filtered by type, the first page and the earlier pages keep only that type.
     experiments = client_logged_in.get(run.get_absolute_url(), {"show": "experiments"})
     assert {e.type for e in experiments.context["events"]} == {"experiment"} and len(experiments.context["events"]) == 100

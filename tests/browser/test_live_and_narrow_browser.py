@@ -52,10 +52,10 @@ def test_the_live_page_follows_new_events_unless_scrolled_up(logged_in_page, liv
 
     # Earlier events load on demand, above, without moving the reader.
     AgentEvent.objects.filter(run=run).delete()
-    _add_events(run, 1, 450)
+    _add_events(run, 1, 250)  # pages of 100: 151-250 shown, then 51-150, then 1-50
     page.goto(f"{live_server.url}{run.get_absolute_url()}", wait_until="domcontentloaded")
-    expect(page.locator("#event-251")).to_be_attached()
-    expect(page.locator("#event-250")).to_have_count(0)
+    expect(page.locator("#event-151")).to_be_attached()
+    expect(page.locator("#event-150")).to_have_count(0)
     page.click("#run-earlier button")
     expect(page.locator("#event-51")).to_be_attached()
     page.click("#run-earlier button")

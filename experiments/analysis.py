@@ -24,7 +24,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from django.db.models import F, Q, QuerySet
+from django.db.models import F, QuerySet
 
 from dojo_site.errors import InvalidInput, NotFound
 from domains import contracts
@@ -46,7 +46,7 @@ SORT_FIELDS = {
 }
 # Fields read for a leaderboard row: never the train code or the logs (they dominate row size).
 ROW_FIELDS = (
-    "id", "domain_id", "run_id", "parent_id", "state", "hypothesis", "error", "variables", "metrics",
+    "id", "domain_id", "run_id", "parent_id", "state", "hypothesis", "error", "variables", "family", "metrics",
     "holdout_metrics", "primary_value", "holdout_primary_value", "train_seconds", "created_at",
     "task_fingerprint", "data_fingerprint", "seed", "rank_value", "seed_spread", "cv_value", "quarantine_state",
 )
@@ -140,7 +140,7 @@ def family_of(variables: Any) -> str:
     if isinstance(variables, dict):
         value = variables.get("family") or variables.get("model")
         if isinstance(value, str):
-            return value
+            return value[:100]
     return ""
 
 
@@ -219,7 +219,7 @@ def _filtered(qs: QuerySet, query: LeaderboardQuery) -> QuerySet:
     if query.run is not None:
         qs = qs.filter(run_id=query.run)
     if query.family:
-        qs = qs.filter(Q(variables__family=query.family) | Q(variables__model=query.family))
+        qs = qs.filter(family=query.family)
     if query.q:
         qs = qs.filter(hypothesis__icontains=query.q)
     return qs
@@ -240,7 +240,7 @@ def cell(exp: Experiment, key: str) -> Any:
     if key == "cv":
         return exp.cv_value
     if key == "family":
-        return family_of(exp.variables)
+        return exp.family
     if key == "run":
         return exp.run_id
     if key == "parent":
@@ -396,16 +396,20 @@ def code_diff(a: Experiment, b: Experiment) -> list[tuple[str, str]]:
     return out
 
 
-def parallel_data(*, domain: Domain, run: int | None = None, limit: int = 10_000) -> dict:
+def parallel_data(*, domain: Domain, run: int | None = None, limit: int = 2_000) -> dict:
     """Parallel-coordinates data for a domain (or one run): numeric params plus the primary
-    metric of its completed experiments. Params with one value everywhere carry no signal and
-    are left out; at most 12 dimensions, the params most often set first."""
+    metric of its best `limit` completed experiments by rank value (beyond a few thousand lines
+    the picture is a solid band, and each line costs a JSON parse). Params with one value
+    everywhere carry no signal and are left out; at most 12 dimensions, the params most often
+    set first. `total` says how many there were."""
     task = domain.task_or_none
     qs = Experiment.objects.filter(domain=domain, state=Experiment.State.COMPLETED, primary_value__isnull=False)
     qs = qs.filter(reproduction_of__isnull=True)
     if run is not None:
         qs = qs.filter(run_id=run)
-    rows = list(qs.order_by("id").values_list("id", "variables", "primary_value")[:limit])
+    total = qs.count()
+    order = F("rank_value").desc(nulls_last=True) if _maximize(task) else F("rank_value").asc(nulls_last=True)
+    rows = list(qs.order_by(order, "id").values_list("id", "variables", "primary_value")[:limit])
     counts: dict[str, int] = {}
     flats = []
     for _, variables, _ in rows:
@@ -421,6 +425,7 @@ def parallel_data(*, domain: Domain, run: int | None = None, limit: int = 10_000
         "maximize": _maximize(task),
         "ids": [r[0] for r in rows],
         "values": [r[2] for r in rows],
+        "total": total,
         "params": {name: [f.get(name) for f in flats] for name in names},
     }
 
@@ -459,7 +464,7 @@ def experiment_lineage(*, experiment: Experiment, children_limit: int = 100) -> 
     }
 
 
-@dataclass
+@dataclass(slots=True)
 class Node:
     id: int
     state: str
@@ -483,12 +488,14 @@ def lineage_forest(*, domain: Domain, best_id: int | None = None) -> Forest:
     """The domain's experiments as a forest by parent (reproductions and archived ones left out),
     read from the `exp_tree_idx` index alone. The path from a root to `best_id` is marked
     `on_best_path` (and sorts first among siblings); `size` counts each subtree. Hypotheses are
-    not loaded: `lineage_label` fills them in for the nodes a page shows."""
+    not loaded: `lineage_rows` fills them in for the nodes a page shows."""
     qs = (Experiment.objects.filter(domain=domain, reproduction_of__isnull=True)
           .exclude(state=Experiment.State.ARCHIVED))
     nodes: dict[int, Node] = {}
     parents: dict[int, int | None] = {}
-    for pk, parent_id, state, value in qs.values_list("id", "parent_id", "state", "primary_value"):
+    # order_by(): the model's default ordering (-created_at) would pull in another index and
+    # every table row; the tree needs no order from the database.
+    for pk, parent_id, state, value in qs.order_by().values_list("id", "parent_id", "state", "primary_value"):
         nodes[pk] = Node(pk, state, value)
         parents[pk] = parent_id
     roots: list[Node] = []
@@ -502,7 +509,8 @@ def lineage_forest(*, domain: Domain, best_id: int | None = None) -> Forest:
     # cycle (which that rule excludes) only makes a size too small, never loops.
     for pk in sorted(nodes, reverse=True):
         node = nodes[pk]
-        node.size = 1 + sum(c.size for c in node.children if c.id > node.id)
+        if node.children:
+            node.size = 1 + sum(c.size for c in node.children if c.id > node.id)
     if best_id in nodes:
         nodes[best_id].is_best = True
         seen: set[int] = set()
@@ -511,29 +519,41 @@ def lineage_forest(*, domain: Domain, best_id: int | None = None) -> Forest:
             seen.add(current)
             nodes[current].on_best_path = True
             current = parents.get(current)
-    for node in nodes.values():
-        node.children.sort(key=lambda c: (not c.on_best_path, -c.id))
     roots.sort(key=lambda r: (not r.on_best_path, -r.id))
     return Forest(roots=roots, nodes=nodes, count=len(nodes))
 
 
-def lineage_shown(nodes: list[Node], *, children_limit: int = 200) -> list[Node]:
-    """What a page renders of these subtrees: each node, and the children of nodes on the best
-    path (open), at most `children_limit` per node; other subtrees load when opened. Fills in
-    the hypotheses of exactly those nodes (one query) and returns them."""
-    shown: list[Node] = []
-    stack = list(nodes)
+def lineage_children(children: list[Node], limit: int) -> list[Node]:
+    return sorted(children, key=lambda c: (not c.on_best_path, -c.id))[:limit]
+
+
+def lineage_rows(nodes: list[Node], *, children_limit: int = 200) -> list[tuple[str, Node]]:
+    """What a page renders of these subtrees, flattened in document order: ("leaf", node),
+    ("open", node) … ("close", node) around the children of a node on the best path (open), and
+    ("open", node), ("close", node) for any other node with children (they load when opened).
+    At most `children_limit` children per node (the rest counted in `hidden_children`). Fills in
+    the hypotheses of exactly the nodes shown, in one query."""
+    rows: list[tuple[str, Node]] = []
+    stack: list[tuple[str, Node]] = [("visit", n) for n in reversed(nodes)]
     while stack:
-        node = stack.pop()
-        shown.append(node)
-        if len(node.children) > children_limit:
-            node.hidden_children = len(node.children) - children_limit
-        if node.on_best_path:
-            stack.extend(node.children[:children_limit])
-    hypotheses = dict(Experiment.objects.filter(pk__in=[n.id for n in shown]).values_list("id", "hypothesis"))
-    for node in shown:
-        node.hypothesis = (hypotheses.get(node.id) or "")[:120]
-    return shown
+        action, node = stack.pop()
+        if action == "close":
+            rows.append(("close", node))
+        elif not node.children:
+            rows.append(("leaf", node))
+        else:
+            rows.append(("open", node))
+            stack.append(("close", node))
+            if node.on_best_path:
+                shown = lineage_children(node.children, children_limit)
+                node.hidden_children = len(node.children) - len(shown)
+                stack.extend(("visit", c) for c in reversed(shown))
+    hypotheses = dict(Experiment.objects.filter(pk__in=[n.id for kind, n in rows if kind != "close"])
+                      .values_list("id", "hypothesis"))
+    for kind, node in rows:
+        if kind != "close":
+            node.hypothesis = (hypotheses.get(node.id) or "")[:120]
+    return rows
 
 
 def best_experiment_for(domain: Domain) -> Experiment | None:

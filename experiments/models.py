@@ -38,6 +38,10 @@ class Experiment(models.Model):
     )
     hypothesis = models.TextField(blank=True)
     variables = models.JSONField(default=dict, blank=True)
+    family = models.CharField(
+        max_length=100, blank=True,
+        help_text='The model family named in the variables ("family" or "model"), for filtering.',
+    )
     train_code = models.TextField()
     code_sha256 = models.CharField(max_length=64)
     state = models.CharField(max_length=20, choices=State.choices, default=State.PENDING)
@@ -135,6 +139,8 @@ class Experiment(models.Model):
             models.Index(fields=["domain", "id", "state", "reproduction_of"], name="exp_lb_id_idx"),
             models.Index(fields=["domain", "cv_value", "state", "reproduction_of"], name="exp_lb_cv_idx"),
             models.Index(fields=["domain", "seed_spread", "state", "reproduction_of"], name="exp_lb_spread_idx"),
+            # The leaderboard's family filter (a column: a JSON key cannot be indexed portably).
+            models.Index(fields=["domain", "family", "state", "reproduction_of"], name="exp_lb_family_idx"),
             # The lineage tree and the leaderboard's count: every experiment's place by parent,
             # read from the index alone (experiments/analysis.py lineage_tree).
             models.Index(fields=["domain", "state", "reproduction_of", "parent", "primary_value"],

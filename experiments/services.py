@@ -35,6 +35,7 @@ from domains import contracts, safe_read
 from domains.audit import bundled_data_paths
 from domains.models import Domain, Task
 from domains.sandbox import ISOLATION_HINT, sandbox_env, sandbox_isolation
+from experiments.analysis import family_of
 from experiments.harness import pool
 from experiments.models import Artifact, Experiment
 from experiments.quarantine import quarantine_assess
@@ -421,7 +422,7 @@ def experiment_run(
         train_code=train_code, code_sha256=hashlib.sha256(train_code.encode()).hexdigest(),
         state=Experiment.State.RUNNING, started_at=timezone.now(), seed=seed, task_fingerprint=task.fingerprint,
         data_fingerprint=task.data_fingerprint, code_flags=scan_train_code(train_code),
-        provenance=experiment_provenance(domain=domain),
+        provenance=experiment_provenance(domain=domain), family=family_of(variables),
     )
     exp._unsaved = set()
     try:
@@ -903,6 +904,7 @@ def _reproduction_create(experiment: Experiment) -> Experiment:
         variables=dict(experiment.variables or {}), train_code=experiment.train_code,
         code_sha256=hashlib.sha256(experiment.train_code.encode()).hexdigest(), state=Experiment.State.PENDING,
         seed=experiment.seed, task_fingerprint=task.fingerprint, data_fingerprint=task.data_fingerprint,
+        code_flags=experiment.code_flags, provenance=experiment.provenance, family=experiment.family,
     )
 
 

@@ -246,17 +246,15 @@ def experiment_lineage_tree(request: HttpRequest, domain_id: int) -> HttpRespons
         node = forest.nodes.get(int(node_id)) if node_id.isdigit() else None
         if node is None:
             raise Http404("no such experiment in this lineage")
-        children = node.children[:200]
-        node.hidden_children = len(node.children) - len(children)
-        analysis.lineage_shown(children)
-        return render(request, "experiments/partials/lineage_children.html",
-                      {"domain": domain, "node": node, "children": children})
+        children = analysis.lineage_children(node.children, 200)
+        hidden = len(node.children) - len(children)
+        return render(request, "experiments/partials/lineage_rows.html",
+                      {"domain": domain, "rows": analysis.lineage_rows(children), "parent": node, "hidden": hidden,
+                       "lineage_url": request.path})
     paginator = Paginator(forest.roots, 50)
     page_obj = paginator.get_page(request.GET.get("page") or 1)
-    roots = list(page_obj)
-    analysis.lineage_shown(roots)
     context = {"domain": domain, "task": domain.task_or_none, "best": best, "page_obj": page_obj,
-               "count": forest.count, "roots": roots}
+               "count": forest.count, "rows": analysis.lineage_rows(list(page_obj)), "lineage_url": request.path}
     return render(request, "experiments/lineage.html", context)
 
 

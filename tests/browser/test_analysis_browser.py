@@ -7,6 +7,7 @@ import re
 import pytest
 from playwright.sync_api import expect
 
+from experiments.analysis import family_of
 from experiments.models import Experiment
 from tests.factories import TaskFactory
 
@@ -22,7 +23,7 @@ def _exp(domain, value, holdout, **fields):
         metrics={"rmse": value, "mae": value / 2}, holdout_metrics={"rmse": holdout, "mae": holdout / 2},
         primary_value=value, holdout_primary_value=holdout,
         # What experiments.ranking.ranking_update stores for a one-seed configuration.
-        rank_value=value, **fields,
+        rank_value=value, family=family_of(fields.get("variables")), **fields,
     )
 
 

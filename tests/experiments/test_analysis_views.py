@@ -9,6 +9,7 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.urls import reverse
 
+from experiments.analysis import family_of
 from experiments.models import Artifact, Experiment
 from tests.factories import TaskFactory
 
@@ -23,7 +24,7 @@ def _exp(domain, *, value=None, holdout=None, state="completed", code=CODE_A, **
         domain=domain, state=state, train_code=code, code_sha256="0" * 64, metrics=metrics,
         holdout_metrics=holdout_metrics, primary_value=value, holdout_primary_value=holdout,
         # What experiments.ranking.ranking_update stores for a one-seed configuration.
-        rank_value=value if state == "completed" else None, **fields,
+        rank_value=value if state == "completed" else None, family=family_of(fields.get("variables")), **fields,
     )
 
 
@@ -143,7 +144,9 @@ def test_it_serves_all_chart_points_as_compact_arrays(client_logged_in, domain, 
     assert data["best"] == [60.0, 55.0, 50.0, 50.0]
     assert data["url"] == "/experiments/{id}/"
     parallel = client_logged_in.get(reverse("experiments:chart_data", args=[domain.pk, "parallel"])).json()
-    assert parallel["params"]["alpha"] == [None, 1.0, 10.0, None]
+    # Best first by rank value: best (alpha 10), child (alpha 1), sibling, root.
+    assert parallel["ids"] == [board[k].pk for k in ("best", "child", "sibling", "root")]
+    assert parallel["params"]["alpha"] == [10.0, 1.0, None, None] and parallel["total"] == 4
     assert client_logged_in.get(reverse("experiments:chart_data", args=[domain.pk, "nope"])).status_code == 404
     bad_run = client_logged_in.get(reverse("experiments:chart_data", args=[domain.pk, "history"]), {"run": "x"})
     assert bad_run.status_code == 422

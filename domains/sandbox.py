@@ -242,8 +242,11 @@ def sandbox_command(
     isolation: str | None = None,
     drop_user: bool = True,
     die_with_parent: bool = True,
+    info_fd: int | None = None,
 ) -> SandboxCommand:
-    """Build the sandboxed command line (used by sandbox_run and by long-lived warm processes)."""
+    """Build the sandboxed command line (used by sandbox_run and by long-lived warm processes).
+    With bwrap and `info_fd`, bwrap writes {"child-pid": …} there: the host pid of the sandbox's
+    PID-namespace init, whose death kills everything in the sandbox."""
     mode = sandbox_isolation(isolation)
     cwd_path = Path(cwd).absolute()
     readable_paths = _existing(readable)
@@ -288,6 +291,8 @@ def sandbox_command(
         bw.append("--die-with-parent")
     if not network:
         bw.append("--unshare-net")
+    if info_fd is not None:
+        bw += ["--info-fd", str(info_fd)]
     for p in private:
         if p.exists():
             bw += ["--perms", "1777", "--tmpfs", str(p)]
@@ -338,6 +343,8 @@ def sandbox_command(
     else:
         bw.append("--")
     kwargs = {"cwd": "/", "env": dict(env), "start_new_session": True}
+    if info_fd is not None:
+        kwargs["pass_fds"] = (info_fd,)
     return SandboxCommand(argv=[*prefix, *bw, *argv], popen_kwargs=kwargs, isolation="bwrap")
 
 

@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 
 TAIL_BYTES = 65536
 META_MAX_BYTES = 65536  # meta.json / error.json: a few numbers and a message
+DEADLINE_GRACE_SECONDS = 3.0  # past the limit, an unanswered trainer is killed from outside
 PRED_HEADER_BYTES = 4096  # a .npy header is ~128 bytes; room for odd but valid ones
 CONTRACTS_PATH = Path(contracts.__file__).resolve()
 
@@ -501,8 +502,9 @@ def _execute(exp: Experiment, domain: Domain, task: Task, should_stop, started: 
     warm, why = pool.trainer_checkout(spec)
     if warm is not None:
         answer = warm.request(
-            job, timeout=limits.timeout_seconds + 30, should_stop=should_stop,
+            job, timeout=limits.timeout_seconds + DEADLINE_GRACE_SECONDS, should_stop=should_stop,
             on_stop=lambda: warm.send({"stop": job_id}), while_waiting=lambda: _while_training(domain, limits),
+            max_payload=job["max_pred_bytes"],
         )
         _move(warm.work / job_id, job_dir)
         # y_pred came through the trainer's pipe and stays in memory until it goes down the
@@ -510,10 +512,15 @@ def _execute(exp: Experiment, domain: Domain, task: Task, should_stop, started: 
         # folder by train() is ignored).
         y_pred = answer.pop("_payload", b"") if answer is not None else b""
         if answer is None:
-            log_tail = warm.log_tail()
+            failure, log_tail = warm.failure, warm.log_tail()
             pool.trainer_discard(warm)
-            raise _Failed(_dead_trainer_message(job_dir, log_tail))
-        pool.trainer_release(warm)
+            raise _no_answer(failure, limits, job_dir, log_tail)
+        if answer.get("status") == "exited" and not answer.get("error"):
+            pool.trainer_release(warm)
+        else:
+            # Ended abnormally (timeout, stop, refused hand-over, harness error): whatever the
+            # experiment did to its slot goes with it. The next experiment gets a fresh one.
+            pool.trainer_discard(warm)
         versions, isolation = (warm.ready or {}).get("versions", {}), warm.isolation
     else:
         if why:
@@ -653,6 +660,20 @@ def _while_training(domain: Domain, limits: Limits) -> None:
         experiments_fail_stale(domain=domain, limits=limits)
     except Exception:  # noqa: BLE001
         log.exception("housekeeping during an experiment failed")
+
+
+def _no_answer(failure: str, limits: Limits, job_dir: Path, log_tail: str) -> _Failed:
+    """The reason, for a person, why a warm trainer gave no answer (its slot is already killed)."""
+    if failure == "stopped":
+        return _Stopped("stopped")
+    if failure == "unresponsive":
+        return _Failed(
+            f"the trainer stopped responding: no answer within the wall-clock limit ({limits.timeout_seconds:g} s) "
+            f"+ {DEADLINE_GRACE_SECONDS:g} s; its sandbox and every process in it were killed"
+        )
+    if failure.startswith("oversize: "):
+        return _Failed(f"{failure.removeprefix('oversize: ')}; the trainer's sandbox was killed")
+    return _Failed(_dead_trainer_message(job_dir, log_tail))
 
 
 def _dead_trainer_message(job_dir: Path, log_tail: str) -> str:

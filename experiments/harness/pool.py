@@ -20,6 +20,7 @@ import json
 import os
 import select
 import shutil
+import signal
 import subprocess
 import threading
 import time
@@ -55,7 +56,18 @@ class Spec:
 _ids = itertools.count(1)
 
 
+LINE_MAX_BYTES = 1 << 20  # an answer line: meta (≤ 64 KB) and a few fields; more is a lie
+STOP_GRACE_SECONDS = 1.0  # a stop the trainer does not answer within this kills the slot
+
+
 class WarmProcess:
+    """One warm process in its own sandbox, spoken to over its stdin/stdout.
+
+    Every wait here has a deadline the sandbox cannot stretch: lines and payloads are read into
+    preallocated buffers (linear time) with caps, and a process that does not answer in time is
+    killed from outside (`kill`: its PID namespace, so nothing it started survives). `failure`
+    says why the last request got no answer: "died", "unresponsive", "oversize: …", "stopped"."""
+
     def __init__(self, spec: Spec, slot_lock=None) -> None:
         self.spec = spec
         self.slot_lock = slot_lock
@@ -64,7 +76,10 @@ class WarmProcess:
         self.last_used = time.monotonic()
         self.ready: dict | None = None
         self.error = ""
-        self.buf = b""
+        self.failure = ""
+        self.buf = bytearray()
+        self.ns_pidfd: int | None = None
+        self.killed = False
         n = next(_ids)
         base = spec.home / "harness"
         self.work = base / f"{spec.kind[0]}-{os.getpid()}-{n}"
@@ -72,103 +87,229 @@ class WarmProcess:
         (base / "logs").mkdir(exist_ok=True)
         self.log_path = base / "logs" / f"{self.work.name}.log"
         argv = [a.replace("{work}", str(self.work)) for a in spec.argv]
-        cmd = sandbox_command(
-            argv, cwd=spec.cwd, env=dict(spec.env), readable=[*spec.readable, HARNESS_DIR],
-            writable=[self.work], hidden=spec.hidden, isolation=spec.isolation,
-            drop_user=spec.drop_user, die_with_parent=False, max_processes=None,
-        )
-        self.isolation = cmd.isolation
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                cmd.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
-                close_fds=True, **cmd.popen_kwargs,
+        info_r, info_w = os.pipe()
+        try:
+            cmd = sandbox_command(
+                argv, cwd=spec.cwd, env=dict(spec.env), readable=[*spec.readable, HARNESS_DIR],
+                writable=[self.work], hidden=spec.hidden, isolation=spec.isolation,
+                drop_user=spec.drop_user, die_with_parent=False, max_processes=None, info_fd=info_w,
             )
+            self.isolation = cmd.isolation
+            with open(self.log_path, "ab") as log:
+                self.proc = subprocess.Popen(
+                    cmd.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
+                    close_fds=True, **cmd.popen_kwargs,
+                )
+        finally:
+            os.close(info_w)
+        self.info_fd = info_r
         self.fd = self.proc.stdout.fileno()
 
     def alive(self) -> bool:
         return self.proc.poll() is None
 
+    def _namespace(self) -> None:
+        """Learn the sandbox's PID-namespace init from bwrap's --info-fd (written before the
+        command starts) and hold a pidfd on it: killing it kills everything in the sandbox."""
+        if self.info_fd is None:
+            return
+        try:
+            data = b""
+            if select.select([self.info_fd], [], [], 0.5)[0]:
+                os.set_blocking(self.info_fd, False)
+                try:
+                    while chunk := os.read(self.info_fd, 4096):
+                        data += chunk
+                except BlockingIOError:
+                    pass
+            pid = json.loads(data or b"{}").get("child-pid")
+            if isinstance(pid, int) and pid > 1:
+                self.ns_pidfd = os.pidfd_open(pid)
+        except (OSError, ValueError, AttributeError):
+            pass
+        finally:
+            os.close(self.info_fd)
+            self.info_fd = None
+
+    def _fill(self, timeout: float) -> bool | None:
+        """Wait up to `timeout` for bytes; True when some came, False on EOF, None on timeout."""
+        ready, _, _ = select.select([self.fd], [], [], max(0.0, timeout))
+        if not ready:
+            return None
+        chunk = os.read(self.fd, 1 << 20)
+        if not chunk:
+            return False
+        self.buf += chunk  # bytearray: amortized linear; bounded by LINE_MAX_BYTES below
+        return True
+
     def _readline(self, timeout: float, should_stop: Callable[[], bool] | None = None,
                   on_stop: Callable[[], None] | None = None) -> dict | None:
         deadline = time.monotonic() + timeout
-        stop_sent = False
+        stop_deadline = None
+        scanned = 0
         while True:
-            if b"\n" in self.buf:
-                line, self.buf = self.buf.split(b"\n", 1)
+            end = self.buf.find(b"\n", scanned)
+            if end >= 0:
+                line = bytes(self.buf[:end])
+                del self.buf[:end + 1]
+                scanned = 0
                 try:
-                    return json.loads(line)
+                    msg = json.loads(line)
                 except ValueError:
                     continue
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
+                if isinstance(msg, dict):
+                    return msg
+                continue
+            scanned = len(self.buf)
+            if len(self.buf) > LINE_MAX_BYTES:
+                self.failure = f"oversize: hand-over larger than {LINE_MAX_BYTES} bytes (an answer line without an end)"
                 return None
-            if should_stop is not None and not stop_sent and should_stop():
-                stop_sent = True
+            now = time.monotonic()
+            if stop_deadline is not None and now >= stop_deadline:
+                self.failure = "stopped"
+                return None
+            if now >= deadline:
+                self.failure = "unresponsive"
+                return None
+            if should_stop is not None and stop_deadline is None and should_stop():
+                stop_deadline = now + STOP_GRACE_SECONDS
                 if on_stop:
                     on_stop()
-            wait = min(remaining, 0.05) if should_stop is not None else remaining
-            ready, _, _ = select.select([self.fd], [], [], wait)
-            if ready:
-                chunk = os.read(self.fd, 1 << 20)
-                if not chunk:
-                    return None
-                self.buf += chunk
+            wait = deadline - now if stop_deadline is None else min(deadline, stop_deadline) - now
+            if should_stop is not None and stop_deadline is None:
+                wait = min(wait, 0.05)
+            got = self._fill(wait)
+            if got is False:
+                self.failure = "died"
+                return None
 
     def wait_ready(self) -> bool:
         if self.ready is None and not self.error:
             msg = self._readline(self.spec.start_timeout)
             if msg and msg.get("ready"):
                 self.ready = msg
+                self._namespace()
             else:
                 self.error = (msg or {}).get("error") or self.log_tail() or "the warm process did not start"
         return self.ready is not None
 
     def send(self, message: dict, payload: bytes = b"") -> bool:
-        """One JSON line, then `payload` raw bytes (the receiver knows their length from the line)."""
+        """One JSON line, then `payload` raw bytes (the receiver knows their length from the line).
+        A process that stopped reading (a full pipe) is not waited for beyond the pipe's buffer:
+        the write is non-blocking-checked with select and a short deadline."""
+        data = (json.dumps(message) + "\n").encode() + payload
+        view = memoryview(data)
+        deadline = time.monotonic() + 5.0 + len(data) / 50e6
         try:
-            line = (json.dumps(message) + "\n").encode()
-            if len(payload) < 1 << 20:
-                self.proc.stdin.write(line + payload)  # one write for the usual small y_pred
-            else:
-                self.proc.stdin.write(line)
-                self.proc.stdin.write(payload)
-            self.proc.stdin.flush()
+            fd = self.proc.stdin.fileno()
+            while view:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not select.select([], [fd], [], remaining)[1]:
+                    self.failure = "unresponsive"
+                    return False
+                view = view[os.write(fd, view[: 1 << 16]):]
             return True
         except (BrokenPipeError, OSError, ValueError):
+            self.failure = "died"
             return False
 
     def request(self, message: dict, *, timeout: float, payload: bytes = b"", should_stop=None,
-                on_stop=None, while_waiting: Callable[[], None] | None = None) -> dict | None:
+                on_stop=None, while_waiting: Callable[[], None] | None = None,
+                max_payload: int = 1 << 30) -> dict | None:
         """Send, then (optionally) run `while_waiting` — work that fits while the other side is
-        busy — then wait for the answer line and its payload."""
+        busy — then wait for the answer line and its payload (at most `max_payload` bytes).
+        None when no valid answer came in time: `failure` says why, and the caller must kill()."""
+        self.failure = ""
+        deadline = time.monotonic() + timeout
         if not self.send(message, payload):
             return None
         if while_waiting is not None:
             while_waiting()
-        deadline = time.monotonic() + timeout
-        answer = self._readline(timeout, should_stop, on_stop)
-        size = (answer or {}).get("payload_bytes") or 0
-        if answer is not None and size:
-            payload = self._read_exact(int(size), deadline)
-            if payload is None:
+        answer = self._readline(max(0.0, deadline - time.monotonic()), should_stop, on_stop)
+        if answer is None:
+            return None
+        size = answer.get("payload_bytes") or 0
+        if not isinstance(size, int) or size < 0:
+            self.failure = "died"
+            return None
+        if size > max_payload:
+            self.failure = f"oversize: hand-over larger than {max_payload} bytes ({size} announced)"
+            return None
+        if size:
+            data = self._read_exact(size, deadline)
+            if data is None:
                 return None
-            answer["_payload"] = payload
+            answer["_payload"] = data
         self.last_used = time.monotonic()
         return answer
 
     def _read_exact(self, size: int, deadline: float) -> bytes | None:
-        while len(self.buf) < size:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return None
-            ready, _, _ = select.select([self.fd], [], [], remaining)
-            if ready:
-                chunk = os.read(self.fd, max(1 << 20, size - len(self.buf)))
-                if not chunk:
+        """`size` bytes into one preallocated buffer (readv, no growing copies)."""
+        out = bytearray(size)
+        have = min(size, len(self.buf))
+        out[:have] = self.buf[:have]
+        del self.buf[:have]
+        view = memoryview(out)
+        try:
+            while have < size:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not select.select([self.fd], [], [], remaining)[0]:
+                    self.failure = "unresponsive"
                     return None
-                self.buf += chunk
-        data, self.buf = self.buf[:size], self.buf[size:]
-        return data
+                n = os.readv(self.fd, [view[have:]])
+                if not n:
+                    self.failure = "died"
+                    return None
+                have += n
+        finally:
+            view.release()
+        return bytes(out)
+
+    def kill(self) -> None:
+        """End this process and everything in its sandbox now, whatever state they are in (a
+        SIGSTOPped or blocked process included: SIGKILL needs no cooperation). Idempotent."""
+        if self.killed:
+            return
+        self.killed = True
+        victims = [] if self.ns_pidfd is not None else _descendants(self.proc.pid)
+        if self.ns_pidfd is not None:
+            try:
+                signal.pidfd_send_signal(self.ns_pidfd, signal.SIGKILL)
+            except OSError:
+                pass
+            os.close(self.ns_pidfd)
+            self.ns_pidfd = None
+        for pid in victims:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except OSError:
+            pass
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+        self._release()
+
+    def _release(self) -> None:
+        for stream in (self.proc.stdin, self.proc.stdout):
+            try:
+                stream.close()
+            except OSError:
+                pass
+        if self.info_fd is not None:
+            os.close(self.info_fd)
+            self.info_fd = None
+        if self.ns_pidfd is not None:
+            os.close(self.ns_pidfd)
+            self.ns_pidfd = None
+        if self.slot_lock is not None:
+            self.slot_lock.close()
+            self.slot_lock = None
+        shutil.rmtree(self.work, ignore_errors=True)
 
     def log_tail(self, size: int = 4000) -> str:
         # The log is ours (created here, in a folder the sandbox cannot see); only its size is
@@ -182,6 +323,9 @@ class WarmProcess:
         return data.decode("utf-8", errors="replace").strip()
 
     def stop(self) -> None:
+        """End gently (stdin closes, it exits), else kill()."""
+        if self.killed:
+            return
         try:
             self.proc.stdin.close()
         except OSError:
@@ -189,16 +333,35 @@ class WarmProcess:
         try:
             self.proc.wait(timeout=2)
         except subprocess.TimeoutExpired:
+            self.kill()
+            return
+        if self.ns_pidfd is not None:  # the namespace ends with its command; make sure of it
             try:
-                os.killpg(self.proc.pid, 9)
+                signal.pidfd_send_signal(self.ns_pidfd, signal.SIGKILL)
             except OSError:
                 pass
-            self.proc.wait()
-        self.proc.stdout.close()
-        if self.slot_lock is not None:
-            self.slot_lock.close()
-            self.slot_lock = None
-        shutil.rmtree(self.work, ignore_errors=True)
+        self.killed = True
+        self._release()
+
+
+def _descendants(root: int) -> list[int]:
+    """Every process below `root` (by parent pid), for the fallback sandbox (no namespace)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as fh:
+                ppid = int(fh.read().rsplit(b")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
 
 
 _lock = threading.Lock()
@@ -280,11 +443,13 @@ def trainer_release(wp: WarmProcess) -> None:
 
 
 def trainer_discard(wp: WarmProcess) -> None:
+    """Kill a slot and everything in its sandbox (an experiment in it ended abnormally, or its
+    process did not answer): never reused; the next checkout starts a fresh one."""
     with _lock:
         slots = _trainers.get(wp.spec.key, [])
         if wp in slots:
             slots.remove(wp)
-    wp.stop()
+    wp.kill()
 
 
 def trainer_cold(spec: Spec, job: dict, *, should_stop=None) -> tuple[dict | None, SandboxResult, Path]:
@@ -348,7 +513,7 @@ def evaluator_forget(wp: WarmProcess) -> None:
     with _lock:
         if _evaluators.get(wp.spec.key) is wp:
             del _evaluators[wp.spec.key]
-    wp.stop()
+    wp.kill()
 
 
 def pool_stop_all() -> None:
@@ -385,6 +550,12 @@ def _forget_after_fork() -> None:
                 pass
         if wp.slot_lock is not None:
             wp.slot_lock.close()
+        for fd in (wp.ns_pidfd, wp.info_fd):
+            if fd is not None:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
     _trainers.clear()
     _evaluators.clear()
     _died.clear()

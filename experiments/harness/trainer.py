@@ -587,40 +587,73 @@ class LineReader:
 
 
 class Result:
-    """The child's hand-over: 16-byte header (meta length, npy length), meta JSON, npy bytes."""
+    """The child's hand-over: 16-byte header (meta length, npy length), meta JSON, npy bytes.
 
-    MAX_BYTES = 512 * MB  # far beyond any real y_pred; a bigger claim is refused, not buffered
+    Read in linear time whatever the child does: the header first, then one buffer of exactly
+    the announced size, filled with readv (no growing copies). Sizes are checked against the
+    job's caps before anything is allocated: meta ≤ max_meta_bytes, y_pred ≤ max_pred_bytes
+    (X_test's rows × classes × 8 bytes plus a header, computed by the harness from the task)."""
 
-    def __init__(self, fd: int) -> None:
+    MAX_BYTES = 512 * MB  # the cap when the job names none (older harness)
+
+    def __init__(self, fd: int, *, max_pred: int | None = None, max_meta: int | None = None) -> None:
         self.fd = fd
-        self.buf = bytearray()
+        self.max_pred = int(max_pred or self.MAX_BYTES)
+        self.max_meta = int(max_meta or 65536)
+        self.head = bytearray(16)
+        self.buf: bytearray | None = None
+        self.got = 0
         self.eof = False
-        self.overflow = False
+        self.overflow = ""
 
     def read(self) -> None:
-        chunk = os.read(self.fd, 1 << 22)
-        if not chunk:
+        """One read of what is there (call when select says the fd is readable)."""
+        try:
+            if self.buf is None:
+                n = os.readv(self.fd, [memoryview(self.head)[self.got:]])
+            else:
+                n = os.readv(self.fd, [memoryview(self.buf)[self.got:]]) if self.got < len(self.buf) else 0
+                if self.got >= len(self.buf):
+                    return  # complete; anything more is ignored
+        except BlockingIOError:
+            return
+        if not n:
             self.eof = True
             return
-        self.buf += chunk
-        claimed = sum(struct.unpack_from("<QQ", self.buf)) + 16 if len(self.buf) >= 16 else 0
-        if len(self.buf) > self.MAX_BYTES or claimed > self.MAX_BYTES:
-            self.overflow = self.eof = True
-            self.buf.clear()
+        self.got += n
+        if self.buf is None and self.got == 16:
+            meta_len, npy_len = struct.unpack("<QQ", self.head)
+            if meta_len > self.max_meta:
+                self.overflow = f"hand-over meta larger than {self.max_meta} bytes ({meta_len} announced)"
+            elif npy_len > self.max_pred:
+                self.overflow = (f"hand-over larger than {self.max_pred} bytes ({npy_len} announced): "
+                                 "more than X_test's rows × classes of 8-byte numbers")
+            if self.overflow:
+                self.eof = True
+                return
+            self.buf = bytearray(meta_len + npy_len)
+            self.meta_len = meta_len
+            self.got = 0
+
+    def drain(self) -> None:
+        """After the child ended: take what it left in the pipe, without waiting for a writer that
+        may never write (a grandchild holding the pipe open)."""
+        os.set_blocking(self.fd, False)
+        while not self.eof and not self.overflow and not self.complete():
+            before = self.got, self.buf is None
+            self.read()
+            if (self.got, self.buf is None) == before:
+                return
 
     def complete(self) -> bool:
-        if len(self.buf) < 16:
-            return False
-        meta_len, npy_len = struct.unpack_from("<QQ", self.buf)
-        return len(self.buf) >= 16 + meta_len + npy_len
+        return self.buf is not None and self.got >= len(self.buf)
 
     def parts(self) -> tuple[dict, bytes]:
-        meta_len, npy_len = struct.unpack_from("<QQ", self.buf)
         try:
-            meta = json.loads(bytes(self.buf[16:16 + meta_len]))
+            meta = json.loads(bytes(self.buf[:self.meta_len]))
         except ValueError:
             meta = {}
-        return (meta if isinstance(meta, dict) else {}), bytes(self.buf[16 + meta_len:16 + meta_len + npy_len])
+        return (meta if isinstance(meta, dict) else {}), bytes(self.buf[self.meta_len:])
 
 
 def _kill_everything(pid: int, in_namespace: bool) -> None:
@@ -653,7 +686,7 @@ def run_job(job: dict, work: Path, data: tuple, control: LineReader | None = Non
     job["audit_nonce"] = nonce = os.urandom(12).hex()
     pid, pidfd, result_fd = _hand_over(job, work, data)
     audit_fd = _audit_readers.pop(pid, None)
-    result = Result(result_fd)
+    result = Result(result_fd, max_pred=job.get("max_pred_bytes"), max_meta=job.get("max_meta_bytes"))
     deadline = started + float(job.get("timeout") or 600)
     status = "exited"
     exited = False
@@ -674,8 +707,7 @@ def run_job(job: dict, work: Path, data: tuple, control: LineReader | None = Non
                     break
             if pidfd in ready:
                 exited = True
-                while not result.eof:  # whatever the child wrote before it ended
-                    result.read()
+                result.drain()  # whatever the child wrote before it ended
                 break
             if control is not None and control in ready:
                 line = control.readline()
@@ -696,7 +728,7 @@ def run_job(job: dict, work: Path, data: tuple, control: LineReader | None = Non
               "signal": None, "meta": {}, "payload_bytes": 0}
     payload = b""
     if result.overflow:
-        answer["error"] = f"y_pred is larger than {Result.MAX_BYTES // MB} MB"
+        answer["error"] = result.overflow
     if status == "exited" and result.complete() and not result.overflow:
         answer["meta"], payload = result.parts()
         answer["returncode"] = 0

@@ -276,7 +276,7 @@ def train(X_train, y_train, X_test, *, artifacts_dir):
     os.write(3, struct.pack("<QQ", 10, 10**12) + b"x" * 64)
     import time; time.sleep(30)
 """)
-    assert exp.state == "failed" and "larger than 512 MB" in exp.error
+    assert exp.state == "failed" and "hand-over larger than" in exp.error
 
 
 def test_it_cannot_plant_artifacts_in_the_next_experiments_folder(diabetes, baseline):
@@ -505,3 +505,175 @@ def test_it_runs_the_evaluator_in_dojos_interpreter_whatever_the_workspace_pytho
     assert exp.metrics["rmse"] > 100 and exp.holdout_metrics["rmse"] > 100  # zeros, honestly scored
     assert exp.environment["interpreter"] == diabetes.workspace_python
     assert exp.environment["evaluator"] == sys.executable
+
+
+# --- Issue 9: every wait has a deadline the sandbox cannot stretch --------------------------------
+
+LIMIT = 3  # seconds: the wall-clock limit of the hang tests' domain
+
+
+@pytest.fixture
+def short(make_domain):
+    return make_domain(name="short-limit", config={"limits": {"timeout_seconds": LIMIT}})
+
+
+def _timed(domain, code: str, **kwargs) -> tuple[Experiment, float]:
+    """Run `code` on a warm slot (an honest run first: a slot discarded by the previous attack is
+    replaced by then), and time it."""
+    warm = experiment_run(domain=domain, train_code=LINEAR)
+    assert warm.state == "completed", warm.error
+    started = time.monotonic()
+    exp = experiment_run(domain=domain, train_code=code, hypothesis="attack", **kwargs)
+    return exp, time.monotonic() - started
+
+
+def _assert_no_survivors(marker: str) -> None:
+    deadline = time.monotonic() + 3
+    while _processes_with(marker) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _processes_with(marker) == []
+
+
+def _sleeper(marker: str) -> str:
+    """train() code starting a setsid() process that would sleep for an hour, named by marker."""
+    return f"""
+    import subprocess, sys
+    subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)", {marker!r}], start_new_session=True)
+"""
+
+
+def test_it_ends_an_experiment_whose_train_stops_the_warm_parent(short):
+    """SIGSTOP of the warm trainer: the server used to wait limit + 30 s, then blame a dead process."""
+    marker = f"dojo-stopped-parent-{time.time_ns()}"
+    exp, seconds = _timed(short, f"""
+import os, signal
+
+def train(X_train, y_train, X_test, *, artifacts_dir):
+{_sleeper(marker)}
+    os.kill(os.getppid(), signal.SIGSTOP)
+    import numpy as np
+    return np.zeros(len(X_test))
+""")
+    assert exp.state == "failed"
+    assert "stopped responding" in exp.error and f"wall-clock limit ({LIMIT} s)" in exp.error
+    assert seconds < LIMIT + 5
+    _assert_no_survivors(marker)
+    after = run(short, LINEAR)  # the slot was replaced, not reused
+    assert after.state == "completed", after.error
+
+
+def test_it_stops_within_two_seconds_when_the_warm_parent_is_stopped(short):
+    marker = f"dojo-stop-stopped-{time.time_ns()}"
+    asked: list[float] = []
+
+    def should_stop() -> bool:
+        if not asked and time.monotonic() - started > 1.0:
+            asked.append(time.monotonic())
+        return bool(asked)
+
+    assert run(short, LINEAR).state == "completed"  # a warm slot
+    started = time.monotonic()
+    exp = experiment_run(domain=short, train_code=f"""
+import os, signal, time
+
+def train(X_train, y_train, X_test, *, artifacts_dir):
+{_sleeper(marker)}
+    os.kill(os.getppid(), signal.SIGSTOP)
+    time.sleep(60)
+""", should_stop=should_stop)
+    assert asked and time.monotonic() - asked[0] < 2.0
+    assert exp.error == "stopped"
+    _assert_no_survivors(marker)
+
+
+def test_it_stops_a_busy_train_within_two_seconds(short):
+    asked: list[float] = []
+
+    def should_stop() -> bool:
+        if not asked and time.monotonic() - started > 1.0:
+            asked.append(time.monotonic())
+        return bool(asked)
+
+    assert run(short, LINEAR).state == "completed"  # a warm slot
+    started = time.monotonic()
+    exp = experiment_run(domain=short, train_code="""
+import signal, time
+
+def train(X_train, y_train, X_test, *, artifacts_dir):
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    while True:
+        time.sleep(0.01)
+""", should_stop=should_stop)
+    assert asked and time.monotonic() - asked[0] < 2.0
+    assert exp.error == "stopped"
+
+
+def test_it_does_not_wait_for_a_grandchild_holding_the_result_pipe(short):
+    """train() ends without a hand-over while a setsid() grandchild keeps fd 3 open: the old
+    trainer read that pipe until EOF, forever; the grandchild and it were alive 21 minutes later."""
+    marker = f"dojo-pipe-holder-{time.time_ns()}"
+    exp, seconds = _timed(short, f"""
+import os, sys
+
+def train(X_train, y_train, X_test, *, artifacts_dir):
+    if os.fork() == 0:
+        os.setsid()
+        os.execv(sys.executable, [sys.executable, "-c", "import time; time.sleep(3600)", {marker!r}])
+    os._exit(0)
+""")
+    assert exp.state == "failed" and "without returning predictions" in exp.error
+    assert seconds < LIMIT + 5
+    _assert_no_survivors(marker)
+
+
+def test_it_refuses_a_200_mb_meta_at_once(short):
+    exp, seconds = _timed(short, """
+import os, struct
+
+def train(X_train, y_train, X_test, *, artifacts_dir):
+    os.write(3, struct.pack("<QQ", 200 * 1024 * 1024, 16))
+    chunk = b"[" * (1 << 20)
+    for _ in range(200):
+        os.write(3, chunk)
+""")
+    assert exp.state == "failed" and "hand-over meta larger than 65536 bytes" in exp.error
+    assert seconds < LIMIT + 5
+
+
+def test_it_reads_a_hand_over_just_under_the_cap_and_refuses_one_just_over(short):
+    from experiments.services import prediction_cap
+
+    cap = prediction_cap(task=short.task)
+    assert cap < 64 * 1024  # X_test's rows × 2 × 8 bytes + a header: far below the old 512 MB
+    code = """
+import os, struct
+
+def train(X_train, y_train, X_test, *, artifacts_dir):
+    os.write(3, struct.pack("<QQ", 2, {size}) + b"{{}}" + b"\\0" * {size})
+    os._exit(0)
+"""
+    under, seconds = _timed(short, code.format(size=cap - 1))
+    assert under.state == "failed" and "y_pred could not be read" in under.error
+    assert seconds < LIMIT + 5
+    over, seconds = _timed(short, code.format(size=cap + 1))
+    assert over.state == "failed" and f"hand-over larger than {cap} bytes" in over.error
+    assert seconds < LIMIT + 5
+
+
+def test_it_cannot_write_to_the_harness_pipe_through_proc(short):
+    """The warm parent is not dumpable: its /proc fds (the protocol pipe to the server) are
+    closed to train(), so no 200 MB or forged answer line can be written there."""
+    exp = run(short, """
+import os
+
+def train(X_train, y_train, X_test, *, artifacts_dir):
+    for fd in (0, 1, 2):
+        try:
+            with open(f"/proc/{os.getppid()}/fd/{fd}", "wb") as pipe:
+                pipe.write(b'{"id": "x", "status": "exited"}\\n' + b"[" * (1 << 20))
+            print("WROTE", fd)
+        except OSError as exc:
+            print("refused", fd, exc.errno)
+""" + HONEST_TAIL)
+    assert exp.state == "completed", exp.error
+    assert "WROTE" not in exp.stdout_tail and exp.stdout_tail.count("refused") == 3

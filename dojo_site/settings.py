@@ -293,6 +293,8 @@ MLFLOW_TRACKING_URI = env_str("MLFLOW_TRACKING_URI", "")  # empty: sqlite under 
 # (empty: DOJO_HOME/mlflow/artifacts).
 DOJO_MLFLOW_EXPERIMENT_PREFIX = env_str("DOJO_MLFLOW_EXPERIMENT_PREFIX", "dojo/")
 DOJO_MLFLOW_ARTIFACTS = env_str("DOJO_MLFLOW_ARTIFACTS", "")
+# How long a statement outside a transaction keeps retrying while PostgreSQL restarts.
+DOJO_DB_RETRY_SECONDS = env_float("DOJO_DB_RETRY_SECONDS", 30.0)
 # How long the worker (`qcluster`) may take to stop after SIGTERM before what is left is killed.
 DOJO_WORKER_STOP_SECONDS = env_float("DOJO_WORKER_STOP_SECONDS", 6.0)
 # Seconds without a heartbeat after which the reaper marks a run failed ("worker lost").

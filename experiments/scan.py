@@ -27,6 +27,7 @@ never does (tests/experiments/test_scan.py checks generated modules).
 from __future__ import annotations
 
 import ast
+import threading
 
 from domains.audit import DATASET_MODULES
 
@@ -195,10 +196,16 @@ class _Scanner(ast.NodeVisitor):
         self.generic_visit(node)
 
 
+# CPython 3.11's ast.parse is not thread-safe: the researcher submits experiments from several threads
+# at once, and concurrent parses raised "SystemError: AST constructor recursion depth mismatch".
+_PARSE_LOCK = threading.Lock()
+
+
 def scan_train_code(code: str) -> list[dict]:
     """The flags of `code`, ordered by line; never raises (unparseable code gives one "syntax" flag)."""
     try:
-        tree = ast.parse(code, filename="train.py")
+        with _PARSE_LOCK:
+            tree = ast.parse(code, filename="train.py")
     except (SyntaxError, ValueError, RecursionError, MemoryError) as exc:
         line = getattr(exc, "lineno", None) or 0
         message = getattr(exc, "msg", None) or str(exc) or type(exc).__name__

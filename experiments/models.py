@@ -165,6 +165,7 @@ class Experiment(models.Model):
         them, domains.permissions.holdout_visible); never saved. Returns self."""
         self.holdout_metrics = {}
         self.holdout_primary_value = None
+        self.holdout_ci = {}
         if hasattr(self, "gap"):
             self.gap = None
         self._holdout_blanked = True

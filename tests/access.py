@@ -49,6 +49,7 @@ def world_build(django_user_model, workspace) -> World:
         domain=domain, run=run, hypothesis=HYPOTHESIS, train_code="def train(X_train, y_train, X_test, *, artifacts_dir): ...",
         code_sha256="0" * 64, state=Experiment.State.COMPLETED, metrics={"rmse": 1.5}, primary_value=1.5,
         holdout_metrics={"rmse": HOLDOUT_VALUE}, holdout_primary_value=HOLDOUT_VALUE,
+        holdout_ci={"rmse": [HOLDOUT_VALUE - 0.01, HOLDOUT_VALUE + 0.01]},
     )
     artifacts = []
     for path in ("train/notes.txt", "evaluate/holdout/residuals.txt"):

@@ -191,7 +191,7 @@ def test_it_blanks_holdout_values_for_viewers_when_the_owner_hides_them(client, 
         assert response.status_code == 200
         assert marker not in response.content.decode() and gap not in response.content.decode(), url
     shown = client.get(f"/api/experiments/{exp.pk}").json()
-    assert (shown["holdout_metrics"], shown["holdout_primary_value"]) == ({}, None)
+    assert (shown["holdout_metrics"], shown["holdout_primary_value"], shown["holdout_ci"]) == ({}, None, {})
     assert shown["metrics"] == {"rmse": 1.5}
     assert [a["path"] for a in shown["artifacts"]] == ["train/notes.txt"]
     assert client.get(f"/api/experiments/{exp.pk}/artifacts/{world.holdout_artifact.pk}").status_code == 404
@@ -306,3 +306,33 @@ def test_it_offers_task_actions_to_the_owner_only(client, world):
     _as(client, world.owner)
     panel = client.get(url, HTTP_HX_REQUEST="true").content.decode()
     assert "task/verify/" in panel and "task/import/" in panel  # (no tools yet: no tool editors)
+
+
+def test_it_narrows_admin_querysets_through_the_same_rule(world):
+    """The admin is staff-only (and staff own everything), but its querysets ask permissions.py too,
+    so they stay in step if a non-superuser ever gets admin access."""
+    from django.contrib import admin as django_admin
+    from django.test import RequestFactory
+
+    from agentrun.models import AgentRun
+    from domains.models import DomainChange, Task
+    from experiments.models import Experiment
+    from knowledge.models import KnowledgeAtom
+
+    models = [Domain, Task, Experiment, AgentRun, KnowledgeAtom, DomainChange]
+    for model in models:
+        model_admin = django_admin.site._registry[model]
+        for person, sees in ((world.stranger, False), (world.viewer, True)):
+            request = RequestFactory().get("/admin/")
+            request.user = person
+            assert model_admin.get_queryset(request).exists() is (sees and model is not DomainChange), (model, person)
+    from django.contrib.auth.models import Permission
+
+    change = Permission.objects.get(codename="change_experiment")
+    experiment_admin = django_admin.site._registry[Experiment]
+    for person, allowed in ((world.viewer, False), (world.editor, True)):
+        person.user_permissions.add(change)
+        person = type(person).objects.get(pk=person.pk)  # fresh permission cache
+        request = RequestFactory().get("/admin/")
+        request.user = person
+        assert experiment_admin.has_change_permission(request, world.experiment) is allowed, person

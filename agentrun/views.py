@@ -1,12 +1,11 @@
 """Pages of agent runs: the list, a domain's runs with the start form, and the live run page."""
 
-from datetime import timedelta
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
 from django.db.models import Case, Count, F, Max, Min, OuterRef, Q, QuerySet, Subquery, When
-from django.db.models.functions import Coalesce, TruncDate
+from django.db.models.functions import Coalesce
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
@@ -42,41 +41,49 @@ EVENT_FILTERS = {
 }
 
 
-def _runs_with_counts() -> QuerySet[AgentRun]:
-    # Stopped experiments were ended by a person: counted apart, never as failures.
-    return AgentRun.objects.select_related("domain").annotate(
-        n_experiments=Count("experiments"),
-        n_completed=Count("experiments", filter=Q(experiments__state=Experiment.State.COMPLETED)),
-        n_failed=Count("experiments", filter=Q(experiments__state=Experiment.State.FAILED)),
-        n_stopped=Count("experiments", filter=Q(experiments__state=Experiment.State.STOPPED)),
-        n_running=Count("experiments", filter=Q(experiments__state=Experiment.State.RUNNING)),
-    )
+def _with_counts(runs: list[AgentRun]) -> list[AgentRun]:
+    """Set n_experiments / n_completed / n_failed / n_stopped / n_running on each run, from one
+    grouped query over these runs only (the (run, state) index), not a join over every run."""
+    counts: dict[tuple[int, str], int] = {}
+    rows = Experiment.objects.filter(run_id__in=[r.pk for r in runs]).values("run_id", "state").annotate(n=Count("pk"))
+    for row in rows.order_by():
+        counts[(row["run_id"], row["state"])] = row["n"]
+    for run in runs:
+        by_state = {state: counts.get((run.pk, state), 0) for state in Experiment.State.values}
+        run.n_experiments = sum(by_state.values())
+        # Stopped experiments were ended by a person: counted apart, never as failures.
+        run.n_completed = by_state[Experiment.State.COMPLETED]
+        run.n_failed = by_state[Experiment.State.FAILED]
+        run.n_stopped = by_state[Experiment.State.STOPPED]
+        run.n_running = by_state[Experiment.State.RUNNING] + by_state[Experiment.State.PENDING]
+    return runs
 
 
 def _get_run(request: HttpRequest, pk: int, action: str = "view") -> AgentRun:
     """The run when the user may see its domain (else 404); `action` on it checked too (else 403)."""
-    run = get_object_or_404(_runs_with_counts(), pk=pk)
+    run = get_object_or_404(AgentRun.objects.select_related("domain", "domain__task"), pk=pk)
+    _with_counts([run])
     web_domain_require(request.user, run.domain, action)
     return run
 
 
 @login_required
 def run_list(request: HttpRequest) -> HttpResponse:
-    runs = _runs_with_counts().filter(domain__in=domains_for_user(request.user))
+    runs = AgentRun.objects.select_related("domain").filter(domain__in=domains_for_user(request.user))
     page = Paginator(runs.order_by("-created_at", "-pk"), 50).get_page(request.GET.get("page"))
-    return render(request, "agentrun/run_list.html", {"page": page, "runs": page.object_list})
+    return render(request, "agentrun/run_list.html", {"page": page, "runs": _with_counts(list(page.object_list))})
 
 
 def _domain_runs_context(request: HttpRequest, domain: Domain, form: RunStartForm, page: str | None = None) -> dict:
     task = domain.task_or_none
-    runs = Paginator(_runs_with_counts().filter(domain=domain).order_by("-created_at", "-pk"), RUNS_PAGE).get_page(page)
+    runs = Paginator(domain.runs.order_by("-created_at", "-pk"), RUNS_PAGE).get_page(page)
     return {
         "domain": domain,
         "form": form,
         "may_edit": domain_may(request.user, domain, "edit"),
         "task": task,
         "page": runs,
-        "runs": runs.object_list,
+        "runs": _with_counts(list(runs.object_list)),
     }
 
 
@@ -274,7 +281,7 @@ def run_stop(request: HttpRequest, pk: int) -> HttpResponse:
 # with htmx (docs/interfaces.md, "Web composition"). Every figure comes from a fixed number of
 # aggregate queries, whatever the number of domains or experiments.
 
-SPARK_W, SPARK_H, SPARK_DAYS = 120, 28, 60
+SPARK_W, SPARK_H, SPARK_POINTS = 120, 28, 40
 
 
 def _best_by_domain(domains: QuerySet[Domain]) -> dict[int, Experiment]:
@@ -316,7 +323,7 @@ def _sparkline(points: list[float], *, maximize: bool) -> str:
 
 def _domain_results(request: HttpRequest, domains: QuerySet[Domain]) -> list[dict]:
     """One dict per domain: best (with holdout when the user may see it), experiment and run counts,
-    the active run with its progress, the last activity and a best-so-far sparkline by day."""
+    the active run with its progress, the last activity and a best-so-far sparkline."""
     domains = domains.select_related("task").annotate(
         n_experiments=Subquery(
             Experiment.objects.filter(domain=OuterRef("pk")).values("domain").annotate(n=Count("pk")).values("n")
@@ -331,21 +338,25 @@ def _domain_results(request: HttpRequest, domains: QuerySet[Domain]) -> list[dic
     ids = [d.pk for d in domains]
     best = _best_by_domain(Domain.objects.filter(pk__in=ids))
     active: dict[int, AgentRun] = {}
-    live = _runs_with_counts().filter(domain_id__in=ids, status__in=[AgentRun.Status.RUNNING, AgentRun.Status.QUEUED])
+    live = AgentRun.objects.filter(domain_id__in=ids, status__in=[AgentRun.Status.RUNNING, AgentRun.Status.QUEUED])
     for run in live.order_by("created_at"):
         active.setdefault(run.domain_id, run)
+    _with_counts(list(active.values()))
+    # The trend: best so far over SPARK_POINTS buckets of experiment ids (ids grow with time).
+    # Integer arithmetic in SQL, so it stays one index-backed aggregate at any size.
+    completed = Experiment.objects.filter(domain_id__in=ids, state=Experiment.State.COMPLETED).exclude(primary_value=None)
+    bounds = completed.aggregate(first=Min("pk"), last=Max("pk"))
     daily: dict[int, list[tuple]] = {}
-    since = timezone.now() - timedelta(days=SPARK_DAYS)
-    rows = (
-        Experiment.objects.filter(domain_id__in=ids, state=Experiment.State.COMPLETED, created_at__gte=since)
-        .exclude(primary_value=None)
-        .annotate(day=TruncDate("created_at"))
-        .values("domain_id", "day")
-        .annotate(lo=Min("primary_value"), hi=Max("primary_value"))
-        .order_by("domain_id", "day")
-    )
-    for row in rows:
-        daily.setdefault(row["domain_id"], []).append((row["lo"], row["hi"]))
+    if bounds["first"] is not None:
+        width = (bounds["last"] - bounds["first"]) // SPARK_POINTS + 1
+        rows = (
+            completed.annotate(bucket=(F("pk") - bounds["first"]) / width)
+            .values("domain_id", "bucket")
+            .annotate(lo=Min("primary_value"), hi=Max("primary_value"))
+            .order_by("domain_id", "bucket")
+        )
+        for row in rows:
+            daily.setdefault(row["domain_id"], []).append((row["lo"], row["hi"]))
     results = []
     for domain in domains:
         task = domain.task_or_none

@@ -134,7 +134,13 @@ def experiments_list(request: HttpRequest, domain_id: Id, sort: Sort = "rank", s
     if sort == "holdout" and not holdout_visible(request.user, domain):
         raise Forbidden("the owner hides holdout values from viewers: sort by validation or created")
     qs = experiment_leaderboard(domain=domain, sort=sort, state=state)
-    return {"items": [_shown(request, domain, exp) for exp in qs[offset: offset + limit]], "count": qs.count()}
+    # The list shows no code and no logs: leave the widest columns in the database.
+    items = list(qs.defer("train_code", "stdout_tail", "stderr_tail")[offset: offset + limit])
+    if not holdout_visible(request.user, domain):  # asked once for the page, not per row
+        for exp in items:
+            exp.holdout_blanked()
+            exp.hidden_artifacts = True
+    return {"items": items, "count": qs.count()}
 
 
 @router.post("/domains/{domain_id}/experiments", response={201: ExperimentDetailOut})

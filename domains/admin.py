@@ -158,6 +158,8 @@ class TaskToolInline(admin.TabularInline):
 TASK_MACHINE_FIELDS = [
     "domain", "contract_version", "frozen_at", "fingerprint", "data_fingerprint", "snapshot_path",
     "snapshot_info", "unfrozen_at", "unfreeze_reason", "created_at", "updated_at",
+    # The leak audit is measured by verification and its override recorded by freeze, never typed in.
+    "audit", "audit_override",
 ]
 
 

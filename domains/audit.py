@@ -140,7 +140,7 @@ def _judge_columns(measured: dict, *, task_type: str) -> list[dict]:
         unique = float(col.get("unique_ratio") or 0.0)
         rows = (measured.get("rows_sampled") or [0])[0]
         named = bool(ID_NAME_RE.search(name.strip()))
-        if unique >= 0.999 and rows >= ID_MIN_ROWS and (col.get("integer") or col.get("monotonic") or named
+        if unique >= 0.999 and rows >= ID_MIN_ROWS and not col.get("datetime") and (col.get("integer") or col.get("monotonic") or named
                                                          or not col.get("numeric", True)):
             why = ", ".join(w for w, ok in (("named like an identifier", named), ("integer-valued", col.get("integer")),
                                            ("strictly monotonic", col.get("monotonic"))) if ok) or "text"

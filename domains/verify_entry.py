@@ -438,6 +438,9 @@ def measure_leaks(splits, task):
             values, values_test = values[i_train], values_test[i_test]
             x, x_test = _floats(values), _floats(values_test)
             entry = {"name": name[:100]}
+            if "datetime" in str(getattr(values, "dtype", "")) or (
+                    hasattr(X_train, "dtypes") and str(X_train.dtypes.iloc[j]).startswith("datetime")):
+                entry["datetime"] = True  # unique per row and monotonic, like an id, but not one
             if x is not None and x_test is not None:
                 b_train, b_test, n_bins = _bins(x, x_test)
                 entry["numeric"] = True

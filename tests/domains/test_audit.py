@@ -177,3 +177,21 @@ def test_a_scikit_learn_loader_is_a_public_source(workspace):
     assert public and public[0]["severity"] == "warning" and "load_diabetes" in public[0]["detail"]
     assert any(p.endswith("sklearn/datasets/data") for p in public[0]["hide"])
     assert not [f for f in task.audit if f["severity"] == "severe"], task.audit
+
+
+def test_a_date_column_is_not_taken_for_an_id(workspace):
+    load = '''
+import numpy as np
+import pandas as pd
+
+
+def load_data():
+    n = 80
+    rng = np.random.default_rng(0)
+    X = pd.DataFrame({"day": pd.date_range("2024-01-01", periods=n), "x": rng.normal(size=n),
+                      "customer_id": np.arange(n)})
+    y = X["x"].to_numpy() + rng.normal(size=n)
+    return X.iloc[:60], X.iloc[60:], y[:60], y[60:]
+'''
+    task = _verified(workspace, load)
+    assert [(f["check"], f["column"]) for f in task.audit if f["severity"] != "info"] == [("id_like", "customer_id")], task.audit

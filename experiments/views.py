@@ -120,6 +120,10 @@ def experiment_domain_list(request: HttpRequest, domain_id: int) -> HttpResponse
         "chosen_keys": [c.key for c in columns],
         "keep_params": [(k, v) for k, v in request.GET.lists() for v in v if k not in ("page",)],
         "states": Experiment.State.choices, "sort_keys": analysis.sort_keys(),
+        # The charts follow the run filter (a run's history); other filters are the table's own.
+        "history_url": reverse("experiments:chart_data", args=[domain.pk, "history"])
+        + (f"?run={query.run}" if query.run else ""),
+        "history_title": f"Optimisation history of run {query.run}" if query.run else "Optimisation history",
     }
     if request.htmx and not request.htmx.history_restore_request:
         return render(request, "experiments/partials/domain_experiments.html", context)

@@ -136,3 +136,24 @@ def test_it_walks_the_lineage_tree_and_the_experiment_page(logged_in_page, live_
     first_code = box.locator("td.code pre span").first.bounding_box()
     assert abs(first_number["y"] - first_code["y"]) < 2
     assert errors == []
+
+
+def test_it_sorts_and_filters_inside_the_domain_pages_tab(logged_in_page, live_server, lab):
+    page = logged_in_page
+    errors = _errors(page)
+    domain = lab["domain"]
+    page.goto(f"{live_server.url}/domains/{domain.pk}/?tab=experiments", wait_until="domcontentloaded")
+    board = page.locator("#domain-experiments table.leaderboard")
+    expect(board.locator("tbody tr").first).to_contain_text("ridge alpha 10")
+    # The chart in the htmx-loaded tab draws too.
+    expect(page.locator("#chart-history .chart[data-ready='1']")).to_have_count(1, timeout=20_000)
+    page.click("#domain-experiments thead a:has-text('rmse (holdout)')")
+    expect(board.locator("tbody tr").first).to_contain_text("forest deep")
+    expect(page).to_have_url(re.compile(r"sort=holdout"))  # the state is in the URL
+    page.fill("#domain-experiments input[name=family]", "ridge")
+    page.click("#domain-experiments .leaderboard-filters button[type=submit]")
+    expect(board.locator("tbody tr")).to_have_count(2)
+    expect(page).to_have_url(re.compile(r"family=ridge"))
+    page.reload(wait_until="domcontentloaded")  # a bookmarked URL shows the same table
+    expect(page.locator("table.leaderboard tbody tr")).to_have_count(2)
+    assert errors == []

@@ -87,7 +87,8 @@ def test_it_filters_by_state_run_family_and_hypothesis_text(client_logged_in, do
     assert _ids(client_logged_in.get(url, {"state": "failed"})) == [board["failed"].pk]
     assert set(_ids(client_logged_in.get(url, {"family": "ridge"}))) == {board["child"].pk, board["best"].pk}
     assert _ids(client_logged_in.get(url, {"q": "FOREST"})) == [board["sibling"].pk]
-    assert _ids(client_logged_in.get(url, {"run": "12345"})) == []
+    by_run = client_logged_in.get(url, {"run": "12345"})
+    assert _ids(by_run) == [] and "charts/history.json?run=12345" in by_run.content.decode()
     combined = client_logged_in.get(url, {"family": "ridge", "q": "alpha 10", "sort": "holdout"})
     assert _ids(combined) == [board["best"].pk]
     # Bad values fall back to defaults and say so; never a 500.

@@ -621,25 +621,35 @@ def _esc(text):
     return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-def _svg(path, title, body, width=360, height=300):
+PANEL_W, PANEL_H = 360, 300
+
+
+def _panel(title, body):
+    return (f'<g><title>{_esc(title)}</title>'
+            f'<text x="{PANEL_W / 2}" y="16" text-anchor="middle" font-size="13">{_esc(title)}</text>{body}</g>')
+
+
+def _sheet(path, panels):
+    """One SVG file with the panels side by side: one artifact per experiment keeps it cheap."""
+    width = PANEL_W * len(panels)
+    placed = "".join(f'<g transform="translate({i * PANEL_W},0)">{p}</g>' for i, p in enumerate(panels))
     Path(path).write_text(
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-        f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="11">'
-        f'<rect width="100%" height="100%" fill="white"/>'
-        f'<text x="{width / 2}" y="16" text-anchor="middle" font-size="13">{_esc(title)}</text>{body}</svg>',
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{PANEL_H}" '
+        f'viewBox="0 0 {width} {PANEL_H}" font-family="sans-serif" font-size="11">'
+        f'<rect width="100%" height="100%" fill="white"/>{placed}</svg>',
         encoding="utf-8",
     )
 
 
-def _chart(path, title, xlabel, ylabel, points=(), lines=(), limits=None):
-    """A scatter of `points` (xs, ys) plus `lines` [(xs, ys, colour)] on shared linear axes."""
+def _chart(title, xlabel, ylabel, points=(), lines=(), limits=None):
+    """A panel: a scatter of `points` (xs, ys) plus `lines` [(xs, ys, colour)] on linear axes."""
     left, top, w, h = 50, 26, 290, 230
     xs_all = [np.asarray(p, dtype=float) for p in [points[0] if len(points) else [], *[l[0] for l in lines]]]
     ys_all = [np.asarray(p, dtype=float) for p in [points[1] if len(points) else [], *[l[1] for l in lines]]]
     xv, yv = np.concatenate(xs_all), np.concatenate(ys_all)
     keep = np.isfinite(xv) & np.isfinite(yv)
     if not keep.any():
-        return
+        return _panel(title, "")
     x0, x1, y0, y1 = limits or (xv[keep].min(), xv[keep].max(), yv[keep].min(), yv[keep].max())
     x1, y1 = (x1 if x1 > x0 else x0 + 1), (y1 if y1 > y0 else y0 + 1)
     sx = lambda v: left + (v - x0) / (x1 - x0) * w  # noqa: E731
@@ -661,16 +671,16 @@ def _chart(path, title, xlabel, ylabel, points=(), lines=(), limits=None):
             px, py = px[pick], py[pick]
         body += [f'<circle cx="{sx(a):.1f}" cy="{sy(b):.1f}" r="2" fill="#3366cc" fill-opacity="0.5"/>'
                  for a, b in zip(px, py) if np.isfinite(a) and np.isfinite(b)]
-    _svg(path, title, "".join(body))
+    return _panel(title, "".join(body))
 
 
-def _confusion(path, y_true, y_hat, classes):
+def _confusion(y_true, y_hat, classes):
     index = {c: i for i, c in enumerate(classes)}
     n = len(classes)
     counts = np.zeros((n, n), dtype=int)
     for t, p in zip(y_true, y_hat):
         counts[index[t], index[p]] += 1
-    cell = max(14, min(60, 240 // max(n, 1)))
+    cell = max(4, min(60, 230 // max(n, 1)))
     left, top = 90, 40
     body = [f'<text x="{left + n * cell / 2}" y="{top - 6}" text-anchor="middle">predicted</text>',
             f'<text x="12" y="{top + n * cell / 2}" text-anchor="middle" transform="rotate(-90 12 {top + n * cell / 2})">actual</text>']
@@ -683,15 +693,15 @@ def _confusion(path, y_true, y_hat, classes):
                         f'fill="rgb({shade},{shade},255)" stroke="white"/>')
             if cell >= 24:
                 body.append(f'<text x="{left + j * cell + cell / 2}" y="{top + i * cell + cell / 2 + 4}" text-anchor="middle">{counts[i, j]}</text>')
-    _svg(path, "Confusion matrix (validation rows)", "".join(body), width=left + n * cell + 20, height=top + n * cell + 20)
+    return _panel("Confusion matrix (validation rows)", "".join(body))
 
 
-def _calibration(path, confidence, correct, title):
+def _calibration(confidence, correct, title):
     bins = np.linspace(0, 1, 11)
     which = np.clip(np.digitize(confidence, bins) - 1, 0, 9)
     mean_p = [confidence[which == b].mean() for b in range(10) if (which == b).any()]
     rate = [correct[which == b].mean() for b in range(10) if (which == b).any()]
-    _chart(path, title, "predicted probability", "observed frequency", points=(mean_p, rate),
+    return _chart(title, "predicted probability", "observed frequency", points=(mean_p, rate),
            lines=[([0, 1], [0, 1], "#999"), (mean_p, rate, "#3366cc")], limits=(0, 1, 0, 1))
 '''
 
@@ -718,11 +728,12 @@ def evaluate(y_pred, *, X_train, X_test, y_train, y_test, artifacts_dir):
     if _diagnostics_wanted():
         try:
             lo, hi = float(min(y_true.min(), y_pred.min())), float(max(y_true.max(), y_pred.max()))
-            _chart(artifacts_dir / "residuals_vs_predicted.svg", "Residuals vs predicted (validation rows)",
-                   "predicted", "actual - predicted", points=(y_pred, y_true - y_pred),
-                   lines=[([y_pred.min(), y_pred.max()], [0, 0], "#999")])
-            _chart(artifacts_dir / "predicted_vs_actual.svg", "Predicted vs actual (validation rows)",
-                   "actual", "predicted", points=(y_true, y_pred), lines=[([lo, hi], [lo, hi], "#999")])
+            _sheet(artifacts_dir / "diagnostics.svg", [
+                _chart("Residuals vs predicted (validation rows)", "predicted", "actual - predicted",
+                       points=(y_pred, y_true - y_pred), lines=[([y_pred.min(), y_pred.max()], [0, 0], "#999")]),
+                _chart("Predicted vs actual (validation rows)", "actual", "predicted",
+                       points=(y_true, y_pred), lines=[([lo, hi], [lo, hi], "#999")]),
+            ])
         except Exception as exc:  # noqa: BLE001 - a chart is never worth failing the score
             print(f"diagnostics skipped: {type(exc).__name__}: {exc}", file=sys.stderr)
     return metrics
@@ -755,14 +766,14 @@ def evaluate(y_pred, *, X_train, X_test, y_train, y_test, artifacts_dir):
     if _diagnostics_wanted():
         try:
             labels = [str(c) for c in classes[-2:]]
-            _confusion(artifacts_dir / "confusion_matrix.svg", [labels[t] for t in y_true],
-                       [labels[p] for p in predicted], labels)
             fpr, tpr, _ = roc_curve(y_true, proba)
-            _chart(artifacts_dir / "roc_curve.svg", f"ROC curve (validation rows), AUC {metrics['roc_auc']:.3f}",
-                   "false positive rate", "true positive rate",
-                   lines=[([0, 1], [0, 1], "#999"), (fpr, tpr, "#3366cc")], limits=(0, 1, 0, 1))
-            _calibration(artifacts_dir / "calibration.svg", proba, y_true.astype(float),
-                         "Calibration (validation rows)")
+            _sheet(artifacts_dir / "diagnostics.svg", [
+                _confusion([labels[t] for t in y_true], [labels[p] for p in predicted], labels),
+                _chart(f"ROC curve (validation rows), AUC {metrics['roc_auc']:.3f}", "false positive rate",
+                       "true positive rate", lines=[([0, 1], [0, 1], "#999"), (fpr, tpr, "#3366cc")],
+                       limits=(0, 1, 0, 1)),
+                _calibration(proba, y_true.astype(float), "Calibration (validation rows)"),
+            ])
         except Exception as exc:  # noqa: BLE001 - a chart is never worth failing the score
             print(f"diagnostics skipped: {type(exc).__name__}: {exc}", file=sys.stderr)
     return metrics
@@ -793,10 +804,11 @@ def evaluate(y_pred, *, X_train, X_test, y_train, y_test, artifacts_dir):
     }
     if _diagnostics_wanted():
         try:
-            _confusion(artifacts_dir / "confusion_matrix.svg", [str(c) for c in y_true],
-                       [str(c) for c in predicted], [str(c) for c in classes])
-            _calibration(artifacts_dir / "calibration.svg", proba.max(axis=1), (predicted == y_true).astype(float),
-                         "Calibration of the top class (validation rows)")
+            _sheet(artifacts_dir / "diagnostics.svg", [
+                _confusion([str(c) for c in y_true], [str(c) for c in predicted], [str(c) for c in classes]),
+                _calibration(proba.max(axis=1), (predicted == y_true).astype(float),
+                             "Calibration of the top class (validation rows)"),
+            ])
         except Exception as exc:  # noqa: BLE001 - a chart is never worth failing the score
             print(f"diagnostics skipped: {type(exc).__name__}: {exc}", file=sys.stderr)
     return metrics

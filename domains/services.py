@@ -444,8 +444,8 @@ def domain_git_sync(*, domain: Domain, ref: str | None = None) -> dict:
     default branch); record the ref and the new commit.
 
     Returns {"previous", "commit", "ref", "changed_files", "contract_files_changed"}: the last lists
-    the files the frozen contract imports that the move changed (experiments then refuse to run
-    until the task is frozen again). InvalidInput (GitFailed) with the checkout unchanged when the
+    the files the frozen contract imports that now differ from what was frozen (experiments then
+    refuse to run until the task is frozen again, or a sync moves back). InvalidInput (GitFailed) with the checkout unchanged when the
     domain has no git URL, the fetch fails, the ref does not exist or local edits are in the way."""
     if not domain.git_url:
         raise InvalidInput(f"domain {domain.name!r} has no git URL: its workspace is a local folder")
@@ -457,7 +457,11 @@ def domain_git_sync(*, domain: Domain, ref: str | None = None) -> dict:
         domain.save(update_fields=["git_ref", "git_commit", "updated_at"])
         domain_change_record(domain=domain, field="git_commit", old=previous_commit, new=synced.commit)
     task = domain.task_or_none
-    contract = sorted(set(task.contract_files or {}) & set(synced.changed_files)) if task and task.is_frozen else []
+    # Compared with what was frozen (not with the previous commit): moving back restores the contract.
+    contract = (
+        _contract_files_changed(workspace=domain.workspace, files=task.contract_files or {})
+        if task and task.is_frozen else []
+    )
     return {
         "previous": synced.previous,
         "commit": synced.commit,

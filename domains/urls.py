@@ -18,6 +18,7 @@ urlpatterns: list = [
     path("<int:pk>/workspace/", views.domain_workspace, name="workspace"),
     path("<int:pk>/workspace/setup/", views.domain_workspace_action, {"action": "setup"}, name="workspace_setup"),
     path("<int:pk>/workspace/scan/", views.domain_workspace_action, {"action": "scan"}, name="workspace_scan"),
+    path("<int:pk>/workspace/sync/", views.domain_workspace_action, {"action": "sync"}, name="workspace_sync"),
     path("<int:pk>/workspace/suggest/", views.domain_workspace_action, {"action": "suggest"}, name="workspace_suggest"),
     # The task: its panel (the Task tab) and one POST per action (generate, verify, freeze,
     # unfreeze, import, config, tool), each answering with the refreshed panel.

@@ -20,6 +20,7 @@ from domains.services import (
     domain_env_request,
     domain_file_read,
     domain_file_write,
+    domain_git_sync,
     domain_member_remove,
     domain_member_set,
     domain_update,
@@ -248,7 +249,7 @@ def domain_file(request: HttpRequest, pk: int, which: str) -> HttpResponse:
 
 # --- Workspace panel (overview tab): status, environment build with its live log, scan --------
 
-WORKSPACE_ACTIONS = {"setup": "own", "scan": "edit", "suggest": "own"}
+WORKSPACE_ACTIONS = {"setup": "own", "scan": "edit", "suggest": "own", "sync": "own"}
 
 
 def _workspace_panel(request: HttpRequest, domain: Domain, *, scan: dict | None = None, error: str = "",
@@ -274,7 +275,8 @@ def domain_workspace(request: HttpRequest, pk: int) -> HttpResponse:
 @require_POST
 def domain_workspace_action(request: HttpRequest, pk: int, action: str) -> HttpResponse:
     """setup (owner: queue the environment build), scan (editor: data files and suggestions),
-    suggest (owner: open the SETUP.md editor filled with suggestion ?n; saving it confirms)."""
+    suggest (owner: open the SETUP.md editor filled with suggestion ?n; saving it confirms),
+    sync (owner: fetch the git workspace and check out `ref`, default the recorded one)."""
     if action not in WORKSPACE_ACTIONS:
         raise Http404("unknown workspace action")
     domain = _get_domain(request, pk, WORKSPACE_ACTIONS[action])
@@ -285,6 +287,14 @@ def domain_workspace_action(request: HttpRequest, pk: int, action: str) -> HttpR
             notice = "Environment build queued; its log appears below while it runs."
         elif action == "scan":
             scan = domain_workspace_scan(domain=domain)
+        elif action == "sync":
+            ref = request.POST.get("ref", "").strip()
+            synced = domain_git_sync(domain=domain, ref=ref or None)
+            notice = f"Checked out {synced['commit'][:12]} ({synced['ref'] or 'default branch'})."
+            if synced["contract_files_changed"]:
+                error = ("The new commit changes files the frozen contract imports ("
+                         + ", ".join(synced["contract_files_changed"])
+                         + "): experiments refuse to run until the task is unfrozen and frozen again.")
         else:
             suggestions = domain_workspace_scan(domain=domain)["suggestions"]
             try:

@@ -195,6 +195,14 @@ def test_sync_moves_to_a_new_commit_and_a_contract_change_stops_experiments(orig
         with pytest.raises(NotReady, match="helpers/data.py changed after the task was frozen"):
             experiment_run(domain=domain, train_code=TRAIN)
 
+        # The domain page's panel syncs too (owner), and says when the contract changed.
+        hx = {"HTTP_HX_REQUEST": "true"}
+        back = client_logged_in.post(f"/domains/{domain.pk}/workspace/sync/", {"ref": "main"}, **hx).content.decode()
+        assert f"Checked out {second[:12]}" in back and "helpers/data.py" not in back  # the contract holds again
+        assert experiment_run(domain=domain, train_code=TRAIN).state == "completed"
+        forward = client_logged_in.post(f"/domains/{domain.pk}/workspace/sync/", {"ref": "v2"}, **hx).content.decode()
+        assert f"Checked out {third[:12]}" in forward and "helpers/data.py" in forward
+
         # A ref that does not exist leaves the checkout where it was.
         with pytest.raises(CommandError, match="does not exist"):
             _call("dojo_domain", "sync", "--domain", "repo", "--ref", "nope")

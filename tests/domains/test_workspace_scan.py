@@ -111,3 +111,11 @@ def test_the_domain_page_scans_and_fills_the_setup_editor(repo, client_logged_in
     Domain.objects.filter(pk=repo.pk).update(workspace_path=str(workspace / "gone"))
     gone = client_logged_in.get(f"/domains/{repo.pk}/workspace/", **hx).content.decode()
     assert "missing" in gone
+
+
+def test_the_scan_skips_dojo_home_inside_the_workspace(repo, workspace, settings):
+    settings.DOJO_HOME = workspace / "var"
+    (workspace / "var" / "snapshots").mkdir(parents=True)
+    (workspace / "var" / "snapshots" / "secret.csv").write_text("a,target\n1,2\n")
+    scan = json.loads(_call("dojo_domain", "scan", "--domain", "scan", "--json"))
+    assert not [f for f in scan["data_files"] if f["path"].startswith("var/")]

@@ -352,7 +352,8 @@ def setup_line_read(spec: SetupSpec, line: str, *, where: str) -> None:
         if raw_key in _KNOWN_KEYS:
             return
         if bullet and len(raw_key.split("_")) <= 4:
-            if not _plain_read(spec, line, where=where):
+            # An unknown setting is reported; a descriptive bullet ("- rows: one per customer") is not.
+            if not _plain_read(spec, line, where=where) and _INSTRUCTION.search(stripped):
                 spec.not_understood.append(f"{where}: {stripped}")
             return
     if _plain_read(spec, line, where=where):

@@ -101,7 +101,8 @@ def test_it_honours_plain_words_and_lists_what_it_cannot_map(workspace, customer
         "Split by date on `signup_date`: the newest customers are the test rows.\n"
         "Oversample the minority class.\n"
         "- weighting: by spend\n"
-        "Rows are customers of the shop."
+        "Rows are customers of the shop.\n"
+        "- source: the shop's CRM export"
     ))
     task_generate(task=task_of(domain))
     task = task_of(domain)

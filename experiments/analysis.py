@@ -30,6 +30,7 @@ from dojo_site.errors import InvalidInput, NotFound
 from domains import contracts
 from domains.models import Domain, Task
 from experiments.models import Experiment
+from experiments.ranking import UNRANKED_STATES
 
 # --- The leaderboard ---------------------------------------------------------------------------
 
@@ -193,7 +194,11 @@ def leaderboard_query(*, domain: Domain, query: LeaderboardQuery, task: Task | N
     direction = query.direction or natural_direction(query.sort, task=task)
     order = F(column).desc(nulls_last=True) if direction == "desc" else F(column).asc(nulls_last=True)
     tie = "-id" if direction == "desc" else "id"
-    return _filtered(Experiment.objects.filter(domain=domain), query).order_by(order, tie)
+    qs = _filtered(Experiment.objects.filter(domain=domain), query)
+    if query.sort == "best":
+        # Quarantined experiments rank nowhere (experiments/ranking.py); other sorts show them.
+        qs = qs.exclude(quarantine_state__in=UNRANKED_STATES)
+    return qs.order_by(order, tie)
 
 
 def leaderboard_rows(*, ids: list[int], task: Task | None) -> list[Experiment]:

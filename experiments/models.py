@@ -130,7 +130,9 @@ class Experiment(models.Model):
             # (state, reproduction_of), so a page's ids come from the index alone. The table's rows
             # are wide (code, logs) and those columns sit behind them; without the covering index
             # a deep page read every row (674 ms by holdout at 10,000 rows).
-            models.Index(fields=["domain", "rank_value", "state", "reproduction_of"], name="exp_lb_rank_idx"),
+            # "Best first" also leaves out quarantined rows (experiments.ranking.UNRANKED_STATES).
+            models.Index(fields=["domain", "rank_value", "state", "reproduction_of", "quarantine_state"],
+                         name="exp_lb_best_idx"),
             models.Index(fields=["domain", "primary_value", "state", "reproduction_of"], name="exp_lb_val_idx"),
             models.Index(fields=["domain", "holdout_primary_value", "state", "reproduction_of"],
                          name="exp_lb_holdout_idx"),

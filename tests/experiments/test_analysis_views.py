@@ -303,3 +303,13 @@ def test_it_hides_domains_and_holdout_values_per_role(client, other_user, domain
     assert "sort" in board_page.context["ignored"] and "62" not in board_page.content.decode().split("<tbody>")[1]
     # A viewer may not reproduce (an edit).
     assert client.post(reverse("experiments:reproduce", args=[board["root"].pk])).status_code == 403
+
+
+def test_it_leaves_quarantined_experiments_out_of_the_best_order(client_logged_in, domain, board):
+    Experiment.objects.filter(pk=board["best"].pk).update(quarantine_state="quarantined")
+    url = reverse("experiments:domain_list", args=[domain.pk])
+    best_first = _ids(client_logged_in.get(url))
+    assert board["best"].pk not in best_first and best_first[0] == board["child"].pk
+    by_validation = client_logged_in.get(url, {"sort": "validation"})
+    assert _ids(by_validation)[0] == board["best"].pk
+    assert '<span class="badge bad" title="held back by the audit' in by_validation.content.decode()

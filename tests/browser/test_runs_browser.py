@@ -59,7 +59,7 @@ def test_it_starts_a_run_watches_experiments_appear_and_stops_it(
     page.fill("#id_max_experiments", "5")
     page.click("#run-start-form button[type=submit]")
 
-    expect(page.locator("h1")).to_contain_text("Run #", timeout=slow)
+    expect(page.locator("h1").first).to_contain_text("Run #", timeout=slow)
     run = AgentRun.objects.get()
     assert page.url.endswith(run.get_absolute_url())
     # Events arrive through polling while the worker runs the experiments.

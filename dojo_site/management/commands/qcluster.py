@@ -32,11 +32,15 @@ class Command(qcluster.Command):
     def handle(self, *args, **options):
         if os.environ.get(INNER):
             return super().handle(*args, **options)
-        argv = [sys.executable, str(Path(settings.BASE_DIR) / "manage.py"), "qcluster"]
-        if options.get("run_once"):
-            argv.append("--run-once")
-        if options.get("cluster_name"):
-            argv += ["--name", options["cluster_name"]]
+        if "qcluster" in sys.argv:
+            # The same command line again (a wrapper script may set things up before manage.py runs).
+            argv = [sys.executable, *sys.argv]
+        else:  # called with call_command
+            argv = [sys.executable, str(Path(settings.BASE_DIR) / "manage.py"), "qcluster"]
+            if options.get("run_once"):
+                argv.append("--run-once")
+            if options.get("cluster_name"):
+                argv += ["--name", options["cluster_name"]]
         cluster = subprocess.Popen(argv, env={**os.environ, INNER: "1"}, start_new_session=True)
         received: list[int] = []
         previous = {

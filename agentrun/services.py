@@ -175,16 +175,25 @@ def run_context_build(*, run: AgentRun) -> dict[str, Any]:
         for a in atoms
     ]
     ranked = ranked_experiments(domain)  # the one meaning of "best", quarantined ones left out
+    from experiments.feedback import agent_order, agent_views, feedback_mode
+
+    if feedback_mode(task) == "exact":
+        shown = list(ranked[:CONTEXT_LEADERBOARD])
+        views = agent_views(shown, task=task)
+    else:  # ordered by what agents were shown, never by exact scores (experiments/feedback.py)
+        candidates = list(ranked[:5_000])
+        views = agent_views(candidates, task=task)
+        shown = agent_order(candidates, views, task=task)[:CONTEXT_LEADERBOARD]
     leaderboard = [
-        # Validation numbers only: the holdout never reaches an agent.
+        # Validation feedback only: the holdout never reaches an agent.
         {
             "experiment_id": e.pk,
             "hypothesis": e.hypothesis[:200],
-            "primary_value": e.primary_value,
-            "metrics": e.metrics,
+            "primary_value": views[e.pk].get("primary_value"),
+            "metrics": views[e.pk].get("metrics") or {},
             "variables": e.variables,
         }
-        for e in ranked[:CONTEXT_LEADERBOARD]
+        for e in shown
     ]
     context: dict[str, Any] = {
         "domain": domain.name,

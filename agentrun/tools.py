@@ -304,15 +304,24 @@ def _primary(run: AgentRun) -> tuple[str, str]:
     return task.primary_metric, task.direction
 
 
-def _experiment_brief(experiment: Experiment) -> dict[str, Any]:
-    """What an agent may see of an experiment in a list: validation metrics only, never holdout."""
+def _views(run: AgentRun, experiments) -> dict[int, dict]:
+    """Validation scores as the task's feedback mode lets an agent see them (experiments/feedback.py)."""
+    from experiments.feedback import agent_views
+
+    return agent_views(experiments, task=run.domain.task)
+
+
+def _experiment_brief(experiment: Experiment, view: dict[str, Any]) -> dict[str, Any]:
+    """What an agent may see of an experiment in a list: validation feedback only, never holdout."""
+    exact = view.get("feedback") == "exact"
     return {
         "experiment_id": experiment.pk,
         "state": experiment.state,
         "hypothesis": experiment.hypothesis[:300],
-        "primary_value": experiment.primary_value,
-        "metrics": experiment.metrics,
-        "seed_spread": experiment.seed_spread,
+        "primary_value": view.get("primary_value"),
+        "metrics": view.get("metrics") or {},
+        "feedback": {k: v for k, v in view.items() if k not in ("primary_value", "metrics")},
+        "seed_spread": experiment.seed_spread if exact else None,
         "seed_count": experiment.seed_count,
         "parent_id": experiment.parent_id,
         "run_id": experiment.run_id,
@@ -339,13 +348,15 @@ def _run_experiment(run: AgentRun, args: dict, should_stop: Callable[[], bool] |
         should_stop=should_stop,
     )
     primary_metric, _ = _primary(run)
+    view = _views(run, [experiment])[experiment.pk]
     return {
         "experiment_id": experiment.pk,
         "state": experiment.state,
-        # Validation metrics only: the holdout metrics never reach an agent.
-        "metrics": experiment.metrics,
+        # Validation feedback only (exact or laddered, per the task): the holdout never reaches an agent.
+        "metrics": view.get("metrics") or {},
         "primary_metric": primary_metric,
-        "primary_value": experiment.primary_value,
+        "primary_value": view.get("primary_value"),
+        "feedback": {k: v for k, v in view.items() if k not in ("primary_value", "metrics")},
         "error": experiment.error[:2_000],
         "train_seconds": experiment.train_seconds,
         "stdout_tail": experiment.stdout_tail[-1_500:],
@@ -356,7 +367,7 @@ def _run_experiment(run: AgentRun, args: dict, should_stop: Callable[[], bool] |
 def _get_experiment(run: AgentRun, args: dict, should_stop: Callable[[], bool] | None) -> dict:
     experiment = _experiment_for_run(run, args["experiment_id"])
     return {
-        **_experiment_brief(experiment),
+        **_experiment_brief(experiment, _views(run, [experiment])[experiment.pk]),
         "hypothesis": experiment.hypothesis,
         "variables": experiment.variables,
         "code": experiment.train_code[:8_000],
@@ -371,6 +382,7 @@ def _get_experiment(run: AgentRun, args: dict, should_stop: Callable[[], bool] |
 
 def _list_experiments(run: AgentRun, args: dict, should_stop: Callable[[], bool] | None) -> dict:
     from domains.services import contract_current
+    from experiments.feedback import agent_order, feedback_mode
     from experiments.ranking import rank_order, ranked_filter
 
     primary_metric, direction = _primary(run)
@@ -385,7 +397,16 @@ def _list_experiments(run: AgentRun, args: dict, should_stop: Callable[[], bool]
         queryset = rank_order(contract_current(queryset, task=run.domain.task), direction=direction)
     else:
         queryset = queryset.order_by("-created_at", "-pk")
-    experiments = [_experiment_brief(e) for e in queryset[: args.get("limit", 20)]]
+    limit = args.get("limit", 20)
+    if args.get("sort", "best") == "best" and feedback_mode(run.domain.task) != "exact":
+        # Ordered by what the agent was shown, never by exact scores it was not (experiments/feedback.py).
+        candidates = list(queryset[:5_000])
+        views = _views(run, candidates)
+        chosen = agent_order(candidates, views, task=run.domain.task)[:limit]
+    else:
+        chosen = list(queryset[:limit])
+        views = _views(run, chosen)
+    experiments = [_experiment_brief(e, views[e.pk]) for e in chosen]
     return {
         "primary_metric": primary_metric,
         "direction": direction,
@@ -395,14 +416,20 @@ def _list_experiments(run: AgentRun, args: dict, should_stop: Callable[[], bool]
 
 
 def _compare_experiments(run: AgentRun, args: dict, should_stop: Callable[[], bool] | None) -> dict:
+    from experiments.feedback import agent_order, feedback_mode
     from experiments.ranking import UNRANKED_STATES, ranked_experiments
 
     primary_metric, direction = _primary(run)
     ids = list(dict.fromkeys(args["experiment_ids"]))
     experiments = [_experiment_for_run(run, i) for i in ids]
     experiments = [e for e in experiments if e.quarantine_state not in UNRANKED_STATES]
-    rows = [{**_experiment_brief(e), "variables": e.variables} for e in experiments]
-    best = ranked_experiments(run.domain).filter(pk__in=[e.pk for e in experiments]).values_list("pk", flat=True).first()
+    views = _views(run, experiments)
+    rows = [{**_experiment_brief(e, views[e.pk]), "variables": e.variables} for e in experiments]
+    if feedback_mode(run.domain.task) == "exact":
+        best = ranked_experiments(run.domain).filter(pk__in=[e.pk for e in experiments]).values_list("pk", flat=True).first()
+    else:  # by what the agent was shown
+        ordered = [e for e in agent_order(experiments, views, task=run.domain.task) if views[e.pk].get("primary_value") is not None]
+        best = ordered[0].pk if ordered else None
     return {"primary_metric": primary_metric, "direction": direction, "best_id": best, "experiments": rows}
 
 

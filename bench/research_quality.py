@@ -236,6 +236,9 @@ def bench_one(name: str, home: Path, budget: int, references: bool = True) -> di
         "reached_at_experiment": summary.get("reached_at_experiment"),
         "reached_at_seconds": summary.get("reached_at_seconds"),
         "pick": pick.hypothesis[:120] if pick else None,
+        # The audit (experiments/quarantine.py) on an honest run: every one of these is a false positive.
+        "quarantined": Experiment.objects.filter(domain=domain).exclude(quarantine_state="").count(),
+        "scored": Experiment.objects.filter(domain=domain, state="completed").count(),
     }
     for ref, code in reference_codes(task.task_type).items():
         if not references:

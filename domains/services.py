@@ -794,7 +794,13 @@ TASK_CONFIG_TYPES: dict[str, type] = {
     "holdout_ratio": float,
     "verify_timeout_seconds": float,
     "limits": dict,
+    # What agents see of validation scores (experiments/feedback.py); not part of the contract.
+    "feedback_mode": str,
+    "feedback_threshold": float,
 }
+FEEDBACK_MODES = ("ladder", "exact")
+# Config keys that may change on a frozen task: they are not part of the contract.
+_NOT_CONTRACT = {"limits", "feedback_mode", "feedback_threshold"}
 TOOL_NAMES = ("load_data", "evaluate")
 _FROZEN_TOOLS = "the task is frozen, so its tools cannot change; unfreeze it first (`dojo_task unfreeze --reason ...`)"
 
@@ -860,6 +866,10 @@ def _task_config_clean(config: dict, *, base: dict | None = None) -> dict:
             expected = f"a finite {kind.__name__}" if kind in (int, float) else kind.__name__
             raise InvalidInput(f"task config {key} must be {expected}, got {value!r}") from None
         merged[key] = value
+    if merged.get("feedback_mode", "ladder") not in FEEDBACK_MODES:
+        raise InvalidInput(f"feedback_mode must be one of {', '.join(FEEDBACK_MODES)}, got {merged['feedback_mode']!r}")
+    if "feedback_threshold" in merged and not merged["feedback_threshold"] > 0:
+        raise InvalidInput(f"feedback_threshold must be a positive number, got {merged['feedback_threshold']!r}")
     if not 0 < merged.get("test_ratio", DEFAULT_TEST_RATIO) < 1:
         raise InvalidInput(f"test_ratio must be between 0 and 1 (exclusive), got {merged['test_ratio']}")
     if not 0 <= merged.get("holdout_ratio", DEFAULT_HOLDOUT_RATIO) < 1:
@@ -907,7 +917,7 @@ def task_update(*, task: Task, primary_metric: str | None = None, config: dict |
     with transaction.atomic():
         task = Task.objects.select_for_update().get(pk=task.pk)
         # Limits are not part of the contract, so they may change on a frozen task.
-        if task.is_frozen and (primary_metric is not None or set(config or {}) - {"limits"}):
+        if task.is_frozen and (primary_metric is not None or set(config or {}) - _NOT_CONTRACT):
             raise Conflict("the task is frozen; unfreeze it before changing its metric or config")
         if primary_metric is not None:
             spec = TASK_TYPES[task.task_type]

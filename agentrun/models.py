@@ -81,6 +81,10 @@ class AgentEvent(models.Model):
             models.UniqueConstraint(fields=["run", "seq"], name="event_unique_seq"),
         ]
         # The unique constraint's index also serves "events of a run after a seq".
+        indexes = [
+            # The live page filtered by type ("experiments only") at 100,000 events, newest first.
+            models.Index(fields=["run", "type", "seq"], name="event_run_type_seq_idx"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.run_id}:{self.seq} {self.type}"

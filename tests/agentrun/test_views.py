@@ -245,6 +245,16 @@ def test_the_domains_results_show_the_best_by_the_ranking_counts_and_the_active_
     assert "3 experiments · 1 run" in cell and f"run #{run.pk} running" in cell
     assert '<svg class="spark"' not in cell or "polyline" in cell
 
+    # Rows with a stored rank value rank by it (experiments.ranking), ahead of validation-only rows.
+    ranked = make_experiment(domain)
+    type(ranked).objects.filter(pk=ranked.pk).update(
+        state="completed", primary_value=9.0, rank_value=2.0,
+        task_fingerprint=task.fingerprint, data_fingerprint=task.data_fingerprint,
+    )
+    assert best_experiment(domain).pk == ranked.pk
+    html = client_logged_in.get(reverse("agentrun:domains_results"), **HX).content.decode()
+    assert f"best #{ranked.pk}" in html
+    best = ranked
     overview = client_logged_in.get(reverse("agentrun:domain_results", args=[domain.pk]), **HX).content.decode()
     assert f"best #{best.pk}" in overview and 'data-chart="history"' in overview
     # The domains list and the overview load them.

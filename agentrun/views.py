@@ -132,8 +132,15 @@ def _status_context(run: AgentRun) -> dict:
         event = run.events.filter(type=AgentEvent.Type.EXPERIMENT).exclude(data__best_value=None).order_by("-seq").first()
         best_id, best_value = (event.data.get("best_experiment_id"), event.data.get("best_value")) if event else (None, None)
     task = run.domain.task_or_none
+    # The audit's view of this run (experiments/quarantine.py): probes flagged, experiments held back.
+    audit = Experiment.objects.filter(run=run).aggregate(
+        probes=Count("pk", filter=Q(probe_of__isnull=False)),
+        quarantined=Count("pk", filter=Q(quarantine_state="quarantined")),
+    )
     return {
         "run": run,
+        "probes": audit["probes"],
+        "quarantined": audit["quarantined"],
         "best_id": best_id,
         "best_value": best_value,
         "primary_metric": task.primary_metric if task else "",

@@ -101,6 +101,7 @@ def test_the_live_page_shows_best_so_far_and_cost(client_logged_in, frozen_domai
     html = client_logged_in.get(run.get_absolute_url()).content.decode()
     assert f"#{best.pk}</a> rmse = " in html and "$0.0123" in html and "2 completed" in html
     assert "★ best so far" in html
+    assert '<span id="run-probes">0 probes</span>' in html and "0 quarantined" in html
 
 
 def test_the_stop_button_requests_a_stop(client_logged_in, frozen_domain_in_transaction):

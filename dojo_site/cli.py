@@ -21,9 +21,24 @@ def console_for(command: BaseCommand) -> Console:
     return Console(file=out, width=120 if not out.isatty() else None, highlight=False, soft_wrap=True)
 
 
+def dojo_version_option(parser: ArgumentParser) -> None:
+    """Make the command's `--version` print Dojo's version instead of Django's alone. Django adds
+    that option before add_arguments runs; the shared helpers below call this, so every dojo_*
+    command using them gets it."""
+    from django import get_version
+
+    from dojo_site.config import dojo_version
+
+    for action in parser._actions:  # argparse keeps its options here; there is no public accessor
+        if isinstance(action, argparse._VersionAction):
+            action.version = f"Dojo {dojo_version()} (Django {get_version()})"
+
+
 def add_domain_argument(parser: ArgumentParser, *, subcommand: bool = False) -> None:
     """--domain NAME. With subcommand=True, for a sub-parser, so `cmd ls --domain X` works as
     well as `cmd --domain X ls` (SUPPRESS: an absent option does not reset the parent's value)."""
+    if not subcommand:
+        dojo_version_option(parser)
     parser.add_argument(
         "--domain",
         default=argparse.SUPPRESS if subcommand else None,
@@ -32,6 +47,8 @@ def add_domain_argument(parser: ArgumentParser, *, subcommand: bool = False) -> 
 
 
 def add_json_argument(parser: ArgumentParser, *, subcommand: bool = False) -> None:
+    if not subcommand:
+        dojo_version_option(parser)
     parser.add_argument(
         "--json",
         action="store_true",

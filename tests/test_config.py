@@ -54,3 +54,13 @@ def test_dojo_config_show_and_dojo_version(secrets):
     version = io.StringIO()
     call_command("dojo_version", stdout=version)
     assert version.getvalue().startswith("Dojo 0.1.0 (Python 3.")
+
+
+@pytest.mark.parametrize("command", ["dojo_task", "dojo_run", "dojo_knowledge", "dojo_config"])
+def test_dojo_commands_print_dojos_version(command):
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "manage.py", command, "--version"], capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert done.returncode == 0 and done.stdout.startswith("Dojo 0.1.0 (Django 5."), done.stdout + done.stderr

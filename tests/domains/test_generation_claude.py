@@ -147,3 +147,16 @@ def test_it_refuses_a_cli_path_that_is_not_executable(settings, tmp_path):
     settings.DOJO_CLAUDE_CLI_PATH = str(tmp_path / "missing-claude")
     with pytest.raises(ClaudeUnavailable, match="is not an executable file"):
         claude_complete(prompt="hi")
+
+
+@pytest.mark.django_db
+def test_the_hint_reaches_claudes_prompt_and_is_kept_on_the_task(workspace, fake_claude):
+    read_log = fake_claude()
+    domain = make_domain(workspace, setup=PROSE_SETUP)
+    hint = "Split by date on `ts`; never shuffle across days."
+    task_generate(task=task_of(domain), method="claude", hint=hint)
+    prompt = read_log()[1]["prompt"]
+    assert "Extra instructions from the user (follow them):" in prompt and hint in prompt
+    # Read like a SETUP.md line as well: a time-ordered split on `ts`, passed on as a hint.
+    assert '"time_ordered_split_on": "ts"' in prompt
+    assert task_of(domain).setup_notes["hint"] == hint

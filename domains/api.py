@@ -239,7 +239,13 @@ def domains_member_remove(request: HttpRequest, domain_id: Id, username: str):
 @router.get("/domains/{domain_id}/history", response=list[DomainChangeOut])
 def domains_history(request: HttpRequest, domain_id: Id):
     """Changes of the workspace, the interpreter and the env vars, newest first."""
-    return _get_domain(request, domain_id).changes.select_related("user")
+    domain = _get_domain(request, domain_id)
+    changes = list(domain.changes.select_related("user"))
+    if not domain_may(request.user, domain, "own"):
+        for change in changes:  # env vars often carry keys: their values are the owner's to see
+            if change.field == "env_vars":
+                change.old_value = change.new_value = "(hidden)"
+    return changes
 
 
 # --- end of domains --------------------------------------------------------------------------

@@ -289,13 +289,16 @@ def test_it_keeps_the_admin_to_staff_who_see_every_domain(client, world, user):
 
 
 def test_it_shows_env_var_values_to_the_owner_only(client, world):
-    world.domain.env_vars = {"WANDB_API_KEY": "olgas-key"}
-    world.domain.save()
+    from domains.services import domain_update
+
+    domain_update(domain=world.domain, env_vars={"WANDB_API_KEY": "olgas-key"}, user=world.owner)
     _as(client, world.editor)
     assert client.get(f"/api/domains/{world.domain.pk}").json()["env_vars"] == {"WANDB_API_KEY": "(hidden)"}
+    assert "olgas-key" not in client.get(f"/api/domains/{world.domain.pk}/history").content.decode()
     assert "olgas-key" not in client.get(reverse("domains:detail", args=[world.domain.pk]) + "?tab=settings").content.decode()
     _as(client, world.owner)
     assert client.get(f"/api/domains/{world.domain.pk}").json()["env_vars"] == {"WANDB_API_KEY": "olgas-key"}
+    assert "olgas-key" in client.get(f"/api/domains/{world.domain.pk}/history").content.decode()
 
 
 def test_it_offers_task_actions_to_the_owner_only(client, world):

@@ -170,3 +170,18 @@ def test_the_quarantine_tab_lists_and_a_person_reviews_on_the_web(diabetes, admi
     forged.refresh_from_db()
     assert forged.quarantine_state == "confirmed" and forged.quarantine_review["reason"] == "forged labels"
     assert admin_client.get(f"/domains/{diabetes.pk}/?tab=quarantine").status_code == 200
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("loader", ["load_diabetes", "load_breast_cancer", "load_wine", "load_digits"])
+def test_an_honest_builtin_run_quarantines_nothing(make_domain, loader):
+    """No false positives: the built-in researcher's honest experiments are never held back."""
+    from agentrun.services import run_create, run_execute
+
+    domain = make_domain(loader, name=f"honest-{loader}")
+    run = run_execute(run_id=run_create(domain=domain, max_experiments=12, seed=0).pk)
+    scored = Experiment.objects.filter(domain=domain, state="completed")
+    assert scored.count() >= 5, run.error
+    held = list(Experiment.objects.filter(domain=domain).exclude(quarantine_state="").values("pk", "quarantine_reasons"))
+    assert held == []
+    assert best_experiment(domain) is not None

@@ -125,10 +125,20 @@ class Outcome:
     direction: str = "minimize"
 
     @property
+    def search(self) -> float | None:
+        """What steers the search (claims, tuning, family order): validation and out-of-fold values
+        weighted by their row counts. A validation split of a few dozen rows alone would pick
+        whichever model got lucky on them, and under ladder feedback many experiments are shown
+        the same validation value; the out-of-fold value is this researcher's own measurement."""
+        if self.value is None or self.cv is None or self.cv_rows <= 0:
+            return self.value
+        total = self.cv_rows + self.validation_rows
+        return (self.cv * self.cv_rows + self.value * self.validation_rows) / total
+
+    @property
     def score(self) -> float | None:
         """The one meaning of "best" (experiments/ranking.py) applied to what this researcher
-        sees: validation, made worse by a worse out-of-fold value (weighted by rows). A
-        validation split of a few dozen rows alone would pick whichever model got lucky on them."""
+        sees: validation, made worse (never better) by a worse out-of-fold value. The pick."""
         return experiment_score(
             validation=self.value, cv=self.cv, cv_rows=self.cv_rows, validation_rows=self.validation_rows,
             direction=self.direction,
@@ -143,7 +153,12 @@ class Group:
     outcomes: list[Outcome] = field(default_factory=list)
 
     def losses(self, sign: float) -> list[float]:
-        return [sign * o.score for o in self.outcomes if o.ok]
+        return [sign * o.search for o in self.outcomes if o.ok]
+
+    def rank_loss(self, sign: float) -> float:
+        """The pick's key: the mean score over seeds (experiments/ranking.py)."""
+        scores = [sign * o.score for o in self.outcomes if o.ok]
+        return statistics.fmean(scores) if scores else math.inf
 
     def loss(self, sign: float) -> float:
         losses = self.losses(sign)
@@ -497,7 +512,7 @@ class Researcher:
         """Claim the batch's best result if it beats the incumbent by more than the seed spread."""
         if not candidates:
             return
-        candidate = min(candidates, key=lambda o: (self.sign * o.score, o.order))
+        candidate = min(candidates, key=lambda o: (self.sign * o.search, o.order))
         group = self.groups[candidate.trial.config.key()]
         if self.claimed is not None:
             margin = self.claimed.loss(self.sign) - group.loss(self.sign)
@@ -626,7 +641,9 @@ class Researcher:
         (experiments/ranking.py: mean score over its seeds), applied to what it saw. Claims
         (with their seed-spread margin) steer the search; the pick is this ranking's #1."""
         groups = [g for g in self.groups.values() if g.losses(self.sign)]
-        return min(groups, key=lambda g: _rank(g, self.sign), default=None)
+        # Ties (common under ladder feedback, where many are shown one released value) go to the
+        # better search value, then to the earlier configuration.
+        return min(groups, key=lambda g: (g.rank_loss(self.sign), *_rank(g, self.sign)), default=None)
 
     def summary(self) -> dict[str, Any]:
         """What the run record keeps: the pick and when the search reached it."""

@@ -295,6 +295,10 @@ DOJO_MLFLOW_EXPERIMENT_PREFIX = env_str("DOJO_MLFLOW_EXPERIMENT_PREFIX", "dojo/"
 DOJO_MLFLOW_ARTIFACTS = env_str("DOJO_MLFLOW_ARTIFACTS", "")
 # How long a statement outside a transaction keeps retrying while PostgreSQL restarts.
 DOJO_DB_RETRY_SECONDS = env_float("DOJO_DB_RETRY_SECONDS", 30.0)
+# True (one machine, `make demo`): verify, freeze, generate and by-hand experiments run inside the
+# request or command. False (a cluster): they are queued (django-q2) and a worker runs them, so web
+# nodes never run untrusted code; the API answers 202 with a status URL (docs/cluster.md).
+DOJO_INLINE_TASKS = env_bool("DOJO_INLINE_TASKS", True)
 # How long the worker (`qcluster`) may take to stop after SIGTERM before what is left is killed.
 DOJO_WORKER_STOP_SECONDS = env_float("DOJO_WORKER_STOP_SECONDS", 6.0)
 # Seconds without a heartbeat after which the reaper marks a run failed ("worker lost").

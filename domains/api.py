@@ -24,12 +24,14 @@ from domains.services import (
     task_for_domain,
     task_freeze,
     task_generate,
+    task_job_enqueue,
     task_status,
     task_tools_import,
     task_tools_save,
     task_unfreeze,
     task_update,
     task_verify,
+    tasks_inline,
 )
 
 router = Router(tags=["domains"])
@@ -291,6 +293,7 @@ class TaskOut(Schema):
     isolation: str
     isolation_hint: str
     setup_notes: dict = {}
+    job: dict = {}
 
 
 class ToolOut(Schema):
@@ -344,6 +347,17 @@ class VerifyOut(Schema):
     seconds: float
     load_data: ToolCheckOut
     evaluate: ToolCheckOut
+
+
+class JobOut(Schema):
+    job: dict
+    status_url: str
+
+
+def _job_queued(request: HttpRequest, domain_id: int, kind: str, params: dict | None = None):
+    """DOJO_INLINE_TASKS=False: queue the job for a worker; 202 with where to watch it."""
+    task = task_job_enqueue(task=_task(request, domain_id, "own"), kind=kind, params=params)
+    return Status(202, {"job": task_status(task=task)["job"], "status_url": f"/api/domains/{domain_id}/task"})
 
 
 class UnfreezeIn(Schema):
@@ -401,8 +415,11 @@ def task_tools_list(request: HttpRequest, domain_id: Id, history: bool = False):
     return {"items": items, "count": len(items)}
 
 
-@router.post("/domains/{domain_id}/task/tools/generate", response=list[ToolOut], tags=["task"])
+@router.post("/domains/{domain_id}/task/tools/generate", response={200: list[ToolOut], 202: JobOut}, tags=["task"])
 def task_tools_generate(request: HttpRequest, domain_id: Id, payload: ToolsGenerateIn):
+    """With DOJO_INLINE_TASKS=False: 202 and the job; `GET .../task` shows it until done."""
+    if not tasks_inline():
+        return _job_queued(request, domain_id, "generate", {"method": payload.method, "hint": payload.hint})
     return task_generate(task=_task(request, domain_id, "own"), method=payload.method, hint=payload.hint)
 
 
@@ -411,9 +428,12 @@ def task_tools_import_endpoint(request: HttpRequest, domain_id: Id, payload: Too
     return task_tools_import(task=_task(request, domain_id, "own"), load_data=payload.load_data, evaluate=payload.evaluate)
 
 
-@router.post("/domains/{domain_id}/task/tools/verify", response=VerifyOut, tags=["task"])
+@router.post("/domains/{domain_id}/task/tools/verify", response={200: VerifyOut, 202: JobOut}, tags=["task"])
 def task_tools_verify(request: HttpRequest, domain_id: Id):
-    """Runs both tools in the sandbox; a failed verification is a 200 with ok=false and the errors."""
+    """Runs both tools in the sandbox; a failed verification is a 200 with ok=false and the errors.
+    With DOJO_INLINE_TASKS=False: 202 and the job; `GET .../task` shows it (failed: its errors)."""
+    if not tasks_inline():
+        return _job_queued(request, domain_id, "verify")
     run = task_verify(task=_task(request, domain_id, "own"))
     checks = {
         check.name: {"ok": check.ok, "errors": check.errors, "sample": check.sample, "seconds": check.seconds}
@@ -422,9 +442,13 @@ def task_tools_verify(request: HttpRequest, domain_id: Id):
     return {"ok": run.ok, "isolation": run.isolation, "seconds": run.seconds, **checks}
 
 
-@router.post("/domains/{domain_id}/task/freeze", response=TaskOut, tags=["task"])
+@router.post("/domains/{domain_id}/task/freeze", response={200: TaskOut, 202: JobOut}, tags=["task"])
 def task_freeze_endpoint(request: HttpRequest, domain_id: Id):
-    """Body optional: {"override_audit": "reason"} freezes despite severe leak-audit findings (recorded)."""
+    """Body optional: {"override_audit": "reason"} freezes despite severe leak-audit findings (recorded).
+    With DOJO_INLINE_TASKS=False: 202 and the job; `GET .../task` shows it until done."""
+    if not tasks_inline():
+        return _job_queued(request, domain_id, "freeze",
+                           {"override_reason": _override_audit(request), "by": request.user.get_username()})
     return task_status(task=task_freeze(task=_task(request, domain_id, "own"), override_reason=_override_audit(request),
                                         by=request.user.get_username()))
 

@@ -222,6 +222,11 @@ class Task(models.Model):
         default=dict, blank=True,
         help_text="What the last generation read from SETUP.md and the hint: {understood, not_understood, hint}.",
     )
+    job = models.JSONField(
+        default=dict, blank=True,
+        help_text="The last queued verify/freeze/generate: {kind, state: queued|running|done|failed, error, "
+        "result, queued_at, started_at, finished_at} (DOJO_INLINE_TASKS=False).",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 import re
@@ -51,6 +52,8 @@ SKLEARN_LOADER_RE = re.compile(r"^(?:sklearn:)?(load_[a-z_]+)$")
 ENV_VAR_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # numpy's RandomState takes seeds in [0, 2**32).
 SEED_MAX = 2**32 - 1
+
+log = logging.getLogger(__name__)
 
 
 def domain_name_check(name: str) -> str:
@@ -1354,6 +1357,108 @@ def task_setup(*, task: Task, method: str = "auto", override_reason: str = "", b
     return task_freeze(task=task, override_reason=override_reason, by=by)
 
 
+# Queued contract jobs (DOJO_INLINE_TASKS=False): verify, freeze and generate run the task's code
+# in the sandbox, so a web node hands them to a worker. The task carries one job record at a time
+# (Task.job); the API's task status, the Task tab (htmx polling) and `dojo_task` read it.
+JOB_KINDS = ("verify", "freeze", "generate")
+JOB_ACTIVE = ("queued", "running")
+# A job still queued/running after this long lost its worker (kill -9): a new one may replace it.
+JOB_STALE_SECONDS = 6 * 3600
+
+
+def tasks_inline() -> bool:
+    """Whether sandboxed work runs in the request/command (one machine) rather than on a worker."""
+    from django.conf import settings
+
+    return bool(getattr(settings, "DOJO_INLINE_TASKS", True))
+
+
+def task_job_active(task: Task) -> bool:
+    """Whether the task's job is queued or running (and not stale)."""
+    job = task.job or {}
+    if job.get("state") not in JOB_ACTIVE:
+        return False
+    since = job.get("started_at") or job.get("queued_at") or ""
+    try:
+        age = (timezone.now() - timezone.datetime.fromisoformat(since)).total_seconds()
+    except (TypeError, ValueError):
+        return True
+    return age < JOB_STALE_SECONDS
+
+
+def task_job_enqueue(*, task: Task, kind: str, params: dict | None = None) -> Task:
+    """Record a `queued` job of `kind` (verify | freeze | generate) on the task and hand it to a
+    django-q2 worker once the transaction commits; return the task (poll task.job).
+
+    Raises InvalidInput for an unknown kind, Conflict when a job is already queued or running, and
+    Conflict for freeze/generate on a frozen task (checked again when the job runs)."""
+    from functools import partial
+
+    if kind not in JOB_KINDS:
+        raise InvalidInput(f"unknown job {kind!r}; use {', '.join(JOB_KINDS)}")
+    if kind in ("freeze", "generate") and task.is_frozen:
+        raise Conflict(f"the task is already frozen (fingerprint {task.fingerprint[:12]})")
+    params = dict(params or {})
+    with transaction.atomic():
+        locked = Task.objects.select_for_update().get(pk=task.pk)
+        if task_job_active(locked):
+            raise Conflict(f"a {locked.job.get('kind')} job is already {locked.job.get('state')} for this task")
+        job = {"kind": kind, "state": "queued", "error": "", "result": {}, "params": params,
+               "queued_at": timezone.now().isoformat(), "started_at": None, "finished_at": None}
+        Task.objects.filter(pk=task.pk).update(job=job)
+        task.job = job
+        transaction.on_commit(partial(_job_enqueue, task.pk, kind))
+    return task
+
+
+def _job_enqueue(task_id: int, kind: str) -> None:
+    from django_q.tasks import async_task
+
+    async_task("domains.tasks.task_job_task", task_id, task_name=f"dojo-task-{kind}-{task_id}")
+
+
+def task_job_run(*, task_id: int) -> Task:
+    """Run the task's queued job now (the worker's side) and return the task with the job `done`
+    or `failed` (error = the reason; a failed verification keeps each tool's errors in
+    result). Claimed with a conditional update, so two workers never run it twice; a job that is
+    not queued is left as it is. Never leaves the job `running` unless the process dies."""
+    with transaction.atomic():
+        task = Task.objects.select_for_update().select_related("domain").get(pk=task_id)
+        job = dict(task.job or {})
+        if job.get("state") != "queued":
+            return task
+        job.update(state="running", started_at=timezone.now().isoformat())
+        Task.objects.filter(pk=task_id).update(job=job)
+    params = job.get("params") or {}
+    result: dict = {}
+    error = ""
+    try:
+        if job["kind"] == "verify":
+            run = task_verify(task=task)
+            result = {
+                "ok": run.ok, "isolation": run.isolation, "seconds": run.seconds,
+                **{c.name: {"ok": c.ok, "errors": c.errors, "seconds": c.seconds} for c in (run.load_data, run.evaluate)},
+            }
+            if not run.ok:
+                error = "verification failed: " + "; ".join(run.errors)
+        elif job["kind"] == "freeze":
+            task = task_freeze(task=task, override_reason=params.get("override_reason", ""), by=params.get("by", ""))
+            result = {"fingerprint": task.fingerprint, "data_fingerprint": task.data_fingerprint}
+        else:
+            tools = task_generate(task=task, method=params.get("method", "auto"), hint=params.get("hint", ""))
+            result = {"tools": [{"name": t.name, "version": t.version, "origin": t.origin} for t in tools]}
+    except DojoError as exc:
+        error = str(exc)
+    except Exception as exc:  # noqa: BLE001 - recorded on the job; never left running
+        log.exception("task job %s of task %s crashed", job.get("kind"), task_id)
+        error = f"internal error: {type(exc).__name__}: {exc}"
+    job.update(state="failed" if error else "done", error=error[:4000], result=result,
+               finished_at=timezone.now().isoformat())
+    Task.objects.filter(pk=task_id).update(job=job)
+    task = Task.objects.select_related("domain").get(pk=task_id)
+    return task
+
+
 def task_contract_matches(*, task: Task, task_fingerprint: str, data_fingerprint: str) -> bool:
     """Whether an experiment scored with these fingerprints ran under the task's current contract."""
     return bool(task.fingerprint) and task_fingerprint == task.fingerprint and data_fingerprint == task.data_fingerprint
@@ -1376,6 +1481,11 @@ def contract_annotate(queryset, *, task: Task):
     return queryset.annotate(
         other_contract=Case(When(same, then=Value(False)), default=Value(True), output_field=BooleanField())
     )
+
+
+def _job_public(job: dict | None) -> dict:
+    """The job record as shown (its parameters may hold an override reason: kept, they are the owner's)."""
+    return {k: v for k, v in (job or {}).items() if k != "params"}
 
 
 def task_status(*, task: Task) -> dict:
@@ -1433,4 +1543,5 @@ def task_status(*, task: Task) -> dict:
         "isolation": isolation,
         "isolation_hint": ISOLATION_HINT if isolation != "bwrap" else "",
         "setup_notes": task.setup_notes or {},
+        "job": _job_public(task.job),
     }

@@ -1,0 +1,122 @@
+"""DOJO_INLINE_TASKS=False: verify, freeze and generate are queued jobs a worker runs (issue 13 item 3).
+
+The web node only records the job and enqueues it on commit (an OrmQ row); the test then runs the
+queued task function as a worker would and reads the result through the status URL."""
+
+import pytest
+from django_q.models import OrmQ
+
+from domains.tasks import task_job_task
+from tests.domains.taskkit import EVALUATE_REGRESSION, LOAD_REGRESSION, make_domain, task_of
+
+pytestmark = pytest.mark.django_db
+
+@pytest.fixture
+def queued(settings):
+    settings.DOJO_INLINE_TASKS = False
+
+
+def _post(client, path, payload=None):
+    return client.post(f"/api{path}", payload or {}, content_type="application/json")
+
+
+def _run_queued(domain) -> str:
+    """What a worker does with the one OrmQ row: run the task function with the task's id."""
+    assert OrmQ.objects.count() == 1
+    OrmQ.objects.all().delete()
+    return task_job_task(task_of(domain).pk)
+
+
+def test_verify_then_freeze_are_queued_and_the_status_url_shows_the_result(
+        queued, client_logged_in, workspace, django_capture_on_commit_callbacks):
+    domain = make_domain(workspace)
+    base = f"/domains/{domain.pk}/task"
+    _post(client_logged_in, f"{base}/tools/import", {"load_data": LOAD_REGRESSION, "evaluate": EVALUATE_REGRESSION})
+
+    with django_capture_on_commit_callbacks(execute=True) as callbacks:
+        response = _post(client_logged_in, f"{base}/tools/verify")
+    assert response.status_code == 202 and len(callbacks) == 1
+    body = response.json()
+    assert (body["job"]["kind"], body["job"]["state"]) == ("verify", "queued")
+    assert body["status_url"] == f"/api{base}"
+    shown = client_logged_in.get(body["status_url"]).json()
+    assert shown["job"]["state"] == "queued" and shown["tools"]["load_data"]["verified"] is False
+    # A second job while one is queued is refused, and nothing more is queued.
+    assert _post(client_logged_in, f"{base}/freeze").status_code == 409
+
+    assert _run_queued(domain) == "done"
+    shown = client_logged_in.get(body["status_url"]).json()
+    assert (shown["job"]["state"], shown["job"]["error"], shown["state"]) == ("done", "", "verified")
+    assert shown["job"]["result"]["ok"] is True and shown["job"]["finished_at"]
+
+    with django_capture_on_commit_callbacks(execute=True):
+        response = _post(client_logged_in, f"{base}/freeze")
+    assert response.status_code == 202 and response.json()["job"]["kind"] == "freeze"
+    assert client_logged_in.get(f"/api{base}").json()["frozen"] is False
+    assert _run_queued(domain) == "done"
+    shown = client_logged_in.get(f"/api{base}").json()
+    assert shown["frozen"] is True and shown["job"]["result"]["fingerprint"] == shown["fingerprint"]
+    # Running the same job again (a redelivered queue entry) does nothing.
+    assert task_job_task(task_of(domain).pk) == "done"
+
+
+def test_a_failing_verify_shows_its_errors_on_the_status_url(
+        queued, client_logged_in, workspace, django_capture_on_commit_callbacks):
+    domain = make_domain(workspace)
+    base = f"/domains/{domain.pk}/task"
+    _post(client_logged_in, f"{base}/tools/import",
+          {"load_data": "def load_data():\n    return (1,)\n", "evaluate": EVALUATE_REGRESSION})
+    with django_capture_on_commit_callbacks(execute=True):
+        assert _post(client_logged_in, f"{base}/tools/verify").status_code == 202
+
+    assert _run_queued(domain) == "failed"
+    job = client_logged_in.get(f"/api{base}").json()["job"]
+    assert job["state"] == "failed"
+    assert "expected a 4-tuple" in job["error"] and job["result"]["ok"] is False
+    assert job["result"]["load_data"]["errors"] == [
+        "load_data returned a tuple of length 1; expected a 4-tuple (X_train, X_test, y_train, y_test)"
+    ]
+    # A failed job does not block the next one.
+    with django_capture_on_commit_callbacks(execute=True):
+        assert _post(client_logged_in, f"{base}/tools/verify").status_code == 202
+
+
+def test_a_queued_freeze_that_cannot_freeze_fails_with_the_reason(
+        queued, client_logged_in, workspace, django_capture_on_commit_callbacks):
+    domain = make_domain(workspace)
+    base = f"/domains/{domain.pk}/task"
+    _post(client_logged_in, f"{base}/tools/import", {"load_data": LOAD_REGRESSION, "evaluate": EVALUATE_REGRESSION})
+    with django_capture_on_commit_callbacks(execute=True):
+        assert _post(client_logged_in, f"{base}/freeze").status_code == 202
+    assert _run_queued(domain) == "failed"
+    job = client_logged_in.get(f"/api{base}").json()["job"]
+    assert job["kind"] == "freeze" and "cannot freeze" in job["error"]
+    assert task_of(domain).frozen_at is None
+
+
+def test_generate_is_queued_and_writes_the_tools(queued, client_logged_in, workspace,
+                                                 django_capture_on_commit_callbacks):
+    domain = make_domain(workspace, data_path="sklearn:load_diabetes")
+    base = f"/domains/{domain.pk}/task"
+    with django_capture_on_commit_callbacks(execute=True):
+        response = _post(client_logged_in, f"{base}/tools/generate", {"method": "template"})
+    assert response.status_code == 202 and response.json()["job"]["kind"] == "generate"
+    assert client_logged_in.get(f"/api{base}").json()["tools"]["load_data"] is None
+    state = _run_queued(domain)
+    shown = client_logged_in.get(f"/api{base}").json()
+    assert state == "done", shown["job"]["error"]
+    assert [t["name"] for t in shown["job"]["result"]["tools"]] == ["load_data", "evaluate"]
+    assert shown["state"] == "tools written"
+
+
+def test_only_an_owner_may_queue_a_job(queued, client, workspace, django_user_model,
+                                       django_capture_on_commit_callbacks):
+    from domains.services import domain_member_set
+
+    domain = make_domain(workspace)
+    editor = django_user_model.objects.create_user(username="eve", password="pw-for-tests-only")
+    domain_member_set(domain=domain, username="eve", role="editor")
+    client.force_login(editor)
+    with django_capture_on_commit_callbacks(execute=True) as callbacks:
+        assert _post(client, f"/domains/{domain.pk}/task/tools/verify").status_code == 403
+    assert callbacks == [] and task_of(domain).job == {}

@@ -16,7 +16,13 @@ from domains.models import (
     TaskTool,
 )
 from domains.permissions import domain_may, domains_for_user
-from domains.services import domain_update, task_tools_save, token_revoke, workspace_python_check
+from domains.services import (
+    domain_update,
+    task_tools_save,
+    token_revoke,
+    workspace_python_check,
+    workspace_python_normalize,
+)
 
 
 class DomainScopedAdmin(admin.ModelAdmin):
@@ -61,7 +67,7 @@ class DomainAdminForm(forms.ModelForm):
 
     def clean(self) -> dict:
         data = super().clean()
-        python = (data.get("workspace_python") or "").strip()
+        python = workspace_python_normalize(data.get("workspace_python") or "")
         if "workspace_python" in self.changed_data and python:
             try:
                 workspace_python_check(python=python, workspace=self.instance.workspace_path)

@@ -319,6 +319,15 @@ _PYTHON_VERSION_RE = re.compile(r"^3\.(\d+)\.(\d+)$")
 _PYTHON_PROBE = "import sys; print('%d.%d.%d' % sys.version_info[:3]); print(sum(map(ord, sys.argv[1])))"
 
 
+def workspace_python_normalize(python: str) -> str:
+    """An absolute interpreter path with its folder free of symlinks (the sandbox cannot bind a path
+    through one); the file name is kept, so a venv's python stays the venv's."""
+    python = python.strip()
+    if not python or not os.path.isabs(python):
+        return python
+    return os.path.join(os.path.realpath(os.path.dirname(python)), os.path.basename(python))
+
+
 def workspace_python_check(*, python: str, workspace: str | os.PathLike) -> str:
     """Run `python -c` inside the sandbox (cwd = the workspace) and return the version it answers ("3.x.y").
 
@@ -399,6 +408,7 @@ def domain_update(
     new_workspace = str(workspace_check(workspace)) if workspace is not None else domain.workspace_path
     if workspace_python is not None:
         workspace_python = workspace_python.strip()
+        workspace_python = workspace_python_normalize(workspace_python)
         if workspace_python:
             workspace_python_check(python=workspace_python, workspace=new_workspace)
     if env_vars is not None:

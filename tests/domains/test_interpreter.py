@@ -16,6 +16,9 @@ from domains.services import domain_create, domain_update, workspace_python_chec
 
 pytestmark = pytest.mark.django_db
 
+# How domain_update stores sys.executable: its folder without symlinks (a worktree's .venv may be one).
+PYTHON = os.path.join(os.path.realpath(os.path.dirname(sys.executable)), os.path.basename(sys.executable))
+
 
 @pytest.fixture
 def domain(workspace, user):
@@ -36,11 +39,11 @@ def _patch(client, domain, body: dict):
 def test_it_accepts_a_real_interpreter_and_records_the_change(client_logged_in, domain, user):
     response = _patch(client_logged_in, domain, {"workspace_python": sys.executable})
     assert response.status_code == 200, response.content
-    assert response.json()["workspace_python"] == sys.executable
+    assert response.json()["workspace_python"] == PYTHON
     change = DomainChange.objects.get(domain=domain)
-    assert (change.field, change.old_value, change.new_value, change.user) == ("workspace_python", "", sys.executable, user)
+    assert (change.field, change.old_value, change.new_value, change.user) == ("workspace_python", "", PYTHON, user)
     history = client_logged_in.get(f"/api/domains/{domain.pk}/history").json()
-    assert [(h["field"], h["new_value"], h["user"]) for h in history] == [("workspace_python", sys.executable, "ada")]
+    assert [(h["field"], h["new_value"], h["user"]) for h in history] == [("workspace_python", PYTHON, "ada")]
 
 
 def test_it_refuses_a_program_that_only_prints_a_version(client_logged_in, domain, tmp_path):
@@ -130,9 +133,9 @@ def test_it_sets_the_interpreter_from_the_domain_page(client_logged_in, domain, 
     saved = client_logged_in.post(url, {"workspace_python": sys.executable, "env_vars": "A=1\nB=two", "hide_holdout_from_viewers": "on"})
     assert saved.status_code == 302
     domain.refresh_from_db()
-    assert (domain.workspace_python, domain.env_vars, domain.hide_holdout_from_viewers) == (sys.executable, {"A": "1", "B": "two"}, True)
+    assert (domain.workspace_python, domain.env_vars, domain.hide_holdout_from_viewers) == (PYTHON, {"A": "1", "B": "two"}, True)
     page = client_logged_in.get(reverse("domains:detail", args=[domain.pk]) + "?tab=settings").content.decode()
-    assert 'id="history"' in page and sys.executable in page and "env_vars" in page
+    assert 'id="history"' in page and PYTHON in page and "env_vars" in page
 
 
 def test_it_sets_the_interpreter_in_the_admin(client, domain, tmp_path, django_user_model):
@@ -153,7 +156,7 @@ def test_it_sets_the_interpreter_in_the_admin(client, domain, tmp_path, django_u
     saved = client.post(url, {**form, "workspace_python": sys.executable})
     assert saved.status_code == 302, saved.content.decode()[:3000]
     domain.refresh_from_db()
-    assert domain.workspace_python == sys.executable
+    assert domain.workspace_python == PYTHON
     assert DomainChange.objects.get(domain=domain, field="workspace_python").user == admin
 
 
@@ -169,10 +172,10 @@ def test_it_sets_the_interpreter_env_and_owner_from_the_command_line(domain, tmp
                  "--env", "A=1", "--env", "B=x=y", "--owner", other_user.username, "--hide-holdout")
     domain.refresh_from_db()
     assert (domain.workspace_python, domain.env_vars, domain.owner, domain.hide_holdout_from_viewers) == (
-        sys.executable, {"A": "1", "B": "x=y"}, other_user, True)
+        PYTHON, {"A": "1", "B": "x=y"}, other_user, True)
     rows = {c.field: (c.old_value, c.new_value, c.user) for c in DomainChange.objects.filter(domain=domain)}
     assert rows == {
-        "workspace_python": ("", sys.executable, None),
+        "workspace_python": ("", PYTHON, None),
         "env_vars": ("{}", '{"A": "1", "B": "x=y"}', None),
         "owner": ("ada", other_user.username, None),
     }
@@ -204,3 +207,16 @@ def test_it_asks_an_interpreters_version_inside_the_sandbox_only(domain, tmp_pat
         assert mark.exists()  # the mark does show when it runs on the host
     finally:
         shutil.rmtree(folder)
+
+
+def test_it_stores_the_interpreter_without_symlinked_folders(domain, tmp_path):
+    """A path through a symlinked folder (a venv linked elsewhere) is kept with its real folder, so
+    the sandbox can bind it; the file name stays, so a venv's python is still the venv's."""
+    from pathlib import Path
+
+    real_bin = Path(sys.executable).parent
+    link = tmp_path / "linked-bin"
+    link.symlink_to(real_bin, target_is_directory=True)
+    domain_update(domain=domain, workspace_python=str(link / Path(sys.executable).name))
+    domain.refresh_from_db()
+    assert domain.workspace_python == str(real_bin.resolve() / Path(sys.executable).name)

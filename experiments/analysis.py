@@ -50,6 +50,7 @@ ROW_FIELDS = (
     "id", "domain_id", "run_id", "parent_id", "state", "hypothesis", "error", "variables", "family", "metrics",
     "holdout_metrics", "primary_value", "holdout_primary_value", "train_seconds", "created_at",
     "task_fingerprint", "data_fingerprint", "seed", "rank_value", "seed_spread", "cv_value", "quarantine_state",
+    "validation_ci", "holdout_ci", "seed_count",
 )
 MAX_COLUMNS = 40
 MAX_IDS = 50  # experiments compared at once

@@ -108,11 +108,23 @@ def experiment_domain_list(request: HttpRequest, domain_id: int) -> HttpResponse
     if not holdout:
         for exp in exps:
             exp.holdout_blanked()
+    # Noise marks (experiments/ranking.py): #1, and rows indistinguishable from it (CI overlap or
+    # seed spread), with the primary metric's bootstrap intervals.
+    best = ranking.best_experiment(domain) if task is not None else None
+    metric = task.primary_metric if task is not None else ""
+    for e in exps:
+        e.is_top = best is not None and e.pk == best.pk
+        e.noise_of_top = (best is not None and not e.is_top and e.state == Experiment.State.COMPLETED
+                          and e.quarantine_state not in ranking.UNRANKED_STATES
+                          and ranking.within_noise(e, best, metric=metric))
+        e.val_ci = (e.validation_ci or {}).get(metric)
+        e.hold_ci = (e.holdout_ci or {}).get(metric) if holdout else None
     rows = [{"exp": e, "cells": [analysis.cell(e, c.key) for c in columns]} for e in exps]
     params = analysis.recent_params(domain=domain)
     context = {
         "domain": domain, "task": task, "query": query, "sort": sort, "columns": columns, "rows": rows,
         "page_obj": page_obj, "holdout": holdout, "ignored": ignored,
+        "val_key": f"val:{metric}", "hold_key": f"hold:{metric}",
         "page_range": list(paginator.get_elided_page_range(page_obj.number, on_each_side=2, on_ends=1)),
         "page_url": _url(request, base, page=None), "headers": natural,
         "available": [c for c in analysis.available_columns(task, params)

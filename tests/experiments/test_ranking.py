@@ -99,3 +99,15 @@ from sklearn.preprocessing import StandardScaler
 def train(X_train, y_train, X_test, *, artifacts_dir):
     return make_pipeline(StandardScaler(), LogisticRegression(max_iter=500)).fit(X_train, y_train).predict_proba(X_test)
 """
+
+
+def test_the_leaderboard_shows_intervals_and_marks_what_is_within_noise_of_the_best(diabetes, admin_client):
+    a = experiment_run(domain=diabetes, train_code=LINEAR)
+    b = experiment_run(domain=diabetes, train_code=CLAIMS_CV.format(cv=1.0, rows=1, alpha=0.5))
+    best = best_experiment(diabetes)
+    html = admin_client.get(f"/experiments/domain/{diabetes.pk}/").content.decode()
+    assert 'title="best by the ranking">#1</span>' in html
+    assert "within noise of #1" in html  # two near-identical linear models on 44 validation rows
+    lo, hi = best.validation_ci["rmse"]
+    assert f"[{lo:.4g}" in html or f"[{lo:.5g}" in html or 'class="muted small ci"' in html
+    assert {a.pk, b.pk} >= {best.pk}

@@ -243,10 +243,12 @@ def sandbox_command(
     drop_user: bool = True,
     die_with_parent: bool = True,
     info_fd: int | None = None,
+    give_writable: bool = True,
 ) -> SandboxCommand:
     """Build the sandboxed command line (used by sandbox_run and by long-lived warm processes).
     With bwrap and `info_fd`, bwrap writes {"child-pid": …} there: the host pid of the sandbox's
-    PID-namespace init, whose death kills everything in the sandbox."""
+    PID-namespace init, whose death kills everything in the sandbox. `give_writable=False` keeps
+    the writable folders ours (the sandbox user writes only in sub-folders given to it)."""
     mode = sandbox_isolation(isolation)
     cwd_path = Path(cwd).absolute()
     readable_paths = _existing(readable)
@@ -258,7 +260,7 @@ def sandbox_command(
 
     if drop:
         uid, gid = drop
-        for w in writable_paths:
+        for w in writable_paths if give_writable else ():
             _give_to(w, uid, gid)
         for r in readable_paths:
             if r not in _granted:

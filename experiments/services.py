@@ -501,6 +501,7 @@ def _execute(exp: Experiment, domain: Domain, task: Task, should_stop, started: 
     pool.evaluator_start(evaluator_spec)
     warm, why = pool.trainer_checkout(spec)
     if warm is not None:
+        warm.job_folder(job_id)
         answer = warm.request(
             job, timeout=limits.timeout_seconds + DEADLINE_GRACE_SECONDS, should_stop=should_stop,
             on_stop=lambda: warm.send({"stop": job_id}), while_waiting=lambda: _while_training(domain, limits),

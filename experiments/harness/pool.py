@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from domains.sandbox import SandboxResult, sandbox_command, sandbox_run
+from domains.sandbox import SandboxResult, sandbox_command, sandbox_run, sandbox_user
 
 HARNESS_DIR = Path(__file__).resolve().parent
 TRAINER = HARNESS_DIR / "trainer.py"
@@ -58,6 +58,7 @@ _ids = itertools.count(1)
 
 LINE_MAX_BYTES = 1 << 20  # an answer line: meta (≤ 64 KB) and a few fields; more is a lie
 STOP_GRACE_SECONDS = 1.0  # a stop the trainer does not answer within this kills the slot
+CLEAN_WAIT_SECONDS = 2.0  # how long a slot may take to report its last job swept and wiped
 
 
 class WarmProcess:
@@ -84,6 +85,12 @@ class WarmProcess:
         base = spec.home / "harness"
         self.work = base / f"{spec.kind[0]}-{os.getpid()}-{n}"
         self.work.mkdir(parents=True, exist_ok=True)
+        self.pending_clean = False  # a trainer owes a {"clean": …} line after each job
+        self.clean_ok = True
+        if spec.kind == "trainer":
+            # The slot's folder stays ours: the sandbox user writes only in the job folder made
+            # for each experiment (job_folder), so train() cannot chmod or fill the slot itself.
+            os.chmod(self.work, 0o755)
         (base / "logs").mkdir(exist_ok=True)
         self.log_path = base / "logs" / f"{self.work.name}.log"
         argv = [a.replace("{work}", str(self.work)) for a in spec.argv]
@@ -93,6 +100,7 @@ class WarmProcess:
                 argv, cwd=spec.cwd, env=dict(spec.env), readable=[*spec.readable, HARNESS_DIR],
                 writable=[self.work], hidden=spec.hidden, isolation=spec.isolation,
                 drop_user=spec.drop_user, die_with_parent=False, max_processes=None, info_fd=info_w,
+                give_writable=spec.kind != "trainer",
             )
             self.isolation = cmd.isolation
             with open(self.log_path, "ab") as log:
@@ -142,8 +150,29 @@ class WarmProcess:
         self.buf += chunk  # bytearray: amortized linear; bounded by LINE_MAX_BYTES below
         return True
 
+    def job_folder(self, job_id: str) -> Path:
+        """A fresh folder for one job in this slot, made by us and given to the sandbox user."""
+        folder = self.work / job_id
+        folder.mkdir(mode=0o700)
+        (folder / "artifacts").mkdir(mode=0o755)
+        drop = sandbox_user() if self.spec.drop_user else None
+        if drop:
+            for path in (folder, folder / "artifacts"):
+                os.chown(path, *drop)
+        return folder
+
+    def await_clean(self, timeout: float) -> bool:
+        """True when the trainer said its last job left nothing behind ({"clean": true}), within
+        `timeout`. False (the slot must be discarded) when it said otherwise, or nothing came: a
+        warm parent stopped after its answer would otherwise hang the next experiment."""
+        if self.pending_clean:
+            msg = self._readline(timeout, want_clean=True)
+            if msg is None or "clean" not in msg:
+                return False
+        return self.clean_ok
+
     def _readline(self, timeout: float, should_stop: Callable[[], bool] | None = None,
-                  on_stop: Callable[[], None] | None = None) -> dict | None:
+                  on_stop: Callable[[], None] | None = None, want_clean: bool = False) -> dict | None:
         deadline = time.monotonic() + timeout
         stop_deadline = None
         scanned = 0
@@ -156,6 +185,12 @@ class WarmProcess:
                 try:
                     msg = json.loads(line)
                 except ValueError:
+                    continue
+                if isinstance(msg, dict) and "clean" in msg and "id" not in msg:
+                    self.pending_clean = False
+                    self.clean_ok = msg.get("clean") is True
+                    if want_clean:
+                        return msg
                     continue
                 if isinstance(msg, dict):
                     return msg
@@ -241,6 +276,8 @@ class WarmProcess:
                 return None
             answer["_payload"] = data
         self.last_used = time.monotonic()
+        if self.spec.kind == "trainer":
+            self.pending_clean = True
         return answer
 
     def _read_exact(self, size: int, deadline: float) -> bytes | None:
@@ -412,12 +449,19 @@ def trainer_checkout(spec: Spec) -> tuple[WarmProcess | None, str]:
     Give it back with trainer_release()."""
     if spec.max_slots <= 0:
         return None, "the warm pool is disabled (DOJO_POOL_MAX=0)"
+    while True:
+        with _lock:
+            _prune()
+            found = next((wp for wp in _trainers.get(spec.key, [])
+                          if not wp.busy and wp.alive() and wp.ready is not None), None)
+            if found is not None:
+                found.busy = True
+        if found is None:
+            break
+        if found.await_clean(CLEAN_WAIT_SECONDS):
+            return found, ""
+        trainer_discard(found)  # its last job left something behind, or it stopped answering
     with _lock:
-        _prune()
-        for wp in _trainers.get(spec.key, []):
-            if not wp.busy and wp.alive() and wp.ready is not None:
-                wp.busy = True
-                return wp, ""
         slot = _claim_slot(spec.home, spec.max_slots)
         if slot is None and _evict_idle(spec.key):
             slot = _claim_slot(spec.home, spec.max_slots)

@@ -31,6 +31,7 @@ import pickle
 import resource
 import select
 import signal
+import stat
 import struct
 import sys
 import time
@@ -421,6 +422,17 @@ def _train(job: dict, job_dir: Path, data: tuple, result_fd: int) -> int:
             pass
     artifacts = job_dir / "artifacts"
     os.environ["DOJO_ARTIFACTS_DIR"] = str(artifacts)
+    if not _is_sandbox_ns():
+        # No private /tmp without a namespace: scratch and caches go in the job's own folder,
+        # which is discarded with it.
+        import tempfile
+
+        for name, sub in (("HOME", "home"), ("TMPDIR", "tmp"), ("MPLCONFIGDIR", "home/.matplotlib"),
+                          ("XDG_CACHE_HOME", "home/.cache")):
+            folder = job_dir / "scratch" / sub
+            folder.mkdir(parents=True, exist_ok=True)
+            os.environ[name] = str(folder)
+        tempfile.tempdir = None
     X_train, y_train, X_test = data
     _workspace_importable(job_dir)
     _audit_start(job, job_dir)
@@ -830,6 +842,73 @@ def _hand_over(job: dict, work: Path, data: tuple) -> tuple[int, int, int]:
     return pid, os.pidfd_open(pid), result_r
 
 
+# The sandbox's private scratch folders (bwrap mounts each as an empty tmpfs for the slot's
+# lifetime); HOME, TMPDIR and MPLCONFIGDIR all live in /tmp.
+SCRATCH = ("/tmp", "/var/tmp", "/dev/shm", "/run")
+
+
+def _fresh_scratch() -> bool:
+    """Empty the scratch folders after a job (its processes are all dead by now), so nothing one
+    experiment wrote there is seen by the next. Only in our own namespace: without one these are
+    the machine's folders. True when they are empty afterwards."""
+    if not _is_sandbox_ns():
+        return True
+    clean = True
+    for root in SCRATCH:
+        try:
+            dev = os.lstat(root).st_dev
+            names = os.listdir(root)
+        except OSError:
+            continue
+        for name in names:
+            _remove(os.path.join(root, name), dev, 0)
+        try:
+            clean = clean and all(os.lstat(os.path.join(root, n)).st_dev != dev or _is_bwrap_dir(root, n)
+                                  for n in os.listdir(root))
+        except OSError:
+            pass
+    return clean
+
+
+def _is_bwrap_dir(root: str, name: str) -> bool:
+    """A folder bwrap made (as root) to hold a bind mount below it, e.g. /tmp/pytest-of-root."""
+    try:
+        return os.lstat(os.path.join(root, name)).st_uid != os.getuid()
+    except OSError:
+        return True
+
+
+def _remove(path: str, dev: int, depth: int) -> None:
+    """Remove `path` unless it is on another file system than the scratch tmpfs: a folder bound
+    into the sandbox (the job's work folder when DOJO_HOME is under /tmp) is never touched."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return
+    if st.st_dev != dev:
+        return
+    if stat.S_ISDIR(st.st_mode) and depth < 200:
+        try:
+            os.chmod(path, 0o700)  # train() may have locked its own folders
+        except OSError:
+            pass
+        try:
+            names = os.listdir(path)
+        except OSError:
+            names = []
+        for name in names:
+            _remove(os.path.join(path, name), dev, depth + 1)
+        try:
+            os.rmdir(path)
+        except OSError:
+            pass
+    else:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+
+
 def _is_sandbox_ns() -> bool:
     # bwrap runs its own init as PID 1 of the sandbox's namespace; on the host PID 1 is the
     # machine's init, whose processes we must never touch.
@@ -909,7 +988,12 @@ def main() -> int:
         out.write(payload)
         out.flush()
         finish_job(pid)
+        clean = _fresh_scratch()
         standby_fork(work, data)
+        # The harness takes this slot again only after this line: every process of the job is
+        # dead and the scratch folders are empty again (nothing carries over to the next one).
+        out.write(json.dumps({"clean": clean}).encode() + b"\n")
+        out.flush()
 
 
 if __name__ == "__main__":

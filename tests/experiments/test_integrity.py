@@ -677,3 +677,83 @@ def train(X_train, y_train, X_test, *, artifacts_dir):
 """ + HONEST_TAIL)
     assert exp.state == "completed", exp.error
     assert "WROTE" not in exp.stdout_tail and exp.stdout_tail.count("refused") == 3
+
+
+# --- Issue 9: nothing survives an experiment in a warm slot ---------------------------------------
+
+
+def test_it_gives_each_experiment_fresh_scratch_folders(diabetes, baseline):
+    """/tmp, /var/tmp, /dev/shm and $MPLCONFIGDIR used to carry files from one experiment to the
+    next in the same slot: a channel between experiments and between runs."""
+    planter = run(diabetes, """
+import os
+from pathlib import Path
+
+def train(X_train, y_train, X_test, *, artifacts_dir):
+    for folder in ("/tmp", "/var/tmp", "/dev/shm", os.environ.get("MPLCONFIGDIR", "/tmp/mpl"), os.environ["HOME"]):
+        try:
+            Path(folder).mkdir(parents=True, exist_ok=True)
+            (Path(folder) / "planted-note").write_text("from the previous experiment")
+        except OSError as exc:
+            print("could not plant in", folder, exc)
+    locked = Path("/tmp/locked")
+    (locked / "deep").mkdir(parents=True, exist_ok=True)
+    (locked / "deep" / "planted-note").write_text("x")
+    os.chmod(locked / "deep", 0)
+    os.chmod(locked, 0)
+""" + HONEST_TAIL)
+    assert planter.state == "completed", planter.error
+    reader = run(diabetes, """
+import os
+
+def train(X_train, y_train, X_test, *, artifacts_dir):
+    for folder in ("/tmp", "/var/tmp", "/dev/shm", os.environ.get("MPLCONFIGDIR", "/tmp/mpl"), os.environ["HOME"]):
+        for root, dirs, files in os.walk(folder):
+            for name in dirs + files:
+                print("FOUND", os.path.join(root, name))
+""" + HONEST_TAIL)
+    assert reader.state == "completed", reader.error
+    assert planter.environment["warm"] and reader.environment["warm"]
+    assert "planted-note" not in reader.stdout_tail and "locked" not in reader.stdout_tail, reader.stdout_tail
+
+
+def test_it_keeps_working_after_train_changes_its_slots_folders(diabetes, baseline):
+    """chmod of the slot's work folder made every later experiment in that slot fail (10 of 10)."""
+    attack = run(diabetes, """
+import os
+
+def train(X_train, y_train, X_test, *, artifacts_dir):
+    slot = artifacts_dir.parent.parent
+    for path, mode in ((slot, 0), (slot, 0o777), ("/tmp", 0), ("/dev/shm", 0)):
+        try:
+            os.chmod(path, mode)
+            print("CHMOD", path)
+        except OSError as exc:
+            print("refused", path, exc.errno)
+    for path in (slot / "squatter", slot / "e999999-0000"):
+        try:
+            os.mkdir(path)
+            print("MKDIR", path)
+        except OSError as exc:
+            print("refused", path, exc.errno)
+    os.chmod(artifacts_dir.parent, 0)  # its own job folder: allowed, and harmless to the next
+""" + HONEST_TAIL)
+    assert attack.state == "completed", attack.error
+    assert "CHMOD" not in attack.stdout_tail and "MKDIR" not in attack.stdout_tail
+    for _ in range(3):
+        honest = run(diabetes, LINEAR)
+        assert honest.state == "completed", honest.error
+        assert honest.metrics == baseline.metrics
+
+
+def test_it_kills_a_stopped_process_left_behind(diabetes, baseline):
+    marker = f"dojo-stopped-orphan-{time.time_ns()}"
+    exp = run(diabetes, f"""
+import os, signal, subprocess, sys
+
+def train(X_train, y_train, X_test, *, artifacts_dir):
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)", {marker!r}], start_new_session=True)
+    os.kill(proc.pid, signal.SIGSTOP)
+{HONEST_TAIL}""")
+    assert_failed_or_honest(exp, baseline)
+    _assert_no_survivors(marker)

@@ -28,7 +28,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from domains.sandbox import SandboxResult, sandbox_command, sandbox_run, sandbox_user
+from domains.sandbox import (
+    SandboxResult,
+    sandbox_command,
+    sandbox_isolation,
+    sandbox_run,
+    sandbox_user,
+)
 
 HARNESS_DIR = Path(__file__).resolve().parent
 TRAINER = HARNESS_DIR / "trainer.py"
@@ -87,9 +93,11 @@ class WarmProcess:
         self.work.mkdir(parents=True, exist_ok=True)
         self.pending_clean = False  # a trainer owes a {"clean": …} line after each job
         self.clean_ok = True
-        if spec.kind == "trainer":
-            # The slot's folder stays ours: the sandbox user writes only in the job folder made
-            # for each experiment (job_folder), so train() cannot chmod or fill the slot itself.
+        # The slot's folder stays ours: the sandbox user writes only in the job folder made for
+        # each experiment (job_folder), so train() cannot chmod or fill the slot itself. (bwrap
+        # only: the fallback sandbox keeps the older arrangement, a slot folder it owns.)
+        self.owns_work = spec.kind == "trainer" and sandbox_isolation(spec.isolation) == "bwrap"
+        if self.owns_work:
             os.chmod(self.work, 0o755)
         (base / "logs").mkdir(exist_ok=True)
         self.log_path = base / "logs" / f"{self.work.name}.log"
@@ -100,7 +108,7 @@ class WarmProcess:
                 argv, cwd=spec.cwd, env=dict(spec.env), readable=[*spec.readable, HARNESS_DIR],
                 writable=[self.work], hidden=spec.hidden, isolation=spec.isolation,
                 drop_user=spec.drop_user, die_with_parent=False, max_processes=None, info_fd=info_w,
-                give_writable=spec.kind != "trainer",
+                give_writable=not self.owns_work,
             )
             self.isolation = cmd.isolation
             with open(self.log_path, "ab") as log:
@@ -153,6 +161,8 @@ class WarmProcess:
     def job_folder(self, job_id: str) -> Path:
         """A fresh folder for one job in this slot, made by us and given to the sandbox user."""
         folder = self.work / job_id
+        if not self.owns_work:
+            return folder  # the trainer makes it (fallback sandbox)
         folder.mkdir(mode=0o700)
         (folder / "artifacts").mkdir(mode=0o755)
         drop = sandbox_user() if self.spec.drop_user else None

@@ -981,6 +981,7 @@ def main() -> int:
         try:
             answer, payload, pid = run_job(job, work, data, control=control)
         except Exception as exc:  # noqa: BLE001 - report, keep serving
+            traceback.print_exc()  # to the slot's log
             answer = {"id": job.get("id"), "status": "harness-error", "error": f"{type(exc).__name__}: {exc}",
                       "payload_bytes": 0}
         out = sys.stdout.buffer

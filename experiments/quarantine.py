@@ -42,6 +42,7 @@ import zlib
 
 import numpy as np
 from django.db import transaction
+from django.db.models import Count, Max, Min
 from django.utils import timezone
 
 from domains.models import Task
@@ -128,16 +129,16 @@ def probe_detect(*, experiment: Experiment, prediction: Prediction) -> tuple[int
 # --- the rules -------------------------------------------------------------------------------
 
 
-def _reference(experiment: Experiment) -> list[Experiment]:
-    """The domain's other ranked (not quarantined) experiments under the same contract."""
+def _reference(experiment: Experiment):
+    """The domain's other ranked (not quarantined, not probing) experiments under the same
+    contract, as a queryset: each rule asks it only what it needs."""
     from experiments.ranking import UNRANKED_STATES
 
-    return list(
+    return (
         Experiment.objects.filter(
             domain_id=experiment.domain_id, state=Experiment.State.COMPLETED, primary_value__isnull=False,
             task_fingerprint=experiment.task_fingerprint, data_fingerprint=experiment.data_fingerprint,
         ).exclude(pk=experiment.pk).exclude(quarantine_state__in=UNRANKED_STATES).exclude(probe_of__isnull=False)
-        .only("id", "primary_value", "holdout_primary_value", "seed_spread", "run_id")
     )
 
 
@@ -153,35 +154,38 @@ def _rule_lookup(experiment: Experiment) -> str | None:
     return None
 
 
-def _rule_implausible(experiment: Experiment, metric: str, others: list[Experiment]) -> str | None:
+def _rule_implausible(experiment: Experiment, metric: str, others) -> str | None:
     mine = _distance(metric, experiment.primary_value)
     if mine is None:
         return None
     if metric in UNBOUNDED_LOSSES and mine <= EXACT_PERFECT:
         return f"validation {metric} = {experiment.primary_value:.3g}: a perfect loss on real data"
-    distances = [d for e in others if (d := _distance(metric, e.primary_value)) is not None]
-    if len(distances) < MIN_REFERENCE:
+    # One aggregate query: the reference experiment closest to perfect, and how many there are.
+    closest = Max("primary_value") if PERFECT[metric] >= 1.0 else Min("primary_value")
+    found = others.aggregate(n=Count("pk"), closest=closest)
+    if found["n"] < MIN_REFERENCE or found["closest"] is None:
         return None
+    distances = [_distance(metric, found["closest"])]
     best_other = min(distances)
     far = FAR_FROM_PERFECT["bounded" if metric in BOUNDED else "unbounded"]
     if best_other > far and mine < IMPLAUSIBLE_RATIO * best_other:
         return (
             f"validation {metric} = {experiment.primary_value:.4g} is {best_other / max(mine, 1e-300):.3g}× closer "
-            f"to perfect than the best of {len(distances)} other experiments (distance {best_other:.3g})"
+            f"to perfect than the best of {found['n']} other experiments (distance {best_other:.3g})"
         )
     return None
 
 
-def _rule_holdout_gap(experiment: Experiment, metric: str, others: list[Experiment]) -> str | None:
+def _rule_holdout_gap(experiment: Experiment, metric: str, others) -> str | None:
     val = _distance(metric, experiment.primary_value)
     hold = _distance(metric, experiment.holdout_primary_value)
-    if val is None or hold is None or hold <= 0:
-        return None
-    gaps = [abs(e.holdout_primary_value - e.primary_value) for e in others
-            if e.holdout_primary_value is not None and e.primary_value is not None]
+    if val is None or hold is None or hold <= 0 or not val < GAP_RATIO * hold:
+        return None  # the usual case, decided without a query
+    rows = list(others.values_list("primary_value", "holdout_primary_value", "seed_spread"))
+    gaps = [abs(h - v) for v, h, _ in rows if h is not None and v is not None]
     if len(gaps) < MIN_REFERENCE:
         return None
-    spreads = [e.seed_spread for e in others if e.seed_spread]
+    spreads = [s for _, _, s in rows if s]
     noise = max(statistics.median(gaps), max(spreads, default=0.0))
     gap = hold - val
     val_ci = (experiment.validation_ci or {}).get(metric)
@@ -199,7 +203,7 @@ def _rule_holdout_gap(experiment: Experiment, metric: str, others: list[Experime
     return None
 
 
-def _rule_probing(experiment: Experiment) -> tuple[str | None, list[int]]:
+def _rule_probing(experiment: Experiment, task: Task) -> tuple[str | None, list[int]]:
     """(reason for this experiment, earlier probes to quarantine with it)."""
     window = list(
         Experiment.objects.filter(domain_id=experiment.domain_id, pk__lte=experiment.pk)
@@ -219,8 +223,7 @@ def _rule_probing(experiment: Experiment) -> tuple[str | None, list[int]]:
     if len(same) < PROBE_SEQUENCE or experiment.primary_value is None:
         return None, []
     first_probe = min(row["pk"] for row in same)
-    task = Task.objects.filter(domain_id=experiment.domain_id).first()
-    direction = task.direction if task else "minimize"
+    direction = task.direction
     before = Experiment.objects.filter(
         domain_id=experiment.domain_id, pk__lt=first_probe, state=Experiment.State.COMPLETED,
         primary_value__isnull=False, probe_of__isnull=True,
@@ -238,11 +241,11 @@ def _rule_probing(experiment: Experiment) -> tuple[str | None, list[int]]:
     return None, []
 
 
-def quarantine_assess(*, experiment: Experiment, y_pred: bytes | None = None) -> list[dict]:
+def quarantine_assess(*, experiment: Experiment, y_pred: bytes | None = None, task: Task | None = None) -> list[dict]:
     """Run every rule on a freshly completed experiment; record probe_of/probe_rows and, when a rule
     fires, quarantine it (and the earlier probes of its sequence). Returns the reasons ([] = clean).
     Never raises for a rule's sake: a broken rule is logged and skipped."""
-    task = Task.objects.filter(domain_id=experiment.domain_id).first()
+    task = task or Task.objects.filter(domain_id=experiment.domain_id).first()
     if task is None or experiment.state != Experiment.State.COMPLETED:
         return []
     metric = task.primary_metric
@@ -269,7 +272,7 @@ def quarantine_assess(*, experiment: Experiment, y_pred: bytes | None = None) ->
         if detail:
             reasons.append({"rule": rule, "detail": detail})
     try:
-        detail, also = _rule_probing(experiment)
+        detail, also = _rule_probing(experiment, task)
         if detail:
             reasons.append({"rule": "probing", "detail": detail})
     except Exception:  # noqa: BLE001

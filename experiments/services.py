@@ -106,13 +106,16 @@ def experiment_limits(*, task: Task) -> Limits:
 
 
 def _raw_data_paths(task: Task, isolation: str) -> list[Path]:
-    """The raw data file recorded at freeze (snapshot_info["data_file"]): it holds the test rows' labels, and
-    load_data's split is reproducible from the seed, so the trainer must not read it. Only bwrap can
-    cover one file inside the bound workspace; the fallback would have to chmod the user's file."""
-    data_file = (task.snapshot_info or {}).get("data_file") or ""
-    if isolation != "bwrap" or not data_file or not Path(data_file).exists():
+    """The raw data files recorded at freeze (snapshot_info["data_file"]) of this task AND of every other
+    frozen task: they hold test rows' labels, and load_data's split is reproducible from the seed, so
+    the trainer must not read them. Another domain's file may be a copy of this one's data (a second
+    domain on the same CSV, or one kept elsewhere), and a lookup there works just as well. Only bwrap
+    can cover single files inside the bound workspace; the fallback would have to chmod users' files."""
+    if isolation != "bwrap":
         return []
-    return [Path(data_file)]
+    infos = Task.objects.filter(frozen_at__isnull=False).exclude(pk=task.pk).values_list("snapshot_info", flat=True)
+    files = {(info or {}).get("data_file") or "" for info in [task.snapshot_info, *infos]}
+    return sorted(Path(f) for f in files if f and Path(f).is_file())
 
 
 def _public_data_paths(task: Task, python: str, isolation: str) -> list[Path]:

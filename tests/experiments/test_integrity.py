@@ -332,6 +332,51 @@ def train(X_train, y_train, X_test, *, artifacts_dir):
     assert "target" not in exp.stdout_tail and (workspace / "data.csv").stat().st_size > 10_000
 
 
+def test_it_hides_every_frozen_domains_raw_data_file_not_only_its_own(db, request):
+    """A second domain frozen on a copy of the same data (another folder, another user's workspace):
+    its raw file holds the same labels, so a lookup there must fail too."""
+    from sklearn.datasets import load_diabetes
+
+    from domains.sandbox import sandbox_isolation
+    from domains.services import domain_create, task_setup
+
+    if sandbox_isolation(None) != "bwrap":
+        pytest.skip("only bubblewrap can hide single files inside a bound workspace")
+    import shutil
+    import tempfile
+
+    frame = load_diabetes(as_frame=True).frame
+    from django.conf import settings
+
+    # Outside /tmp and /var/tmp (the sandbox has its own) and readable by the sandbox user, as a
+    # real workspace is: under the project's own (git-ignored) tmp/.
+    (Path(settings.BASE_DIR) / "tmp").mkdir(exist_ok=True)
+    root = Path(tempfile.mkdtemp(prefix="dojo-copies-", dir=Path(settings.BASE_DIR) / "tmp"))
+    root.chmod(0o755)
+    request.addfinalizer(lambda: shutil.rmtree(root, ignore_errors=True))
+    domains = []
+    for name in ("copy-a", "copy-b"):
+        workspace = root / name
+        workspace.mkdir(mode=0o755)
+        frame.to_csv(workspace / "data.csv", index=False)
+        (workspace / "data.csv").chmod(0o644)
+        domain = domain_create(name=name, task_type="regression", workspace=workspace,
+                               data_path="data.csv", target_column="target")
+        task_setup(task=domain.task)
+        domains.append(domain)
+    other_file = root / "copy-b" / "data.csv"
+    exp = run(domains[0], f"""
+def train(X_train, y_train, X_test, *, artifacts_dir):
+    try:
+        with open({str(other_file)!r}) as handle:
+            print("READ", len(handle.read()))
+    except OSError as exc:
+        print("DENIED", exc.errno)
+""" + HONEST_TAIL)
+    assert exp.state == "completed", exp.error
+    assert "READ 0" in exp.stdout_tail or "DENIED" in exp.stdout_tail, exp.stdout_tail
+
+
 # --- Issue 9: the trusted side reads only what it opened itself (domains/safe_read.py) ----------
 
 

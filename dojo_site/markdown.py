@@ -14,10 +14,19 @@ _TAGS = {
 _ATTRIBUTES = {"a": {"href", "title"}, "img": {"src", "alt", "title"}, "ol": {"start"}, "th": {"style"}, "td": {"style"}}
 
 
+# The file is shown inside a page section: its "# Goal" must not be a second page title (one h1 per
+# page, and the section's own heading is an h2), so headings move down two levels, h6 at most.
+_HEADING_SHIFT = 2
+
+
 def markdown_html(text: str) -> SafeString:
     """Sanitised HTML for `text` (links keep http/https/mailto/relative; no scripts, no styles
-    beyond table alignment, no event handlers)."""
-    html = _MD.render(text or "")
+    beyond table alignment, no event handlers; headings demoted by _HEADING_SHIFT)."""
+    tokens = _MD.parse(text or "")
+    for token in tokens:
+        if token.type in ("heading_open", "heading_close"):
+            token.tag = f"h{min(6, int(token.tag[1]) + _HEADING_SHIFT)}"
+    html = _MD.renderer.render(tokens, _MD.options, {})
     clean = nh3.clean(
         html, tags=_TAGS, attributes=_ATTRIBUTES, url_schemes={"http", "https", "mailto"},
         link_rel="noopener noreferrer nofollow", filter_style_properties={"text-align"},

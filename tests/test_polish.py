@@ -36,7 +36,7 @@ def test_markdown_is_rendered_and_sanitised():
         "# Goal\n\n| a | b |\n|---|---|\n| 1 | 2 |\n\n<script>alert(1)</script> "
         "[bad](javascript:alert(1)) [ok](https://example.org) <img src=x onerror=alert(1)>"
     )
-    assert "<h1>Goal</h1>" in html and "<table>" in html and "<td>1</td>" in html
+    assert "<h3>Goal</h3>" in html and "<h1>" not in html and "<table>" in html and "<td>1</td>" in html
     assert "<script" not in html and "<img" not in html  # raw HTML stays text
     assert 'href="javascript' not in html
     assert '<a href="https://example.org" rel="noopener noreferrer nofollow">ok</a>' in html
@@ -46,5 +46,5 @@ def test_the_domain_page_renders_program_md(client_logged_in, workspace):
     domain = domain_create(name="md", task_type="regression", workspace=workspace)
     (workspace / "PROGRAM.md").write_text("# Plan\n\n**Try** boosting.\n\n<b onclick=x>raw</b>\n")
     html = client_logged_in.get(domain.get_absolute_url()).content.decode()
-    assert "<h1>Plan</h1>" in html and "<strong>Try</strong>" in html
+    assert "<h3>Plan</h3>" in html and "<strong>Try</strong>" in html
     assert "onclick" not in html.replace("&lt;b onclick", "")

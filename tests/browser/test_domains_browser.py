@@ -14,8 +14,9 @@ def test_it_logs_in_creates_a_domain_with_the_form_and_lists_it(logged_in_page, 
     page.fill("#id_target_column", "sold")
     page.click("button:has-text('Create domain')")
 
+    expect(page.locator("h1")).to_have_count(1)  # the rendered files' headings are demoted
     expect(page.locator("h1")).to_contain_text("houses")
-    expect(page.locator("#file-setup")).to_contain_text("- target: sold")
+    expect(page.locator("#file-setup li", has_text="target: sold")).to_have_count(1)
     page.click("nav >> text=Domains")
     expect(page.locator("#domain-list")).to_contain_text("houses")
     expect(page.locator("#domain-list")).to_contain_text("roc_auc")
@@ -42,6 +43,6 @@ def test_it_edits_program_md_in_place_with_htmx(logged_in_page, live_server, wor
     page.fill("#file-program textarea", "# Program\nBeat rmse 50.")
     page.click("#file-program >> text=Save PROGRAM.md")
 
-    expect(page.locator("#file-program pre")).to_contain_text("Beat rmse 50.")
+    expect(page.locator("#file-program")).to_contain_text("Beat rmse 50.")
     assert page.url.endswith(domain.get_absolute_url())  # swapped in place, no navigation
     assert (workspace / "PROGRAM.md").read_text() == "# Program\nBeat rmse 50.\n"

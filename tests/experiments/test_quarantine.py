@@ -173,6 +173,7 @@ def test_the_quarantine_tab_lists_and_a_person_reviews_on_the_web(diabetes, admi
 
 
 @pytest.mark.slow
+@pytest.mark.django_db(transaction=True)  # the researcher runs experiments in threads
 @pytest.mark.parametrize("loader", ["load_diabetes", "load_breast_cancer", "load_wine", "load_digits"])
 def test_an_honest_builtin_run_quarantines_nothing(make_domain, loader):
     """No false positives: the built-in researcher's honest experiments are never held back."""

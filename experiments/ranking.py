@@ -90,34 +90,45 @@ def score_of(experiment: Experiment, task: Task | None) -> float | None:
     )
 
 
-def ranking_update(*, experiment: Experiment) -> None:
+# What ranking_update reads of each member of a configuration.
+_RANK_FIELDS = ("pk", "primary_value", "cv_value", "cv_rows", "quarantine_state", "rank_value", "seed_spread", "seed_count")
+
+
+def ranking_update(*, experiment: Experiment, task: Task | None = None) -> None:
     """Recompute rank_value, seed_spread and seed_count for the experiment's configuration (rule 2).
 
     Call after an experiment completes or its quarantine state changes. A quarantined experiment
     keeps its own score as its rank value (shown when quarantined ones are listed) and leaves
     its configuration's mean. Writes only the rows whose values changed."""
-    task = Task.objects.filter(domain_id=experiment.domain_id).first()
+    if task is None:
+        task = Task.objects.filter(domain_id=experiment.domain_id).first()
     with transaction.atomic():
         group = list(
             Experiment.objects.select_for_update().filter(
                 domain_id=experiment.domain_id, code_sha256=experiment.code_sha256,
                 task_fingerprint=experiment.task_fingerprint, data_fingerprint=experiment.data_fingerprint,
                 state=Experiment.State.COMPLETED,
-            )
+            ).only(*_RANK_FIELDS)  # not the code and logs: a configuration may have many rows
         )
         scores = {e.pk: score_of(e, task) for e in group}
         counted = [scores[e.pk] for e in group if scores[e.pk] is not None and e.quarantine_state not in UNRANKED_STATES]
         mean = statistics.fmean(counted) if counted else None
         spread = (max(counted) - min(counted)) if len(counted) > 1 else None
+        shared = (mean, spread, len(counted))
+        stale_members = []  # ranked members whose stored values differ from the shared ones
         for e in group:
             if e.quarantine_state in UNRANKED_STATES or scores[e.pk] is None:
                 values = (scores[e.pk], None, 1 if scores[e.pk] is not None else 0)
+                if (e.rank_value, e.seed_spread, e.seed_count) != values:
+                    Experiment.objects.filter(pk=e.pk).update(rank_value=values[0], seed_spread=values[1], seed_count=values[2])
             else:
-                values = (mean, spread, len(counted))
-            if (e.rank_value, e.seed_spread, e.seed_count) != values:
-                Experiment.objects.filter(pk=e.pk).update(rank_value=values[0], seed_spread=values[1], seed_count=values[2])
+                values = shared
+                if (e.rank_value, e.seed_spread, e.seed_count) != values:
+                    stale_members.append(e.pk)
             if e.pk == experiment.pk:
                 experiment.rank_value, experiment.seed_spread, experiment.seed_count = values
+        if stale_members:  # one UPDATE for the whole configuration, however many seeds it has
+            Experiment.objects.filter(pk__in=stale_members).update(rank_value=mean, seed_spread=spread, seed_count=len(counted))
 
 
 def rank_order(queryset: QuerySet, *, direction: str) -> QuerySet:

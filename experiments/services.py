@@ -440,21 +440,21 @@ def experiment_run(
         if not isinstance(exc, Exception):
             raise
     if exp.state == Experiment.State.COMPLETED:
-        _after_scoring(exp)
+        _after_scoring(exp, task)
         _track(exp)
     return exp
 
 
-def _after_scoring(exp: Experiment) -> None:
+def _after_scoring(exp: Experiment, task: Task | None = None) -> None:
     """Rank the completed experiment within its configuration. Never fails the experiment: a
     failure here is logged and the experiment stays as scored (unranked until the next update)."""
     try:
         # The audit first (experiments/quarantine.py): a quarantined experiment never ranks.
-        quarantine_assess(experiment=exp, y_pred=getattr(exp, "_y_pred", None))
+        quarantine_assess(experiment=exp, y_pred=getattr(exp, "_y_pred", None), task=task)
     except Exception:  # noqa: BLE001
         log.exception("auditing experiment %s failed", exp.pk)
     try:
-        ranking_update(experiment=exp)
+        ranking_update(experiment=exp, task=task)
     except Exception:  # noqa: BLE001
         log.exception("ranking experiment %s failed", exp.pk)
     exp._y_pred = None

@@ -6,6 +6,7 @@ import json
 
 import pytest
 from django.core.management import call_command
+from django.db import connection
 
 pytestmark = pytest.mark.django_db
 
@@ -30,7 +31,7 @@ def test_the_api_shows_the_version_and_settings_but_no_secret(client_logged_in, 
     assert response.status_code == 200
     body = response.json()
     assert body["version"] == "0.1.0" and body["DOJO_HOME"] == str(settings.DOJO_HOME)
-    assert body["DOJO_CLAUDE_MODEL"] == settings.DOJO_CLAUDE_MODEL and body["database_engine"] == "sqlite3"
+    assert body["DOJO_CLAUDE_MODEL"] == settings.DOJO_CLAUDE_MODEL and body["database_engine"] == connection.vendor.replace("sqlite", "sqlite3")
     assert body["mlflow_tracking_uri_set"] is True
     text = response.content.decode()
     for secret in secrets:

@@ -8,15 +8,18 @@ from dojo_site.errors import Forbidden, NotFound
 from dojo_site.schemas import Id, ListOut, Offset, Seed
 from domains.models import Domain
 from domains.permissions import domain_get_for_user, domain_require, holdout_visible
+from domains.services import tasks_inline
 from experiments.models import Artifact, Experiment
 from experiments.services import (
     artifact_file,
+    experiment_enqueue,
     experiment_get,
     experiment_leaderboard,
     experiment_run,
 )
 
 router = Router(tags=["experiments"])
+
 
 Sort = Literal["rank", "validation", "holdout", "created"]
 State = Literal["pending", "running", "completed", "failed", "stopped", "archived"]
@@ -118,6 +121,11 @@ def _experiment(request: HttpRequest, experiment_id: int) -> Experiment:
     return _shown(request, exp.domain, exp)
 
 
+class QueuedOut(Schema):
+    experiment: ExperimentDetailOut
+    status_url: str
+
+
 def _shown(request: HttpRequest, domain: Domain, exp: Experiment) -> Experiment:
     if not holdout_visible(request.user, domain):
         exp.holdout_blanked()
@@ -143,10 +151,18 @@ def experiments_list(request: HttpRequest, domain_id: Id, sort: Sort = "rank", s
     return {"items": items, "count": qs.count()}
 
 
-@router.post("/domains/{domain_id}/experiments", response={201: ExperimentDetailOut})
+@router.post("/domains/{domain_id}/experiments", response={201: ExperimentDetailOut, 202: QueuedOut})
 def experiments_create(request: HttpRequest, domain_id: Id, payload: ExperimentIn):
-    """Run one experiment by hand; synchronous, returns it completed or failed."""
+    """Run one experiment by hand; synchronous, returns it completed or failed. With
+    DOJO_INLINE_TASKS=False: 202, the experiment `pending` and its URL (`pending`, `running`, then
+    the result)."""
     domain = _domain(request, domain_id, "edit")
+    if not tasks_inline():
+        exp = experiment_enqueue(
+            domain=domain, train_code=payload.code, hypothesis=payload.hypothesis,
+            variables=payload.variables, parent=payload.parent_id, seed=payload.seed,
+        )
+        return Status(202, {"experiment": _shown(request, domain, exp), "status_url": f"/api/experiments/{exp.pk}"})
     exp = experiment_run(
         domain=domain, train_code=payload.code, hypothesis=payload.hypothesis,
         variables=payload.variables, parent=payload.parent_id, seed=payload.seed,

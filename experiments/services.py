@@ -954,6 +954,40 @@ def experiment_reproduce_enqueue(*, experiment: Experiment) -> Experiment:
     return copy
 
 
+def experiment_enqueue(
+    *,
+    domain: Domain,
+    train_code: str,
+    hypothesis: str = "",
+    variables: dict | None = None,
+    parent: Experiment | int | None = None,
+    seed: int | None = None,
+) -> Experiment:
+    """Record a by-hand experiment `pending` and hand it to a django-q2 worker once the transaction
+    commits (DOJO_INLINE_TASKS=False: the web node runs no train code); return it (poll it: it
+    becomes `running`, then `completed` or `failed`). Raises, recording nothing, what
+    experiment_run raises before it runs: InvalidInput for bad arguments, NotReady when the task
+    is not ready."""
+    from functools import partial
+
+    variables, parent = _check_input(domain, train_code, variables, parent)
+    if isinstance(seed, int) and not -DB_INT_MAX - 1 <= seed <= DB_INT_MAX:
+        raise InvalidInput(f"seed must be between {-DB_INT_MAX - 1} and {DB_INT_MAX}, got {seed}")
+    task = _ready_task(domain)
+    if seed is None:
+        seed = int((task.config or {}).get("seed", 0) or 0)
+    with transaction.atomic():
+        exp = Experiment.objects.create(
+            domain=domain, parent=parent, hypothesis=(hypothesis or "").strip(), variables=variables,
+            train_code=train_code, code_sha256=hashlib.sha256(train_code.encode()).hexdigest(),
+            state=Experiment.State.PENDING, seed=seed, task_fingerprint=task.fingerprint,
+            data_fingerprint=task.data_fingerprint, code_flags=scan_train_code(train_code),
+            provenance=experiment_provenance(domain=domain), family=family_of(variables),
+        )
+        transaction.on_commit(partial(_enqueue_pending, exp.pk))
+    return exp
+
+
 def _enqueue_pending(experiment_id: int) -> None:
     from django_q.tasks import async_task
 
@@ -962,7 +996,8 @@ def _enqueue_pending(experiment_id: int) -> None:
 
 
 def experiment_run_pending(*, experiment_id: int, should_stop=None) -> Experiment:
-    """Run a `pending` experiment (a queued reproduction) and return it `completed` or `failed`.
+    """Run a `pending` experiment (a queued reproduction or by-hand experiment) and return it
+    `completed` or `failed`.
 
     The row is claimed with a conditional update, so two workers never run it twice; an
     experiment that is no longer pending is returned as it is. A task that is no longer ready
@@ -988,6 +1023,8 @@ def experiment_run_pending(*, experiment_id: int, should_stop=None) -> Experimen
         if not isinstance(exc, Exception):
             raise
     if exp.state == Experiment.State.COMPLETED:
+        if exp.reproduction_of_id is None:  # a queued by-hand experiment ranks like one run inline
+            _after_scoring(exp)
         _track(exp)
     return exp
 

@@ -1,3 +1,4 @@
+import time
 from pathlib import Path
 
 from django.core.management.base import BaseCommand
@@ -16,7 +17,7 @@ from dojo_site.cli import (
 )
 from dojo_site.errors import DojoError, InvalidInput
 from domains.sandbox import ISOLATION_HINT, sandbox_isolation
-from domains.services import domain_resolve
+from domains.services import domain_resolve, tasks_inline
 from experiments.analysis import (
     compare_as_json,
     experiments_compare,
@@ -27,12 +28,16 @@ from experiments.models import Experiment
 from experiments.services import (
     SORTS,
     experiment_best,
+    experiment_enqueue,
     experiment_get,
     experiment_leaderboard,
     experiment_reproduce,
     experiment_run,
     experiment_summary,
 )
+
+# How often `run` reads a queued experiment's state while it waits (one indexed read).
+WAIT_POLL_SECONDS = 0.5
 
 
 def _num(value) -> str:
@@ -73,6 +78,8 @@ class Command(BaseCommand):
         run.add_argument("--hypothesis", required=True)
         run.add_argument("--parent", help="Parent experiment ID (lineage).")
         run.add_argument("--seed", type=int)
+        run.add_argument("--background", action="store_true",
+                         help="Queue it for a worker (qcluster) and return at once with its ID.")
         reproduce = add("reproduce", "Re-run an experiment's stored code; show both metric sets.")
         reproduce.add_argument("experiment_id", metavar="ID")
 
@@ -145,11 +152,36 @@ class Command(BaseCommand):
             raise InvalidInput(f"cannot read {path}: {exc}") from None
         if sandbox_isolation() == "fallback" and not options["json"]:
             console_for(self).print(f"[yellow]warning:[/] {ISOLATION_HINT}")
-        exp = experiment_run(domain=domain, train_code=code, hypothesis=options["hypothesis"],
-                             parent=options["parent"], seed=options["seed"])
+        args = {"domain": domain, "train_code": code, "hypothesis": options["hypothesis"],
+                "parent": options["parent"], "seed": options["seed"]}
+        if options["background"] or not tasks_inline():
+            # Queued (DOJO_INLINE_TASKS=0 or --background): a worker runs it; this machine runs no train code.
+            exp = experiment_enqueue(**args)
+            if options["background"]:
+                if options["json"]:
+                    print_json(self, experiment_summary(exp))
+                else:
+                    self.stdout.write(f"experiment #{exp.pk} queued; follow it with "
+                                      f"`dojo_experiments show {exp.pk}`")
+                return
+            exp = self._wait(exp, quiet=options["json"])
+        else:
+            exp = experiment_run(**args)
         self._print(exp, options, code=False)
         if exp.state == Experiment.State.FAILED:
             raise command_error(InvalidInput(f"experiment #{exp.pk} failed: {exp.error}"))
+
+    def _wait(self, exp: Experiment, *, quiet: bool) -> Experiment:
+        """Poll the queued experiment until it ends, printing each state it passes through."""
+        seen = ""
+        while True:
+            exp = Experiment.objects.get(pk=exp.pk)
+            if exp.state != seen and not quiet:
+                self.stdout.write(f"experiment #{exp.pk}: {exp.state}")
+            seen = exp.state
+            if exp.state not in (Experiment.State.PENDING, Experiment.State.RUNNING):
+                return exp
+            time.sleep(WAIT_POLL_SECONDS)
 
     def _reproduce(self, options) -> None:
         domain = domain_resolve(name=options["domain"]) if options.get("domain") else None

@@ -29,6 +29,8 @@ from domains.services import (
     task_for_domain,
     task_freeze,
     task_generate,
+    task_job_active,
+    task_job_enqueue,
     task_status,
     task_tools_current,
     task_tools_import,
@@ -36,6 +38,7 @@ from domains.services import (
     task_unfreeze,
     task_update,
     task_verify,
+    tasks_inline,
 )
 
 # --- Domains ---------------------------------------------------------------------------------
@@ -387,6 +390,7 @@ def _task_panel(request: HttpRequest, domain: Domain, *, error: str = "", notice
             unfreeze_form=TaskUnfreezeForm(),
             config_form=TaskConfigForm(initial=config, task=task),
             snapshot_parts=_snapshot_parts(status["snapshot"]),
+            job_active=task_job_active(task),
         )
         context.update(forms_ or {})
     return render(request, "domains/partials/task.html", context)
@@ -427,7 +431,23 @@ def task_action(request: HttpRequest, pk: int, action: str) -> HttpResponse:
     forms_: dict = {}
     try:
         task = task_for_domain(domain=domain)
-        if action == "generate":
+        if action in ("generate", "verify", "freeze") and not tasks_inline():
+            # DOJO_INLINE_TASKS=0: a worker runs the task's code; the panel polls the job.
+            params: dict = {}
+            if action == "generate":
+                form = TaskGenerateForm(request.POST)
+                if not form.is_valid():
+                    raise InvalidInput("the hint is too long (at most 4000 characters)")
+                params = {"method": form.cleaned_data["method"] or "auto", "hint": form.cleaned_data["hint"]}
+            elif action == "freeze":
+                override = request.POST.get("override_audit") == "on"
+                reason = (request.POST.get("override_reason") or "").strip()[:2000]
+                if override and not reason:
+                    raise InvalidInput("Say why you freeze despite the leak audit's severe findings (the reason is recorded).")
+                params = {"override_reason": reason if override else "", "by": request.user.get_username()}
+            task_job_enqueue(task=task, kind=action, params=params)
+            notice = f"{action.capitalize()} queued: a worker runs it."
+        elif action == "generate":
             form = TaskGenerateForm(request.POST)
             if not form.is_valid():
                 raise InvalidInput("the hint is too long (at most 4000 characters)")

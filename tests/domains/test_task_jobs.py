@@ -120,3 +120,19 @@ def test_only_an_owner_may_queue_a_job(queued, client, workspace, django_user_mo
     with django_capture_on_commit_callbacks(execute=True) as callbacks:
         assert _post(client, f"/domains/{domain.pk}/task/tools/verify").status_code == 403
     assert callbacks == [] and task_of(domain).job == {}
+
+
+def test_the_task_tab_queues_verify_and_polls_until_the_job_ends(
+        queued, client_logged_in, workspace, django_capture_on_commit_callbacks):
+    domain = make_domain(workspace)
+    _post(client_logged_in, f"/domains/{domain.pk}/task/tools/import",
+          {"load_data": LOAD_REGRESSION, "evaluate": EVALUATE_REGRESSION})
+    hx = {"HTTP_HX_REQUEST": "true"}
+    with django_capture_on_commit_callbacks(execute=True) as callbacks:
+        panel = client_logged_in.post(f"/domains/{domain.pk}/task/verify/", **hx).content.decode()
+    assert len(callbacks) == 1 and 'hx-trigger="every 2s"' in panel and "Verify queued" in panel
+    assert task_of(domain).tools.get(name="load_data").verified_at is None  # the web request ran nothing
+
+    assert _run_queued(domain) == "done"
+    panel = client_logged_in.get(f"/domains/{domain.pk}/task/", **hx).content.decode()
+    assert 'hx-trigger="every 2s"' not in panel and "</strong>: done" in panel

@@ -136,3 +136,44 @@ def test_the_task_tab_queues_verify_and_polls_until_the_job_ends(
     assert _run_queued(domain) == "done"
     panel = client_logged_in.get(f"/domains/{domain.pk}/task/", **hx).content.decode()
     assert 'hx-trigger="every 2s"' not in panel and "</strong>: done" in panel
+
+
+def test_the_cli_queues_with_background_and_the_worker_finishes_it(queued, workspace,
+                                                                    django_capture_on_commit_callbacks):
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    domain = make_domain(workspace)
+    load, evaluate = workspace / "load.py", workspace / "evaluate.py"
+    load.write_text(LOAD_REGRESSION)
+    evaluate.write_text(EVALUATE_REGRESSION)
+    call_command("dojo_task", "import", "--domain", "lab", "--load-data", str(load), "--evaluate", str(evaluate),
+                 stdout=StringIO())
+    out = StringIO()
+    with django_capture_on_commit_callbacks(execute=True) as callbacks:
+        call_command("dojo_task", "verify", "--domain", "lab", "--background", stdout=out)
+    assert len(callbacks) == 1 and "verify queued" in out.getvalue()
+    assert task_of(domain).job["state"] == "queued"
+    assert _run_queued(domain) == "done"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_cli_waits_for_the_job_and_exits_3_when_verify_fails(queued, workspace, monkeypatch):
+    from io import StringIO
+
+    from django.core.management import call_command
+    from django.core.management.base import CommandError
+    from django_q.conf import Conf
+
+    monkeypatch.setattr(Conf, "SYNC", True)  # the queue runs the task at once, as a worker would
+    make_domain(workspace)
+    load, evaluate = workspace / "load.py", workspace / "evaluate.py"
+    load.write_text("def load_data():\n    return (1,)\n")
+    evaluate.write_text(EVALUATE_REGRESSION)
+    call_command("dojo_task", "import", "--domain", "lab", "--load-data", str(load), "--evaluate", str(evaluate),
+                 stdout=StringIO())
+    out = StringIO()
+    with pytest.raises(CommandError, match="verify failed: verification failed: load_data returned a tuple") as err:
+        call_command("dojo_task", "verify", "--domain", "lab", stdout=out)
+    assert getattr(err.value, "returncode", 3) == 3 and "verify: failed" in out.getvalue()

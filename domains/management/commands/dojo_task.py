@@ -1,3 +1,5 @@
+import json
+import time
 from pathlib import Path
 
 from django.core.management.base import BaseCommand
@@ -14,17 +16,24 @@ from dojo_site.cli import (
 )
 from dojo_site.errors import DojoError, InvalidInput, NotReady
 from domains.services import (
+    JOB_ACTIVE,
+    JOB_KINDS,
     domain_resolve,
     task_for_domain,
     task_freeze,
     task_generate,
+    task_job_enqueue,
     task_setup,
     task_status,
     task_tools_import,
     task_unfreeze,
     task_update,
     task_verify,
+    tasks_inline,
 )
+
+# How often a waiting command reads the queued job (one row by primary key).
+WAIT_POLL_SECONDS = 0.5
 
 
 class Command(BaseCommand):
@@ -55,10 +64,13 @@ class Command(BaseCommand):
         imp = action("import", help="Import hand-written tools from files.")
         imp.add_argument("--load-data", dest="load_data", type=Path, metavar="FILE")
         imp.add_argument("--evaluate", type=Path, metavar="FILE")
-        action("verify", help="Run both tools in the sandbox and check them against the contract.")
+        verify = action("verify", help="Run both tools in the sandbox and check them against the contract.")
         freeze = action("freeze", help="Freeze the verified tools and write the data snapshot.")
         freeze.add_argument("--override-audit", dest="override_audit", default="", metavar="REASON",
                             help="Freeze despite severe leak-audit findings; the reason is recorded on the task.")
+        for queued in (generate, verify, freeze):
+            queued.add_argument("--background", action="store_true",
+                                help="Queue it for a worker (qcluster) and return at once; `dojo_task show` follows it.")
         unfreeze = action("unfreeze", help="Unfreeze the task (recorded, with a reason).")
         unfreeze.add_argument("--reason", required=True, help="Why the contract changes (kept on the task).")
         action("show", help="State, fingerprints, tools with their verification, snapshot.")
@@ -74,6 +86,9 @@ class Command(BaseCommand):
     def handle(self, *args, **options) -> None:
         try:
             task = task_for_domain(domain=domain_resolve(name=options["domain"]))
+            if options["action"] in JOB_KINDS and (options.get("background") or not tasks_inline()):
+                self._queued(task, options)
+                return
             getattr(self, f"_{options['action']}")(task, options)
         except DojoError as exc:
             raise command_error(exc) from None
@@ -83,6 +98,30 @@ class Command(BaseCommand):
             print_json(self, task_status(task=task))
         else:
             self.stdout.write(message)
+
+    def _queued(self, task, options) -> None:
+        """DOJO_INLINE_TASKS=0 or --background: a worker runs the job; wait for it unless --background."""
+        kind = options["action"]
+        params = {"generate": {"method": options.get("method", "auto"), "hint": options.get("hint", "")},
+                  "freeze": {"override_reason": options.get("override_audit", ""), "by": _cli_user()}}.get(kind, {})
+        task = task_job_enqueue(task=task, kind=kind, params=params)
+        if options["background"]:
+            self._out(task, options, f"{kind} queued; follow it with `dojo_task show`.")
+            return
+        seen = ""
+        while True:
+            task.refresh_from_db(fields=["job"])
+            state = (task.job or {}).get("state", "")
+            if state != seen and not options["json"]:
+                self.stdout.write(f"{kind}: {state}")
+            seen = state
+            if state not in JOB_ACTIVE:
+                break
+            time.sleep(WAIT_POLL_SECONDS)
+        task.refresh_from_db()
+        self._out(task, options, json.dumps(task.job.get("result", {}), default=str))
+        if state == "failed":
+            raise NotReady(f"{kind} failed: {task.job.get('error', '')}")
 
     def _setup(self, task, options) -> None:
         task = task_setup(task=task, method=options["method"], override_reason=options["override_audit"],

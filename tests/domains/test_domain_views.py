@@ -70,7 +70,7 @@ def test_it_shows_program_setup_and_task_state_on_the_domain_page(client_logged_
     assertTemplateUsed(response, "domains/domain_detail.html")
     assertContains(response, 'id="file-program"')
     # PROGRAM.md / SETUP.md are rendered as Markdown.
-    assertContains(response, "<h2>Goal</h2>")
+    assertContains(response, "<h4>Goal</h4>")  # the file's "## Goal", demoted under the page's headings
     assertContains(response, "<li>target: price</li>")
     assertContains(response, "not frozen")
 

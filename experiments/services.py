@@ -162,6 +162,15 @@ def _isolation_setting() -> str | None:
     return _setting("DOJO_SANDBOX", "") or None
 
 
+def _dojo_packages_for(python: str) -> tuple[Path, ...]:
+    """A domain's environment reaches Dojo's own numpy/pandas/scikit-learn through a .pth file
+    (docs/decisions.md): Dojo's install prefix must then be readable in its sandbox too, wherever
+    Dojo is installed (under /tmp, which the sandbox replaces, a fresh clone's venv was not)."""
+    if python == sys.executable:
+        return ()
+    return tuple({Path(sys.prefix), Path(sys.base_prefix)})
+
+
 def _trainer_spec(domain: Domain, task: Task, limits: Limits) -> pool.Spec:
     snap = Path(task.snapshot_path)
     isolation = sandbox_isolation(_isolation_setting())
@@ -179,7 +188,7 @@ def _trainer_spec(domain: Domain, task: Task, limits: Limits) -> pool.Spec:
         cwd=Path(domain.workspace_path),
         env=tuple(sorted(env.items())),
         home=Path(settings.DOJO_HOME),
-        readable=(snap / "public", Path(domain.workspace_path)),
+        readable=(snap / "public", Path(domain.workspace_path), *_dojo_packages_for(python)),
         hidden=(*_hidden_paths(), snap / "sealed", snap / "tools", *_raw_data_paths(task, isolation),
                 *_public_data_paths(task, python, isolation)),
         isolation=isolation,

@@ -294,7 +294,9 @@ def train(X_train, y_train, X_test, *, artifacts_dir):
             target.mkdir(parents=True, exist_ok=True)
             (target / "planted.txt").write_text("not mine")
 """ + HONEST_TAIL)
-    assert planter.state == "completed", planter.error
+    # The slot's work folder belongs to the trusted side now (issue 9 item 5): planting fails at
+    # once, or (a layout where the folder is writable) lands where no later experiment looks.
+    assert planter.state == "completed" or "Permission denied" in planter.error, planter.error
     victim = run(diabetes, LINEAR)
     assert victim.state == "completed", victim.error
     assert not victim.artifacts.filter(path__contains="planted").exists()

@@ -44,3 +44,13 @@ def assert_events_contiguous(run: AgentRun) -> list[AgentEvent]:
     assert events[-1].type == "finalized"
     assert [e.type for e in events].count("finalized") == 1
     return events
+
+
+def exact_feedback(domain) -> None:
+    """Give agents exact validation scores on this domain's task (the default is the ladder,
+    tests/experiments/test_feedback.py): for tests that compare what the agent saw with the DB."""
+    from domains.models import Task
+
+    task = Task.objects.get(domain=domain)
+    task.config = {**(task.config or {}), "feedback_mode": "exact"}
+    task.save(update_fields=["config"])

@@ -18,7 +18,12 @@ from agentrun.services import run_create, run_execute, run_stop_request
 from experiments.models import Experiment
 from knowledge.models import KnowledgeAtom
 from tests.agentrun.conftest import GOOD_TRAIN, MEAN_TRAIN, PROGRAM
-from tests.agentrun.helpers import assert_events_contiguous, execute_in_thread, wait_for
+from tests.agentrun.helpers import (
+    assert_events_contiguous,
+    exact_feedback,
+    execute_in_thread,
+    wait_for,
+)
 from tests.fakes import anthropic_api
 
 FAKE_CLI = Path(__file__).resolve().parents[1] / "fakes" / "claude_agent.py"
@@ -57,6 +62,7 @@ def _argv(entries: list[dict]) -> list[str]:
 
 
 def test_it_runs_experiments_and_writes_knowledge_over_mcp(frozen_domain, fake_claude):
+    exact_feedback(frozen_domain)  # compares what the agent saw with the stored metrics
     write_script, read_log = fake_claude
     write_script({
         "cost_per_call": 0.01,
@@ -228,6 +234,7 @@ BUNDLED_CLI = Path(__import__("claude_agent_sdk").__file__).parent / "_bundled" 
 @pytest.mark.slow
 @pytest.mark.skipif(not BUNDLED_CLI.is_file(), reason="claude-agent-sdk installed without its bundled Claude Code CLI (sdist build)")
 def test_the_bundled_cli_runs_the_agent_against_a_fake_anthropic_api(frozen_domain, settings, tmp_path, monkeypatch):
+    exact_feedback(frozen_domain)  # compares what the agent saw with the stored metrics
     def write_knowledge(body):
         experiment_id = anthropic_api.last_tool_result(body)["experiment_id"]
         return anthropic_api.tool_use("mcp__dojo__write_knowledge", {

@@ -24,6 +24,7 @@ from tests.agentrun.conftest import GOOD_TRAIN, MEAN_TRAIN, PROGRAM
 from tests.agentrun.helpers import (
     assert_events_contiguous,
     event_types,
+    exact_feedback,
     execute_in_thread,
     wait_for,
 )
@@ -52,6 +53,7 @@ def test_it_validates_the_limits(frozen_domain):
 
 
 def test_it_runs_a_backend_end_to_end(frozen_domain, scripted):
+    exact_feedback(frozen_domain)  # compares what the agent saw with the stored metrics
     scripted(
         [
             {"tool": "list_knowledge", "args": {}},

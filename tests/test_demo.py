@@ -44,8 +44,10 @@ def test_it_builds_the_demo_through_the_real_pipeline_and_runs_the_researcher(mo
     assert Domain.objects.filter(name="demo-diabetes").count() == 1
     second = AgentRun.objects.get(pk=data["run_id"])
     assert second.status == AgentRun.Status.COMPLETED
-    first_phase = Experiment.objects.filter(run=second).order_by("pk").first().variables["phase"]
-    assert first_phase == "knowledge"
+    # The knowledge trial opens the first batch; that batch runs in parallel, so which of its
+    # experiments gets the lower id is a race (this assertion used to compare ids and flaked).
+    phases = [e.variables["phase"] for e in Experiment.objects.filter(run=second).order_by("pk")]
+    assert "knowledge" in phases, phases
     assert data["leaderboard"] and data["knowledge"]
 
 

@@ -670,8 +670,9 @@ def _chart(title, xlabel, ylabel, points=(), lines=(), limits=None):
         if len(px) > 1500:  # enough to see the shape; the file stays small
             pick = np.linspace(0, len(px) - 1, 1500).astype(int)
             px, py = px[pick], py[pick]
-        body += [f'<circle cx="{sx(a):.1f}" cy="{sy(b):.1f}" r="2" fill="#3366cc" fill-opacity="0.5"/>'
-                 for a, b in zip(px, py) if np.isfinite(a) and np.isfinite(b)]
+        finite = np.isfinite(px) & np.isfinite(py)
+        body += [f'<circle cx="{a:.1f}" cy="{b:.1f}" r="2" fill="#3366cc" fill-opacity="0.5"/>'
+                 for a, b in zip(sx(px[finite]).tolist(), sy(py[finite]).tolist())]
     return _panel(title, "".join(body))
 
 

@@ -39,6 +39,7 @@ import io
 import logging
 import statistics
 import zlib
+from typing import NamedTuple
 
 import numpy as np
 from django.db import transaction
@@ -65,6 +66,7 @@ PROBE_SEQUENCE = 3
 PROBE_WINDOW = 100
 PROBE_COMPARE_LAST = 50  # earlier experiments' predictions each new one is compared with
 PREDICTION_ROW_TOLERANCE = 1e-6
+PROBE_BATCH_CELLS = 1_000_000  # float32 cells of earlier predictions held at once (4 MB)
 
 # Perfect values: losses are perfect at 0, scores in [0, 1] at 1.
 PERFECT = {"rmse": 0.0, "mae": 0.0, "log_loss": 0.0, "mse": 0.0, "r2": 1.0, "accuracy": 1.0, "roc_auc": 1.0,
@@ -82,12 +84,23 @@ def _distance(metric: str, value: float | None) -> float | None:
 # --- predictions (rule 4) --------------------------------------------------------------------
 
 
-def prediction_store(*, experiment: Experiment, y_pred: bytes) -> Prediction | None:
-    """Keep a compact copy of the predictions the evaluator accepted (float32, zlib; labels as
-    crc32 codes). Returns None when they cannot be read (they were scored, so this is rare)."""
+class PredictionCheck(NamedTuple):
+    """A scored experiment's predictions in compact form and what they were compared with: made
+    by prediction_check while the evaluator scores, stored by quarantine_assess afterwards."""
+
+    kind: str
+    data: np.ndarray
+    probe_of: int | None
+    probe_rows: int | None
+
+
+def prediction_check(*, experiment: Experiment, y_pred: bytes) -> PredictionCheck | None:
+    """Compact copy of the predictions (float32; labels as crc32 codes), compared with earlier
+    experiments' (rule 4). Reads the database only, so it can run while the evaluator is still
+    scoring. None when they cannot be read (the evaluator decides whether that fails them)."""
     try:
         arr = np.load(io.BytesIO(y_pred), allow_pickle=False)
-    except Exception:  # noqa: BLE001 - the evaluator accepted it; a copy we cannot make is no verdict
+    except Exception:  # noqa: BLE001 - the evaluator judges the predictions; a copy we cannot make is no verdict
         return None
     arr = arr.reshape(len(arr), -1) if arr.ndim else arr.reshape(1, 1)
     if arr.dtype.kind in "biuf":
@@ -95,34 +108,41 @@ def prediction_store(*, experiment: Experiment, y_pred: bytes) -> Prediction | N
     else:
         kind = "label"
         data = np.array([[zlib.crc32(str(v).encode()) for v in row] for row in arr], dtype=np.float32)
+    probe_of, rows = probe_detect(experiment=experiment, kind=kind, data=data)
+    return PredictionCheck(kind, data, probe_of, rows)
+
+
+def prediction_store(*, experiment: Experiment, check: PredictionCheck) -> Prediction:
+    data = check.data
     return Prediction.objects.create(
-        experiment=experiment, task_fingerprint=experiment.task_fingerprint, kind=kind, rows=data.shape[0],
+        experiment=experiment, task_fingerprint=experiment.task_fingerprint, kind=check.kind, rows=data.shape[0],
         width=data.shape[1], data=zlib.compress(np.ascontiguousarray(data).tobytes(), 1),
     )
 
 
-def _array(p: Prediction) -> np.ndarray:
-    return np.frombuffer(zlib.decompress(bytes(p.data)), dtype=np.float32).reshape(p.rows, p.width)
-
-
-def probe_detect(*, experiment: Experiment, prediction: Prediction) -> tuple[int | None, int | None]:
-    """(earlier experiment id, differing rows) when this experiment's predictions differ from an
-    earlier one's of the same domain and contract in only a few rows; (None, None) otherwise."""
-    mine = _array(prediction)
-    limit = max(PROBE_MAX_ROWS, int(PROBE_MAX_SHARE * prediction.rows))
+def probe_detect(*, experiment: Experiment, kind: str, data: np.ndarray) -> tuple[int | None, int | None]:
+    """(earlier experiment id, differing rows) when these predictions differ from an earlier
+    experiment's of the same domain and contract in only a few rows; (None, None) otherwise."""
+    n_rows, width = data.shape
+    limit = max(PROBE_MAX_ROWS, int(PROBE_MAX_SHARE * n_rows))
     earlier = (
         Prediction.objects.filter(
-            experiment__domain_id=experiment.domain_id, task_fingerprint=prediction.task_fingerprint,
-            rows=prediction.rows, width=prediction.width, kind=prediction.kind, experiment_id__lt=experiment.pk,
-        ).order_by("-experiment_id")[:PROBE_COMPARE_LAST]
+            experiment__domain_id=experiment.domain_id, task_fingerprint=experiment.task_fingerprint,
+            rows=n_rows, width=width, kind=kind, experiment_id__lt=experiment.pk,
+        ).order_by("-experiment_id").values_list("experiment_id", "data")[:PROBE_COMPARE_LAST]
     )
     found: tuple[int | None, int | None] = (None, None)
-    for other in earlier:  # the closest one: a probe names the predictions it changes
-        theirs = _array(other)
+    batch = max(1, PROBE_BATCH_CELLS // max(1, n_rows * width))  # earlier predictions compared at once
+    rows_of = list(earlier)
+    for start in range(0, len(rows_of), batch):
+        chunk = rows_of[start:start + batch]
+        theirs = np.frombuffer(b"".join(zlib.decompress(bytes(blob)) for _, blob in chunk), dtype=np.float32)
+        theirs = theirs.reshape(len(chunk), n_rows, width)
         tol = PREDICTION_ROW_TOLERANCE * (1.0 + np.abs(theirs))
-        rows = int(np.count_nonzero((np.abs(mine - theirs) > tol).any(axis=1)))
-        if 1 <= rows <= limit and (found[1] is None or rows < found[1]):
-            found = (other.experiment_id, rows)
+        differing = np.count_nonzero((np.abs(data[None] - theirs) > tol).any(axis=2), axis=1)
+        for (other_id, _), rows in zip(chunk, differing.tolist(), strict=True):  # the closest: a probe names the rows it changes
+            if 1 <= rows <= limit and (found[1] is None or rows < found[1]):
+                found = (other_id, rows)
     return found
 
 
@@ -241,21 +261,24 @@ def _rule_probing(experiment: Experiment, task: Task) -> tuple[str | None, list[
     return None, []
 
 
-def quarantine_assess(*, experiment: Experiment, y_pred: bytes | None = None, task: Task | None = None) -> list[dict]:
-    """Run every rule on a freshly completed experiment; record probe_of/probe_rows and, when a rule
-    fires, quarantine it (and the earlier probes of its sequence). Returns the reasons ([] = clean).
+def quarantine_assess(*, experiment: Experiment, y_pred: bytes | None = None, task: Task | None = None,
+                      check: PredictionCheck | None = None) -> list[dict]:
+    """Run every rule on a freshly completed experiment; store its predictions, record
+    probe_of/probe_rows and, when a rule fires, quarantine it (and the earlier probes of its
+    sequence). `check` is prediction_check's result when the caller made it already (while the
+    evaluator scored), else it is made here from `y_pred`. Returns the reasons ([] = clean).
     Never raises for a rule's sake: a broken rule is logged and skipped."""
     task = task or Task.objects.filter(domain_id=experiment.domain_id).first()
     if task is None or experiment.state != Experiment.State.COMPLETED:
         return []
     metric = task.primary_metric
-    if y_pred:
-        prediction = prediction_store(experiment=experiment, y_pred=y_pred)
-        if prediction is not None:
-            probe_of, rows = probe_detect(experiment=experiment, prediction=prediction)
-            if probe_of is not None:
-                experiment.probe_of_id, experiment.probe_rows = probe_of, rows
-                Experiment.objects.filter(pk=experiment.pk).update(probe_of_id=probe_of, probe_rows=rows)
+    if check is None and y_pred:
+        check = prediction_check(experiment=experiment, y_pred=y_pred)
+    if check is not None:
+        prediction_store(experiment=experiment, check=check)
+        if check.probe_of is not None:
+            experiment.probe_of_id, experiment.probe_rows = check.probe_of, check.probe_rows
+            Experiment.objects.filter(pk=experiment.pk).update(probe_of_id=check.probe_of, probe_rows=check.probe_rows)
     others = _reference(experiment)
     reasons: list[dict] = []
     also: list[int] = []

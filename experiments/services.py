@@ -38,7 +38,7 @@ from domains.sandbox import ISOLATION_HINT, sandbox_env, sandbox_isolation
 from experiments.analysis import family_of
 from experiments.harness import pool
 from experiments.models import Artifact, Experiment
-from experiments.quarantine import quarantine_assess
+from experiments.quarantine import prediction_check, quarantine_assess
 from experiments.ranking import cv_parse, ranking_update
 from experiments.scan import scan_train_code
 
@@ -459,14 +459,14 @@ def _after_scoring(exp: Experiment, task: Task | None = None) -> None:
     failure here is logged and the experiment stays as scored (unranked until the next update)."""
     try:
         # The audit first (experiments/quarantine.py): a quarantined experiment never ranks.
-        quarantine_assess(experiment=exp, y_pred=getattr(exp, "_y_pred", None), task=task)
+        quarantine_assess(experiment=exp, check=getattr(exp, "_prediction_check", None), task=task)
     except Exception:  # noqa: BLE001
         log.exception("auditing experiment %s failed", exp.pk)
     try:
         ranking_update(experiment=exp, task=task)
     except Exception:  # noqa: BLE001
         log.exception("ranking experiment %s failed", exp.pk)
-    exp._y_pred = None
+    exp._prediction_check = None
 
 
 def experiments_fail_stale(*, domain: Domain, limits: Limits) -> int:
@@ -572,8 +572,15 @@ def _execute(exp: Experiment, domain: Domain, task: Task, should_stop, started: 
             warnings=warnings,
         )
         _trainer_outcome(answer, job_fd, limits, y_pred, warnings)
-        scores = _evaluate(evaluator_spec, exp, y_pred)
-        exp._y_pred = y_pred  # accepted by the evaluator; kept compactly for probe detection
+        checked: list = []
+
+        def check_predictions() -> None:  # a read: done while the evaluator scores
+            if not checked:
+                checked.append(_prediction_check(exp, y_pred))
+
+        scores = _evaluate(evaluator_spec, exp, y_pred, while_waiting=check_predictions)
+        check_predictions()
+        exp._prediction_check = checked[0]
         artifacts = _collect_artifacts(exp, job_fd, scores.pop("_eval_dirs"), limits, warnings)
         primary = task.primary_metric
         # The CV line is the train code's own claim (untrusted): stored as reported, and
@@ -726,17 +733,29 @@ def _trainer_outcome(answer: dict, job_fd: int, limits: Limits, y_pred: bytes, w
         )
 
 
-def _evaluate(spec: pool.Spec, exp: Experiment, y_pred: bytes) -> dict:
+def _prediction_check(exp: Experiment, y_pred: bytes):
+    """quarantine.prediction_check that never raises: it runs while the evaluator's answer is
+    pending, and a failure there must not leave that answer unread in the pipe."""
+    try:
+        return prediction_check(experiment=exp, y_pred=y_pred)
+    except Exception:  # noqa: BLE001
+        log.exception("comparing experiment %s's predictions failed", exp.pk)
+        return None
+
+
+def _evaluate(spec: pool.Spec, exp: Experiment, y_pred: bytes, while_waiting: Callable[[], None] | None = None) -> dict:
     """Score y_pred (.npy bytes) with the trusted evaluator; y_pred goes down its stdin right
     after the request line. One retry when the evaluator died (it is restarted). "_eval_dirs"
-    lists (part, evaluator work folder, folder name) of what evaluate wrote, for the artifacts."""
+    lists (part, evaluator work folder, folder name) of what evaluate wrote, for the artifacts.
+    `while_waiting` runs once the request is sent (work that needs no score; it must not raise
+    and runs again if the evaluator is retried)."""
     for attempt in (1, 2):
         wp = pool.evaluator_get(spec)
         if wp.ready is None:
             raise _Failed(f"the evaluator could not start: {wp.error[-800:]}")
         with wp.lock:
             answer = wp.request({"id": exp.pk, "y_pred_bytes": len(y_pred)}, payload=y_pred,
-                                timeout=_setting("DOJO_EVALUATE_TIMEOUT_SECONDS", 600.0))
+                                timeout=_setting("DOJO_EVALUATE_TIMEOUT_SECONDS", 600.0), while_waiting=while_waiting)
         # Only folders evaluate wrote into, directly in the evaluator's own work folder, are taken.
         eval_dirs = []
         for part, path in ((answer or {}).get("artifacts") or {}).items():

@@ -51,6 +51,26 @@ def env_float(name: str, default: float) -> float:
 DOJO_HOME = Path(env_str("DOJO_HOME", str(BASE_DIR / "var"))).resolve()
 DOJO_HOME.mkdir(parents=True, exist_ok=True)
 
+# Shared versus per-machine state (docs/cluster.md). Durable things every machine must see (published
+# task snapshots, workspace bundles) go through the "dojo" storage in STORAGES, named by content; by
+# default a folder under DOJO_HOME, so one machine works as before. A cluster points
+# DOJO_SHARED_STORAGE_DIR at a shared folder, or replaces STORAGES["dojo"] with a django-storages
+# backend (S3 and the like). DOJO_CACHE_DIR is this machine's own: snapshots fetched from the storage,
+# locks, scratch; never put it on a shared file system.
+DOJO_SHARED_STORAGE_DIR = Path(env_str("DOJO_SHARED_STORAGE_DIR", str(DOJO_HOME / "shared"))).resolve()
+DOJO_CACHE_DIR = Path(env_str("DOJO_CACHE_DIR", str(DOJO_HOME / "cache"))).resolve()
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+    # Archives hold sealed labels: owner-only files, so a sandboxed process under another uid cannot
+    # read them even where the folder is visible.
+    "dojo": {
+        "BACKEND": "django.core.files.storage.FileSystemStorage",
+        "OPTIONS": {"location": str(DOJO_SHARED_STORAGE_DIR), "file_permissions_mode": 0o600,
+                    "directory_permissions_mode": 0o700},
+    },
+}
+
 
 def secret_key_load(home: Path) -> str:
     """Use SECRET_KEY when set; otherwise generate one once and keep it in home/secret_key (0600)."""

@@ -13,6 +13,10 @@ def dojo_home(tmp_path, settings):
     home = tmp_path / "dojo_home"
     home.mkdir()
     settings.DOJO_HOME = home
+    # Its shared storage and per-machine cache with it (settings.py derives both from DOJO_HOME).
+    settings.DOJO_CACHE_DIR = home / "cache"
+    settings.STORAGES = {**settings.STORAGES, "dojo": {**settings.STORAGES["dojo"], "OPTIONS": {
+        **settings.STORAGES["dojo"]["OPTIONS"], "location": str(home / "shared")}}}
     # Password hashing is deliberately slow; tests only need it to work.
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
     return home

@@ -441,6 +441,7 @@ def _finish(
         state=Experiment.State.FAILED if failed else Experiment.State.STOPPED,
         error="stopped" if not failed else f"run ended: {error}"[:1_000],
         finished_at=timezone.now(),
+        stop_requested=True,  # one still on another worker (DOJO_DISPATCH=queue) stops too
     )
     if failed:
         status = AgentRun.Status.FAILED
@@ -553,10 +554,13 @@ def run_stop_request(*, run: AgentRun) -> AgentRun:
 
 def run_reap(*, timeout_seconds: float | None = None) -> list[int]:
     """Fail runs whose heartbeat stopped ("worker lost") and their unfinished experiments; requeue
-    (or fail, the second time) queued runs a dead cluster took off the queue (runs_requeue_lost).
+    (or fail, the second time) queued runs a dead cluster took off the queue (runs_requeue_lost)
+    and queued experiments whose worker died (experiments.services.experiments_requeue_lost).
 
     Returns the ids of the runs reaped or requeued. Safe to run anywhere, any number of times.
     """
+    from experiments.services import experiments_requeue_lost
+
     if timeout_seconds is None:
         timeout_seconds = settings.DOJO_HEARTBEAT_TIMEOUT_SECONDS
     cutoff = timezone.now() - timedelta(seconds=timeout_seconds)
@@ -568,7 +572,10 @@ def run_reap(*, timeout_seconds: float | None = None) -> list[int]:
         if _run_end_abandoned(run, message=message, status=AgentRun.Status.FAILED, heartbeat_at__lt=cutoff):
             reaped.append(run.pk)
             logger.warning("reaped run %s: %s", run.pk, message)
-    return reaped + runs_requeue_lost()
+    experiments_requeue_lost()
+    # An experiment worker's django-q2 sees only the experiments' queue and clusters: the runs'
+    # queue is judged by the run workers' reaper.
+    return reaped + (runs_requeue_lost() if settings.DOJO_Q_ROLE == "runs" else [])
 
 
 def _run_end_abandoned(run: AgentRun, *, message: str, status: str, **still: Any) -> bool:
@@ -580,8 +587,9 @@ def _run_end_abandoned(run: AgentRun, *, message: str, status: str, **still: Any
         )
         if not claimed:
             return False
+        # stop_requested: an experiment running on another worker (DOJO_DISPATCH=queue) stops too.
         Experiment.objects.filter(run=run, state__in=[Experiment.State.PENDING, Experiment.State.RUNNING]).update(
-            state=Experiment.State.FAILED, error=message, finished_at=timezone.now()
+            state=Experiment.State.FAILED, error=message, finished_at=timezone.now(), stop_requested=True
         )
         _event_append(run, "error", {"error": message})
         _event_append(run, "finalized", {"status": status})

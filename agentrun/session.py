@@ -55,7 +55,8 @@ class RunSession:
         self.context = context
         self.seed = run.seed
         cpus = os.cpu_count() or 1
-        self.max_parallel = max(1, int(cpus * settings.DOJO_CPU_SHARE))
+        # Queued experiments (DOJO_DISPATCH=queue) run on other machines: DOJO_RUN_PARALLEL says how many.
+        self.max_parallel = settings.DOJO_RUN_PARALLEL or max(1, int(cpus * settings.DOJO_CPU_SHARE))
         # Backends may put what they want recorded on the run (e.g. the SDK session id) here.
         self.result: dict[str, Any] = {}
 

@@ -14,6 +14,7 @@ import math
 from collections.abc import Callable
 from typing import Any, TypedDict
 
+from django.conf import settings
 from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
@@ -334,10 +335,12 @@ def _experiment_brief(experiment: Experiment, view: dict[str, Any]) -> dict[str,
 
 
 def _run_experiment(run: AgentRun, args: dict, should_stop: Callable[[], bool] | None) -> dict:
-    from experiments.services import experiment_run
+    from experiments.services import experiment_dispatch, experiment_run
 
     parent = _experiment_for_run(run, args["parent_id"]) if "parent_id" in args else None
-    experiment = experiment_run(
+    # In this thread (one machine), or on whichever experiment worker is free (docs/cluster.md).
+    run_one = experiment_dispatch if settings.DOJO_DISPATCH == "queue" else experiment_run
+    experiment = run_one(
         domain=run.domain,
         train_code=args["code"],
         hypothesis=args["hypothesis"],

@@ -244,6 +244,30 @@ Q_CLUSTER = {
     "catch_up": False,
     "cache": "djangoq",
 }
+# How an agent run's experiments execute: "inline" (in the worker that took the run, in threads: one
+# machine, `make demo`) or "queue" (each one queued for the experiment workers, whichever has a free
+# slot on any machine; results come back through the database). docs/cluster.md.
+DOJO_DISPATCH = env_str("DOJO_DISPATCH", "inline")
+if DOJO_DISPATCH not in ("inline", "queue"):
+    raise ImproperlyConfigured(f"DOJO_DISPATCH must be inline or queue, got {DOJO_DISPATCH!r}")
+# Which queue this process's `manage.py qcluster` serves: "runs" (agent runs and the other background
+# work) or "experiments" (queued experiments only). Experiments have their own queue so a run, which
+# holds a worker while it waits for its experiments, can never take the slots they need.
+DOJO_Q_ROLE = env_str("DOJO_Q_ROLE", "runs")
+if DOJO_Q_ROLE not in ("runs", "experiments"):
+    raise ImproperlyConfigured(f"DOJO_Q_ROLE must be runs or experiments, got {DOJO_Q_ROLE!r}")
+DOJO_EXPERIMENT_QUEUE = Q_CLUSTER["name"] + "-experiments"
+# How many experiments one run keeps in flight (the built-in researcher); 0: this machine's CPUs ×
+# DOJO_CPU_SHARE. With DOJO_DISPATCH=queue, set it to the experiment slots the run may use cluster-wide.
+DOJO_RUN_PARALLEL = env_int("DOJO_RUN_PARALLEL", 0)
+if DOJO_Q_ROLE == "experiments":
+    # django-q2's alternative cluster name is the queue it serves; the name (the signing salt and the
+    # stats prefix) stays the installation's.
+    Q_CLUSTER["cluster_name"] = DOJO_EXPERIMENT_QUEUE
+    # One slot per share of this machine's CPUs (DOJO_EXPERIMENT_WORKERS overrides it).
+    Q_CLUSTER["workers"] = env_int(
+        "DOJO_EXPERIMENT_WORKERS", max(1, int((os.cpu_count() or 1) * env_float("DOJO_CPU_SHARE", 1.0)))
+    )
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},

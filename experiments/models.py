@@ -112,6 +112,17 @@ class Experiment(models.Model):
     quarantine_review = models.JSONField(
         default=dict, blank=True, help_text="The person's decision: {decision, reason, by, at}."
     )
+    # --- Where it runs when it was queued (DOJO_DISPATCH=queue, experiments/services.py) ---
+    worker_host = models.CharField(max_length=255, blank=True, help_text="Host of the process executing it.")
+    worker_pid = models.IntegerField(null=True, blank=True, help_text="Pid of the process executing it.")
+    heartbeat_at = models.DateTimeField(
+        null=True, blank=True,
+        help_text="Last sign of life of a queued experiment's worker; the reaper requeues it when this stops.",
+    )
+    attempts = models.IntegerField(default=0, help_text="Times a worker took it (2: its first worker died).")
+    stop_requested = models.BooleanField(
+        default=False, help_text="Asks the worker executing it to kill its trainer and end it `stopped`."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
@@ -125,6 +136,8 @@ class Experiment(models.Model):
             models.Index(fields=["domain", "-created_at"], name="exp_domain_created_idx"),
             # A run's experiments.
             models.Index(fields=["run", "state"], name="exp_run_state_idx"),
+            # The reaper's look for queued experiments whose worker stopped beating.
+            models.Index(fields=["state", "heartbeat_at"], name="exp_state_heartbeat_idx"),
             # Leaderboard sorts (experiments/analysis.py SORT_FIELDS): one index per sortable column,
             # led by the domain and carrying the two columns every leaderboard query filters on
             # (state, reproduction_of), so a page's ids come from the index alone. The table's rows

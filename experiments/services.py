@@ -4,6 +4,8 @@ experiment_run: check the contract → record the experiment → train in the sa
 cold spawn) → score with the trusted evaluator → keep the artifacts → record the result → track.
 Every failure ends the experiment `failed` with a reason a person can act on; nothing is left
 `running`. Architecture: DESIGN §4; the harness processes are in experiments/harness/.
+experiment_dispatch (DOJO_DISPATCH=queue): the same, on whichever experiment worker is free; see
+"Queue dispatch" below.
 """
 
 from __future__ import annotations
@@ -16,12 +18,15 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 
 from django.conf import settings
@@ -405,6 +410,24 @@ def experiment_provenance(*, domain: Domain) -> dict:
     return out
 
 
+def _new_experiment_fields(domain: Domain, train_code, hypothesis, variables, parent, seed) -> tuple[Task, dict]:
+    """The checked fields of a new experiment, and its ready task. Raises, recording nothing,
+    InvalidInput for bad arguments and NotReady when the task is not ready."""
+    variables, parent = _check_input(domain, train_code, variables, parent)
+    if isinstance(seed, int) and not -DB_INT_MAX - 1 <= seed <= DB_INT_MAX:  # the seed column's range
+        raise InvalidInput(f"seed must be between {-DB_INT_MAX - 1} and {DB_INT_MAX}, got {seed}")
+    task = _ready_task(domain)
+    if seed is None:
+        seed = int((task.config or {}).get("seed", 0) or 0)
+    return task, dict(
+        domain=domain, parent=parent, hypothesis=(hypothesis or "").strip(), variables=variables,
+        train_code=train_code, code_sha256=hashlib.sha256(train_code.encode()).hexdigest(), seed=seed,
+        task_fingerprint=task.fingerprint, data_fingerprint=task.data_fingerprint,
+        code_flags=scan_train_code(train_code), provenance=experiment_provenance(domain=domain),
+        family=family_of(variables),
+    )
+
+
 def experiment_run(
     *,
     domain: Domain,
@@ -423,19 +446,11 @@ def experiment_run(
     is not frozen or no longer matches its fingerprint. Thread-safe; a worker thread should close
     its DB connections when it is done (django.db.connections.close_all())."""
     started = time.perf_counter()
-    variables, parent = _check_input(domain, train_code, variables, parent)
-    if isinstance(seed, int) and not -DB_INT_MAX - 1 <= seed <= DB_INT_MAX:  # the seed column's range
-        raise InvalidInput(f"seed must be between {-DB_INT_MAX - 1} and {DB_INT_MAX}, got {seed}")
-    task = _ready_task(domain)
-    if seed is None:
-        seed = int((task.config or {}).get("seed", 0) or 0)
+    task, fields = _new_experiment_fields(domain, train_code, hypothesis, variables, parent, seed)
     # Recorded straight as `running` (one INSERT): it starts running now; nothing is pending.
     exp = Experiment.objects.create(
-        domain=domain, run=run, parent=parent, hypothesis=(hypothesis or "").strip(), variables=variables,
-        train_code=train_code, code_sha256=hashlib.sha256(train_code.encode()).hexdigest(),
-        state=Experiment.State.RUNNING, started_at=timezone.now(), seed=seed, task_fingerprint=task.fingerprint,
-        data_fingerprint=task.data_fingerprint, code_flags=scan_train_code(train_code),
-        provenance=experiment_provenance(domain=domain), family=family_of(variables),
+        **fields, run=run, state=Experiment.State.RUNNING, started_at=timezone.now(), worker_host=WORKER_HOST,
+        worker_pid=os.getpid(),
     )
     exp._unsaved = set()
     try:
@@ -974,8 +989,6 @@ def experiment_reproduce_enqueue(*, experiment: Experiment) -> Experiment:
     """Record a `pending` reproduction of `experiment` and hand it to a django-q2 worker once the
     transaction commits; return the copy (poll it for progress). Raises NotReady (recording
     nothing) when the task is not ready."""
-    from functools import partial
-
     with transaction.atomic():
         copy = _reproduction_create(experiment)
         transaction.on_commit(partial(_enqueue_pending, copy.pk))
@@ -996,31 +1009,23 @@ def experiment_enqueue(
     becomes `running`, then `completed` or `failed`). Raises, recording nothing, what
     experiment_run raises before it runs: InvalidInput for bad arguments, NotReady when the task
     is not ready."""
-    from functools import partial
-
-    variables, parent = _check_input(domain, train_code, variables, parent)
-    if isinstance(seed, int) and not -DB_INT_MAX - 1 <= seed <= DB_INT_MAX:
-        raise InvalidInput(f"seed must be between {-DB_INT_MAX - 1} and {DB_INT_MAX}, got {seed}")
-    task = _ready_task(domain)
-    if seed is None:
-        seed = int((task.config or {}).get("seed", 0) or 0)
+    _, fields = _new_experiment_fields(domain, train_code, hypothesis, variables, parent, seed)
     with transaction.atomic():
-        exp = Experiment.objects.create(
-            domain=domain, parent=parent, hypothesis=(hypothesis or "").strip(), variables=variables,
-            train_code=train_code, code_sha256=hashlib.sha256(train_code.encode()).hexdigest(),
-            state=Experiment.State.PENDING, seed=seed, task_fingerprint=task.fingerprint,
-            data_fingerprint=task.data_fingerprint, code_flags=scan_train_code(train_code),
-            provenance=experiment_provenance(domain=domain), family=family_of(variables),
-        )
+        exp = Experiment.objects.create(**fields, state=Experiment.State.PENDING)
         transaction.on_commit(partial(_enqueue_pending, exp.pk))
     return exp
 
 
-def _enqueue_pending(experiment_id: int) -> None:
+def _enqueue_pending(experiment_id: int, *, timeout: float | None = None) -> None:
+    """Queue a pending experiment: for the experiment workers with DOJO_DISPATCH=queue, else for
+    the one queue. `timeout` (seconds) is the queue's own limit for this task."""
     from django_q.tasks import async_task
 
+    options: dict = {"timeout": int(timeout)} if timeout else {}
+    if settings.DOJO_DISPATCH == "queue":
+        options["cluster"] = settings.DOJO_EXPERIMENT_QUEUE
     async_task("experiments.tasks.experiment_run_pending_task", experiment_id,
-               task_name=f"dojo-experiment-{experiment_id}")
+               task_name=f"dojo-experiment-{experiment_id}", **options)
 
 
 def experiment_run_pending(*, experiment_id: int, should_stop=None) -> Experiment:
@@ -1028,22 +1033,35 @@ def experiment_run_pending(*, experiment_id: int, should_stop=None) -> Experimen
     `completed` or `failed`.
 
     The row is claimed with a conditional update, so two workers never run it twice; an
-    experiment that is no longer pending is returned as it is. A task that is no longer ready
-    fails the experiment with the reason. Never leaves it `running`."""
-    claimed = Experiment.objects.filter(pk=experiment_id, state=Experiment.State.PENDING).update(
-        state=Experiment.State.RUNNING, started_at=timezone.now()
+    experiment that is no longer pending is returned as it is (one asked to stop before it
+    started ends `stopped`). While it runs, this process beats on the row (the reaper requeues it
+    once when the beats stop: experiments_requeue_lost) and watches its stop flag (set: the trainer
+    is killed and it ends `stopped`). A task that is no longer ready fails the experiment with the
+    reason. Never leaves it `running`."""
+    now = timezone.now()
+    claimed = Experiment.objects.filter(pk=experiment_id, state=Experiment.State.PENDING, stop_requested=False).update(
+        state=Experiment.State.RUNNING, started_at=now, heartbeat_at=now, worker_host=WORKER_HOST,
+        worker_pid=os.getpid(), attempts=F("attempts") + 1,
     )
+    if not claimed:
+        Experiment.objects.filter(pk=experiment_id, state=Experiment.State.PENDING, stop_requested=True).update(
+            state=Experiment.State.STOPPED, error="stopped before it started", finished_at=now
+        )
     exp = Experiment.objects.select_related("domain").get(pk=experiment_id)
     if not claimed:
         return exp
     exp._unsaved = set()
     started = time.perf_counter()
     try:
-        task = _ready_task(exp.domain)
-        _save(exp, task_fingerprint=task.fingerprint, data_fingerprint=task.data_fingerprint)
-        _execute(exp, exp.domain, task, should_stop, started)
+        with _worker_watch(exp.pk) as stop_requested:
+            def stop() -> bool:
+                return stop_requested.is_set() or (should_stop is not None and should_stop())
+
+            task = _ready_task(exp.domain)
+            _save(exp, task_fingerprint=task.fingerprint, data_fingerprint=task.data_fingerprint)
+            _execute(exp, exp.domain, task, stop, started)
     except (_Failed, NotReady) as exc:
-        _finish_failed(exp, str(exc), started)
+        _finish_failed(exp, str(exc), started, stopped=isinstance(exc, _Stopped))
     except BaseException as exc:  # noqa: BLE001 - never leave an experiment running
         log.exception("experiment %s crashed", exp.pk)
         reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"internal error: {type(exc).__name__}: {exc}"
@@ -1055,6 +1073,181 @@ def experiment_run_pending(*, experiment_id: int, should_stop=None) -> Experimen
             _after_scoring(exp)
         _track(exp)
     return exp
+
+
+# --- Queue dispatch (DOJO_DISPATCH=queue, docs/cluster.md) ----------------------------------
+# A run's experiment is recorded `pending`, queued for the experiment workers (their own queue, so a
+# run waiting for its experiments never holds the slots they need) and run there by
+# experiment_run_pending; the run polls the row for the result. The executing worker beats on the
+# row; when the beats stop (or its pid is gone, on the same host) the reaper requeues the experiment
+# once, and fails it the second time. Stopping goes through the row too: `stop_requested`.
+
+WORKER_HOST = socket.gethostname()
+DISPATCH_POLL_SECONDS = 0.2
+WORKER_STOP_POLL_SECONDS = 0.5
+# After a stop request, how long the run waits for the worker to confirm before ending it itself.
+DISPATCH_STOP_GRACE_SECONDS = 30.0
+DIED_TWICE = "the worker running it died twice"
+
+
+def _heartbeat_interval() -> float:
+    # Several beats fit in the reaper's timeout, so one slow write never looks like a dead worker.
+    return max(0.5, min(10.0, settings.DOJO_HEARTBEAT_TIMEOUT_SECONDS / 6))
+
+
+@contextmanager
+def _worker_watch(experiment_id: int) -> Iterator[threading.Event]:
+    """While the block runs, a thread beats on the experiment's row and sets the yielded event
+    once someone asks the experiment to stop."""
+    stop_requested = threading.Event()
+    done = threading.Event()
+
+    def watch() -> None:
+        interval, last_beat = _heartbeat_interval(), time.monotonic()
+        try:
+            while not done.wait(WORKER_STOP_POLL_SECONDS):
+                try:
+                    if Experiment.objects.filter(pk=experiment_id, stop_requested=True).exists():
+                        stop_requested.set()
+                    if time.monotonic() - last_beat >= interval:
+                        Experiment.objects.filter(pk=experiment_id, state=Experiment.State.RUNNING).update(
+                            heartbeat_at=timezone.now()
+                        )
+                        last_beat = time.monotonic()
+                except Exception:  # noqa: BLE001 - a locked database for a moment must not end the watch
+                    log.exception("heartbeat of experiment %s failed", experiment_id)
+        finally:
+            connections.close_all()  # this thread's connections only
+
+    thread = threading.Thread(target=watch, name=f"experiment-{experiment_id}-watch", daemon=True)
+    thread.start()
+    try:
+        yield stop_requested
+    finally:
+        done.set()
+        thread.join(timeout=10)
+
+
+def _queue_timeout(task: Task) -> float:
+    """django-q2's own limit for one queued experiment: above anything the experiment's limits allow."""
+    return experiment_limits(task=task).timeout_seconds + settings.DOJO_EVALUATE_TIMEOUT_SECONDS + 300
+
+
+def experiment_dispatch(
+    *,
+    domain: Domain,
+    train_code: str,
+    hypothesis: str = "",
+    variables: dict | None = None,
+    parent: Experiment | int | None = None,
+    run=None,
+    seed: int | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> Experiment:
+    """experiment_run on whichever experiment worker has a free slot (DOJO_DISPATCH=queue): record
+    the experiment `pending`, queue it, wait for it, and return it `completed`, `failed` or
+    `stopped`, never `pending` or `running`.
+
+    Raises, before recording anything, what experiment_run raises (InvalidInput, NotReady). Once
+    `should_stop` answers True the experiment is asked to stop: it ends `stopped` (at once when no
+    worker took it yet; else when its worker has killed the trainer, or after
+    DISPATCH_STOP_GRACE_SECONDS when the worker does not answer). A retry after its worker died
+    (experiments_requeue_lost) is waited for like the first attempt."""
+    task, fields = _new_experiment_fields(domain, train_code, hypothesis, variables, parent, seed)
+    exp = Experiment.objects.create(**fields, run=run, state=Experiment.State.PENDING)
+    transaction.on_commit(partial(_enqueue_pending, exp.pk, timeout=_queue_timeout(task)))
+    ended = {Experiment.State.COMPLETED, Experiment.State.FAILED, Experiment.State.STOPPED, Experiment.State.ARCHIVED}
+    stop_asked_at: float | None = None
+    row = Experiment.objects.filter(pk=exp.pk)
+    while True:
+        state = row.values_list("state", flat=True).first()
+        if state is None:
+            raise NotFound(f"experiment #{exp.pk} was deleted while it ran")
+        if state in ended:
+            break
+        if stop_asked_at is None and should_stop is not None and should_stop():
+            stop_asked_at = time.monotonic()
+            row.update(stop_requested=True)
+            # Not taken by a worker yet: it ends here (a worker's claim skips stop-requested rows).
+            row.filter(state=Experiment.State.PENDING).update(
+                state=Experiment.State.STOPPED, error="stopped", finished_at=timezone.now()
+            )
+            continue
+        if stop_asked_at is not None and time.monotonic() - stop_asked_at > DISPATCH_STOP_GRACE_SECONDS:
+            row.filter(state__in=[Experiment.State.PENDING, Experiment.State.RUNNING]).update(
+                state=Experiment.State.STOPPED, finished_at=timezone.now(),
+                error="stopped (its worker did not confirm the stop in time)",
+            )
+            continue
+        time.sleep(DISPATCH_POLL_SECONDS)
+    return Experiment.objects.select_related("domain").get(pk=exp.pk)
+
+
+def _worker_gone(exp: Experiment) -> bool:
+    """True when the experiment's worker process ran on this host and no longer exists."""
+    if exp.worker_host != WORKER_HOST or not exp.worker_pid:
+        return False
+    try:
+        os.kill(exp.worker_pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def experiments_requeue_lost(*, now=None) -> list[int]:
+    """Requeue queued experiments whose worker died (no heartbeat for DOJO_HEARTBEAT_TIMEOUT_SECONDS,
+    or, on this host, its process is gone); fail with DIED_TWICE those whose worker died once
+    already; end `stopped` those that were asked to stop. Returns their ids. Safe to run
+    anywhere, any number of times: each row moves with a conditional update."""
+    now = now or timezone.now()
+    cutoff = now - timedelta(seconds=settings.DOJO_HEARTBEAT_TIMEOUT_SECONDS)
+    running = Experiment.objects.filter(state=Experiment.State.RUNNING, heartbeat_at__isnull=False)
+    return [
+        exp.pk for exp in running
+        if (exp.heartbeat_at < cutoff or _worker_gone(exp)) and _experiment_requeue(exp, now=now, died=True)
+    ]
+
+
+def experiments_requeue_after_shutdown(*, worker_pids: set[int]) -> list[int]:
+    """Requeue, without counting it as a worker death, the experiments these worker processes of
+    this host were running when their cluster was shut down (SIGTERM) and killed; return their ids."""
+    now = timezone.now()
+    running = Experiment.objects.filter(
+        state=Experiment.State.RUNNING, heartbeat_at__isnull=False, worker_host=WORKER_HOST,
+        worker_pid__in=worker_pids,
+    )
+    return [exp.pk for exp in running if _experiment_requeue(exp, now=now, died=False)]
+
+
+def _experiment_requeue(exp: Experiment, *, now, died: bool) -> bool:
+    """Put a running experiment whose worker is gone back in the queue (or end it: stopped when
+    asked to stop, failed when its worker died twice); True when this call moved it."""
+    where = f"{exp.worker_host}, pid {exp.worker_pid}"
+    # Unchanged since it was read: not beating again, not moved by another reaper.
+    same = Experiment.objects.filter(
+        pk=exp.pk, state=Experiment.State.RUNNING, heartbeat_at=exp.heartbeat_at, attempts=exp.attempts
+    )
+    if exp.stop_requested:
+        outcome = "stopped"
+        moved = same.update(state=Experiment.State.STOPPED, error=f"stopped (its worker ended: {where})",
+                            finished_at=now)
+    elif died and exp.attempts >= 2:
+        outcome = "failed"
+        moved = same.update(state=Experiment.State.FAILED, error=f"{DIED_TWICE} (last on {where})", finished_at=now)
+    else:
+        outcome = "requeued"
+        moved = same.update(state=Experiment.State.PENDING, heartbeat_at=None, worker_pid=None, worker_host="",
+                            attempts=exp.attempts if died else exp.attempts - 1)
+        if moved:
+            task = Task.objects.filter(domain_id=exp.domain_id).first()
+            timeout = _queue_timeout(task) if task is not None else None
+            transaction.on_commit(partial(_enqueue_pending, exp.pk, timeout=timeout))
+    if moved:
+        log.warning("experiment %s: its worker (%s) %s; %s", exp.pk, where, "died" if died else "was shut down",
+                    outcome)
+    return bool(moved)
 
 
 def experiment_summary(exp: Experiment, *, holdout: bool = True) -> dict:

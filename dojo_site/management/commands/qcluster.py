@@ -5,8 +5,9 @@ die from SIGTERM at once, and the cluster's main process then deadlocks in its o
 an Event whose other side was killed): 3 stops out of 3 hung. So this command runs the real cluster
 as a child in its own session and only relays: on SIGTERM/SIGINT/SIGHUP it asks the cluster's running
 agent runs to stop (they end `stopped` within about 2 s), sends one SIGTERM to the cluster's main
-process (its orderly stop), kills what is left after DOJO_WORKER_STOP_SECONDS, and records as `stopped`
-the runs that were killed before they could record it themselves.
+process (its orderly stop), kills what is left after DOJO_WORKER_STOP_SECONDS, records as `stopped`
+the runs that were killed before they could record it themselves, and puts the experiments it was
+running back in the queue (an experiment worker, DOJO_Q_ROLE=experiments).
 This app is listed before django_q in INSTALLED_APPS so that this command is the one `qcluster` runs.
 """
 
@@ -60,11 +61,13 @@ class Command(qcluster.Command):
 
     def _stop(self, cluster: subprocess.Popen) -> None:
         from agentrun.services import runs_end_after_shutdown, runs_stop_for_shutdown
+        from experiments.services import experiments_requeue_after_shutdown
 
         deadline = time.monotonic() + settings.DOJO_WORKER_STOP_SECONDS
         stopping: list[int] = []
+        workers = _descendants(cluster.pid)
         try:
-            stopping = runs_stop_for_shutdown(worker_pids=_descendants(cluster.pid))
+            stopping = runs_stop_for_shutdown(worker_pids=workers)
             if stopping:
                 self.stdout.write(f"asked runs {', '.join(map(str, stopping))} to stop")
         except Exception as exc:  # noqa: BLE001 - a database problem must not keep the worker alive
@@ -80,6 +83,14 @@ class Command(qcluster.Command):
         except (ProcessLookupError, PermissionError):
             pass
         cluster.wait()
+        try:
+            # Experiments it was running (DOJO_Q_ROLE=experiments) go back to the queue for another
+            # worker; a shutdown is not a worker death, so it is not counted against their one retry.
+            requeued = experiments_requeue_after_shutdown(worker_pids=workers)
+            if requeued:
+                self.stdout.write(f"requeued experiments {', '.join(map(str, requeued))}")
+        except Exception as exc:  # noqa: BLE001 - the reaper will requeue them instead
+            self.stderr.write(f"could not requeue the running experiments: {exc}")
         if stopping:  # killed before they could record their stop: record it for them
             try:
                 runs_end_after_shutdown(run_ids=stopping)

@@ -1,0 +1,280 @@
+"""One run's experiments over the queue (DOJO_DISPATCH=queue): recorded `pending`, run by a separate
+experiment worker (`DOJO_Q_ROLE=experiments manage.py qcluster`, a real subprocess here), waited for by
+the run; a worker killed mid-experiment has it retried once, then failed; a stop reaches the worker."""
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from datetime import timedelta
+
+import pytest
+from django.db import connections
+from django.utils import timezone
+from django_q.conf import Conf
+from django_q.models import OrmQ
+
+from agentrun.models import AgentRun
+from agentrun.services import run_create, run_execute
+from dojo_site.errors import InvalidInput
+from experiments.harness import pool
+from experiments.models import Experiment
+from experiments.services import DIED_TWICE, experiment_dispatch, experiments_requeue_lost
+from tests.agentrun.helpers import wait_for
+from tests.dburl import subprocess_database_url
+from tests.factories import frozen_domain
+
+MEAN_TRAIN = """
+import numpy as np
+
+def train(X_train, y_train, X_test, *, artifacts_dir):
+    return np.full(len(X_test), float(np.mean(y_train)))
+"""
+
+# Long enough to be killed in the middle, short enough for the retry to finish quickly.
+SLEEPY_TRAIN = """
+import time
+import numpy as np
+
+def train(X_train, y_train, X_test, *, artifacts_dir):
+    time.sleep({seconds})
+    return np.full(len(X_test), float(np.mean(y_train)))
+"""
+
+
+@pytest.fixture(autouse=True)
+def _queue_dispatch(settings, monkeypatch):
+    settings.DOJO_DISPATCH = "queue"
+    monkeypatch.setattr(Conf, "SYNC", False)
+    yield
+    pool.pool_stop_all()
+
+
+@pytest.fixture
+def domain(workspace, transactional_db):
+    return frozen_domain(workspace=workspace, loader="load_diabetes", name="dispatch")
+
+
+def _start_experiment_workers(dojo_home, settings, workers: int = 2) -> subprocess.Popen:
+    """A real experiments-role qcluster, sharing this test's database."""
+    env = os.environ | {
+        "DATABASE_URL": subprocess_database_url(), "SECRET_KEY": settings.SECRET_KEY,
+        "DOJO_HOME": str(dojo_home), "DOJO_Q_ROLE": "experiments", "DOJO_DISPATCH": "queue",
+        "DOJO_EXPERIMENT_WORKERS": str(workers),
+    }
+    return subprocess.Popen(
+        [sys.executable, str(settings.BASE_DIR / "manage.py"), "qcluster"], env=env, start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+
+
+def _stop_group(cluster: subprocess.Popen) -> None:
+    try:
+        os.killpg(cluster.pid, signal.SIGTERM)
+        cluster.wait(timeout=20)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        pass
+    finally:
+        if cluster.poll() is None:
+            os.killpg(cluster.pid, signal.SIGKILL)
+            cluster.wait()
+
+
+@pytest.fixture
+def experiment_workers(dojo_home, transactional_db, settings):
+    cluster = _start_experiment_workers(dojo_home, settings)
+    yield cluster
+    _stop_group(cluster)
+
+
+def _dispatch_in_thread(domain, code: str, stop: threading.Event | None = None) -> tuple[threading.Thread, dict]:
+    """experiment_dispatch as a run's thread calls it; the returned dict gets "experiment"."""
+    out: dict = {}
+
+    def target() -> None:
+        try:
+            out["experiment"] = experiment_dispatch(
+                domain=domain, train_code=code, hypothesis="queued", should_stop=stop.is_set if stop else None
+            )
+        except BaseException as exc:  # surfaced by the test
+            out["error"] = exc
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    return thread, out
+
+
+def _running(hypothesis: str = "queued", attempts: int = 1):
+    return lambda: Experiment.objects.filter(
+        hypothesis=hypothesis, state="running", attempts=attempts, worker_pid__isnull=False
+    ).exists()
+
+
+# --- without a worker ---------------------------------------------------------------------------
+
+
+def test_it_refuses_bad_arguments_before_recording_or_queueing_anything(domain):
+    with pytest.raises(InvalidInput, match="the train code is empty"):
+        experiment_dispatch(domain=domain, train_code="  ", hypothesis="nothing")
+    assert not Experiment.objects.exists() and not OrmQ.objects.exists()
+
+
+def test_it_queues_on_the_experiments_queue_and_a_stop_before_any_worker_took_it_ends_it(domain, settings):
+    stop = threading.Event()
+    thread, out = _dispatch_in_thread(domain, MEAN_TRAIN, stop)
+    wait_for(lambda: OrmQ.objects.exists(), what="the experiment to be queued")
+    entry = OrmQ.objects.get()
+    assert entry.key == settings.DOJO_EXPERIMENT_QUEUE == "dojo-experiments"
+    assert entry.func() == "experiments.tasks.experiment_run_pending_task"
+    assert Experiment.objects.get().state == "pending"
+    stop.set()
+    thread.join(5)
+    assert not thread.is_alive() and "error" not in out, out
+    exp = out["experiment"]
+    assert exp.state == "stopped" and exp.stop_requested and exp.attempts == 0
+
+
+def test_the_reaper_requeues_an_experiment_whose_worker_stopped_beating_once_then_fails_it(domain, settings):
+    exp = Experiment.objects.create(
+        domain=domain, train_code=MEAN_TRAIN, code_sha256="0" * 64, state="running", attempts=1,
+        worker_host="another-machine", worker_pid=4242,
+        heartbeat_at=timezone.now() - timedelta(seconds=settings.DOJO_HEARTBEAT_TIMEOUT_SECONDS + 5),
+    )
+    fresh = Experiment.objects.create(
+        domain=domain, train_code=MEAN_TRAIN, code_sha256="0" * 64, state="running", attempts=1,
+        worker_host="another-machine", worker_pid=4243, heartbeat_at=timezone.now(),
+    )
+    assert experiments_requeue_lost() == [exp.pk]
+    assert experiments_requeue_lost() == []
+    exp.refresh_from_db()
+    assert exp.state == "pending" and exp.heartbeat_at is None and not exp.worker_pid
+    assert OrmQ.objects.get().key == settings.DOJO_EXPERIMENT_QUEUE  # queued again for any worker
+
+    # Its second worker dies too.
+    Experiment.objects.filter(pk=exp.pk).update(
+        state="running", attempts=2, worker_host="a-third-machine", worker_pid=99,
+        heartbeat_at=timezone.now() - timedelta(seconds=settings.DOJO_HEARTBEAT_TIMEOUT_SECONDS + 5),
+    )
+    assert experiments_requeue_lost() == [exp.pk]
+    exp.refresh_from_db()
+    assert exp.state == "failed" and exp.error.startswith(DIED_TWICE) and exp.finished_at
+    fresh.refresh_from_db()
+    assert fresh.state == "running"
+
+
+# --- with a real experiment worker --------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_builtin_run_completes_with_its_experiments_run_by_the_experiment_worker(domain, experiment_workers):
+    run = run_create(domain=domain, backend="builtin", max_experiments=3)
+    run = run_execute(run_id=run.pk)
+    assert run.status == "completed", (run.error, run.result)
+    assert run.worker_pid == os.getpid()
+    experiments = list(Experiment.objects.filter(run=run))
+    assert len(experiments) == 3
+    assert {e.state for e in experiments} == {"completed"}, [(e.state, e.error) for e in experiments]
+    for exp in experiments:
+        assert exp.worker_pid and exp.worker_pid != run.worker_pid and exp.attempts == 1
+        assert exp.primary_value is not None
+
+
+@pytest.mark.slow
+def test_an_experiment_whose_worker_is_killed_is_retried_once_and_completes(domain, experiment_workers):
+    thread, out = _dispatch_in_thread(domain, SLEEPY_TRAIN.format(seconds=4))
+    wait_for(_running(), timeout=60, what="a worker to take the experiment")
+    time.sleep(1.5)  # inside train()
+    first = Experiment.objects.get().worker_pid
+    os.kill(first, signal.SIGKILL)
+    thread.join(90)
+    assert not thread.is_alive() and "error" not in out, out
+    exp = out["experiment"]
+    assert exp.state == "completed", exp.error
+    assert exp.attempts == 2 and exp.worker_pid != first and exp.primary_value is not None
+
+
+@pytest.mark.slow
+def test_an_experiment_whose_worker_dies_twice_fails_with_the_reason(domain, experiment_workers):
+    thread, out = _dispatch_in_thread(domain, SLEEPY_TRAIN.format(seconds=60))
+    wait_for(_running(attempts=1), timeout=60, what="a worker to take the experiment")
+    os.kill(Experiment.objects.get().worker_pid, signal.SIGKILL)
+    wait_for(_running(attempts=2), timeout=60, what="a second worker to take the experiment")
+    os.kill(Experiment.objects.get().worker_pid, signal.SIGKILL)
+    thread.join(60)
+    assert not thread.is_alive() and "error" not in out, out
+    exp = out["experiment"]
+    assert exp.state == "failed" and exp.error.startswith(DIED_TWICE), exp.error
+
+
+@pytest.mark.slow
+def test_a_stop_request_stops_the_experiment_on_its_worker(domain, experiment_workers):
+    stop = threading.Event()
+    thread, out = _dispatch_in_thread(domain, SLEEPY_TRAIN.format(seconds=120), stop)
+    wait_for(_running(), timeout=60, what="a worker to take the experiment")
+    time.sleep(1)
+    stop.set()
+    asked = time.monotonic()
+    thread.join(30)
+    assert not thread.is_alive() and "error" not in out, out
+    exp = out["experiment"]
+    # Ended by its worker (which killed the trainer), not by the run giving up on it.
+    assert exp.state == "stopped" and exp.error == "stopped", exp.error
+    assert exp.worker_pid != os.getpid() and time.monotonic() - asked < 15
+
+
+@pytest.mark.slow
+def test_stopping_a_run_stops_its_experiment_on_the_worker(domain, experiment_workers, monkeypatch):
+    """The run's own stop (the web's Stop button) travels to the worker through the experiment."""
+    from agentrun.backends import BACKENDS
+    from agentrun.services import run_stop_request
+    from tests.agentrun import scripted_backend
+
+    monkeypatch.setitem(BACKENDS, "scripted", "tests.agentrun.scripted_backend")
+    monkeypatch.setattr(scripted_backend, "SCRIPT", [
+        {"tool": "run_experiment", "args": {"code": SLEEPY_TRAIN.format(seconds=120), "hypothesis": "slow"}},
+    ])
+    monkeypatch.setattr(scripted_backend, "FINDINGS", [])
+    run = run_create(domain=domain, backend="scripted")
+    result: dict = {}
+
+    def execute() -> None:
+        try:
+            result["run"] = run_execute(run_id=run.pk)
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=execute, daemon=True)
+    thread.start()
+    wait_for(_running("slow"), timeout=60, what="a worker to take the run's experiment")
+    run_stop_request(run=AgentRun.objects.get(pk=run.pk))
+    thread.join(30)
+    assert not thread.is_alive()
+    assert result["run"].status == "stopped"
+    exp = Experiment.objects.get(run=run)
+    assert exp.state == "stopped" and exp.error == "stopped" and exp.worker_pid != os.getpid()
+
+
+@pytest.mark.slow
+def test_sigterm_to_an_experiment_worker_requeues_its_experiment_without_counting_a_death(
+    domain, dojo_home, settings
+):
+    # Longer than the stop grace (DOJO_WORKER_STOP_SECONDS, 6 s): the first worker is killed in it.
+    thread, out = _dispatch_in_thread(domain, SLEEPY_TRAIN.format(seconds=10))
+    first = _start_experiment_workers(dojo_home, settings, workers=1)
+    try:
+        wait_for(_running(), timeout=60, what="a worker to take the experiment")
+    finally:
+        _stop_group(first)
+    exp = Experiment.objects.get()
+    assert exp.state == "pending" and exp.attempts == 0 and thread.is_alive()
+    second = _start_experiment_workers(dojo_home, settings, workers=1)
+    try:
+        thread.join(60)
+    finally:
+        _stop_group(second)
+    assert not thread.is_alive() and "error" not in out, out
+    assert out["experiment"].state == "completed" and out["experiment"].attempts == 1

@@ -25,7 +25,7 @@ from django.utils import timezone
 
 from dojo_site.errors import Conflict, DojoError, InvalidInput, NotFound, NotReady
 from dojo_site.schemas import DB_INT_MAX
-from domains import audit, generation, snapshot, verification, workspaces
+from domains import audit, generation, snapshot, snapshot_share, verification, workspaces
 from domains.contracts import CONTRACT_VERSION, LIMIT_KEYS, TASK_TYPES, tools_fingerprint
 from domains.models import (
     ApiToken,
@@ -1259,7 +1259,21 @@ def task_freeze(*, task: Task, override_reason: str = "", by: str = "") -> Task:
         written = snapshot.snapshot_write(task=task, codes=codes, fingerprint=fingerprint)
     except snapshot.SnapshotFailed as exc:
         raise NotReady("cannot freeze: load_data failed while writing the snapshot: " + "; ".join(exc.run.errors)) from None
+    # Where the raw data lives, so the harness can hide it from the trainer: it holds the test rows'
+    # labels and load_data's split is reproducible from the seed. Package files holding the same public
+    # data are hidden too. Neither ever goes into a workspace bundle.
+    data_file = generation.task_data_file(task=task)
+    public_sources = audit.audit_hidden_paths(task.audit)
+    published: list[dict] = []
     try:
+        # Published for the machines that do not share this one's DOJO_HOME (domains/snapshot_share.py).
+        archive = snapshot_share.snapshot_publish(root=written.path, fingerprint=fingerprint)
+        published.append(archive)
+        bundle = snapshot_share.workspace_bundle_publish(
+            workspace=workspace, files=files, fingerprint=fingerprint,
+            raw_data=[Path(p) for p in [data_file, *public_sources] if p],
+        )
+        published.append(bundle)
         with transaction.atomic():
             locked = Task.objects.select_for_update().get(pk=task.pk)
             if locked.is_frozen:
@@ -1277,12 +1291,9 @@ def task_freeze(*, task: Task, override_reason: str = "", by: str = "") -> Task:
             locked.contract_files = files
             locked.data_fingerprint = written.data_fingerprint
             locked.snapshot_path = str(written.path)
-            # Where the raw data lives, so the harness can hide it from the trainer: it holds the
-            # test rows' labels and load_data's split is reproducible from the seed.
-            data_file = generation.task_data_file(task=locked)
             locked.snapshot_info = {**written.info, "data_file": str(data_file) if data_file else "",
-                                    # Package files holding the same public data, hidden from the trainer too.
-                                    "public_source_paths": audit.audit_hidden_paths(locked.audit)}
+                                    "public_source_paths": audit.audit_hidden_paths(locked.audit),
+                                    "archive": archive, "workspace_bundle": bundle}
             locked.contract_version = CONTRACT_VERSION
             if _audit_blocker(locked, override_reason):
                 raise Conflict("the leak audit changed while the snapshot was written; freeze again")
@@ -1294,6 +1305,8 @@ def task_freeze(*, task: Task, override_reason: str = "", by: str = "") -> Task:
             locked.save()
     except BaseException:
         snapshot.snapshot_remove(written.path)
+        for info in published:
+            snapshot_share.archive_remove(info)
         raise
     return locked
 
@@ -1309,6 +1322,7 @@ def task_unfreeze(*, task: Task, reason: str) -> Task:
         if not locked.is_frozen:
             raise Conflict("the task is not frozen")
         old_snapshot = locked.snapshot_path
+        old_info = locked.snapshot_info or {}
         locked.frozen_at = None
         locked.fingerprint = ""
         locked.data_fingerprint = ""
@@ -1320,12 +1334,18 @@ def task_unfreeze(*, task: Task, reason: str) -> Task:
         locked.save()
         if old_snapshot:
             transaction.on_commit(lambda: snapshot.snapshot_remove(old_snapshot))
+        for key in ("archive", "workspace_bundle"):
+            info = old_info.get(key) or {}
+            # Content-addressed: another frozen task may record the very same archive.
+            if info.get("name") and not Task.objects.filter(**{f"snapshot_info__{key}__name": info["name"]}).exists():
+                transaction.on_commit(lambda info=info: snapshot_share.archive_remove(info))
     return locked
 
 
-def task_assert_ready(*, task: Task) -> None:
+def task_assert_ready(*, task: Task, snapshot_dir: Path | None = None) -> None:
     """Raise NotReady unless the task is frozen, its fingerprint matches its current tools and
-    contract version, and its snapshot (with the materialized tools unchanged) is on disk."""
+    contract version, and its snapshot (with the materialized tools unchanged) is on this machine:
+    in `snapshot_dir` when given, else where snapshot_share.snapshot_local finds or fetches it."""
     name = task.domain.name
     if not task.is_frozen:
         raise NotReady(f"the task of domain {name!r} is not frozen; run `dojo_task setup --domain {name}`")
@@ -1347,7 +1367,9 @@ def task_assert_ready(*, task: Task) -> None:
             f"the workspace file {changed[0]} changed after the task was frozen (the frozen load_data/evaluate "
             "import it, so it is part of the contract); restore it, or unfreeze and freeze the task again"
         )
-    problems = snapshot.snapshot_problems(task, codes=codes)
+    if snapshot_dir is None:
+        snapshot_dir = snapshot_share.snapshot_local(task)
+    problems = snapshot.snapshot_problems(task, codes=codes, root=snapshot_dir)
     if problems:
         raise NotReady(f"the task's snapshot is not usable: {problems[0]}; unfreeze and freeze it again")
 

@@ -145,7 +145,7 @@ def snapshot_write(*, task: Task, codes: dict[str, str], fingerprint: str) -> Sn
             "created_at": timezone.now().isoformat(),
         }
         (partial / "manifest.json").write_text(json.dumps(manifest, indent=1, default=str))
-        _seal(partial)
+        snapshot_seal(partial)
         os.rename(partial, paths.root)
     except BaseException:
         snapshot_remove(partial)
@@ -153,7 +153,7 @@ def snapshot_write(*, task: Task, codes: dict[str, str], fingerprint: str) -> Sn
     return SnapshotWritten(path=paths.root, data_fingerprint=data_fingerprint, info=info, run=run)
 
 
-def _seal(root: Path) -> None:
+def snapshot_seal(root: Path) -> None:
     """Read-only everything; the sealed folder readable by its owner only."""
     for rel in ("public", "tools"):
         for child in (root / rel).iterdir():
@@ -169,7 +169,8 @@ def _seal(root: Path) -> None:
 def snapshot_remove(path: Path | str) -> None:
     """Delete a snapshot folder, read-only parts included; a missing folder is fine."""
     root = Path(path)
-    if not root.exists():
+    if not root.is_dir() or root.is_symlink():
+        root.unlink(missing_ok=True)  # a half-downloaded archive (domains/snapshot_share.py)
         return
     for folder, dirs, _files in os.walk(root):
         for name in dirs:
@@ -194,7 +195,11 @@ def snapshots_partial_clean() -> list[Path]:
     removed = []
     host = socket.gethostname()
     now = time.time()
-    for partial in (Path(settings.DOJO_HOME) / "snapshots").glob("*/*.partial"):
+    # Freezes write under DOJO_HOME; fetched copies and archives being packed sit in this machine's cache.
+    cache = Path(settings.DOJO_CACHE_DIR)
+    partials = [*(Path(settings.DOJO_HOME) / "snapshots").glob("*/*.partial"),
+                *(cache / "snapshots").glob("*.partial"), *(cache / "workspaces").glob("*.partial")]
+    for partial in partials:
         parts = partial.name.rsplit(".", 3)  # name, host, pid, "partial"
         if len(parts) == 4 and parts[1] == host and parts[2].isdigit():
             stale = not _pid_alive(int(parts[2]))
@@ -230,11 +235,12 @@ def data_fingerprint_compute(root: Path) -> str:
     return digest.hexdigest()
 
 
-def snapshot_problems(task: Task, *, codes: dict[str, str]) -> list[str]:
-    """What is wrong with a frozen task's snapshot on disk (missing files, edited tools)."""
+def snapshot_problems(task: Task, *, codes: dict[str, str], root: Path | None = None) -> list[str]:
+    """What is wrong with a frozen task's snapshot on disk (missing files, edited tools): the folder
+    recorded at freeze, or `root` (this machine's copy, domains/snapshot_share.py)."""
     if not task.snapshot_path:
         return ["the task has no snapshot"]
-    paths = snapshot_paths(task)
+    paths = snapshot_paths(root or task)
     problems = [
         f"snapshot file {p} is missing"
         for p in (paths.manifest, paths.X_train, paths.y_train, paths.X_test, paths.y_test, paths.split)

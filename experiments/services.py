@@ -40,6 +40,7 @@ from domains import contracts, safe_read
 from domains.audit import bundled_data_paths
 from domains.models import Domain, Task
 from domains.sandbox import ISOLATION_HINT, sandbox_env, sandbox_isolation
+from domains.snapshot_share import local_dirs_outside_home, snapshot_local
 from experiments.analysis import family_of
 from experiments.harness import pool
 from experiments.models import Artifact, Experiment
@@ -140,7 +141,7 @@ def _public_data_paths(task: Task, python: str, isolation: str) -> list[Path]:
 def _hidden_paths() -> list[Path]:
     """What no sandboxed process may see: all of DOJO_HOME (re-bound piecemeal where needed), the
     database files and folder, and the project's .env."""
-    hidden = [Path(settings.DOJO_HOME)]
+    hidden = [Path(settings.DOJO_HOME), *local_dirs_outside_home()]
     for alias in connections:
         conn = connections[alias]
         if conn.vendor != "sqlite":
@@ -177,7 +178,7 @@ def _dojo_packages_for(python: str) -> tuple[Path, ...]:
 
 
 def _trainer_spec(domain: Domain, task: Task, limits: Limits) -> pool.Spec:
-    snap = Path(task.snapshot_path)
+    snap = snapshot_local(task)
     isolation = sandbox_isolation(_isolation_setting())
     extra = {str(k): str(v) for k, v in (domain.env_vars or {}).items()}
     extra["DOJO_PID_NAMESPACE"] = "1" if isolation == "bwrap" else "0"
@@ -215,7 +216,7 @@ def _evaluate_sha(task: Task) -> str:
 
 
 def _evaluator_spec(domain: Domain, task: Task) -> pool.Spec:
-    snap = Path(task.snapshot_path)
+    snap = snapshot_local(task)
     isolation = sandbox_isolation(_isolation_setting())
     # Trusted code runs in Dojo's own interpreter (DESIGN §8): a domain's interpreter is chosen by
     # a user and could be anything that speaks the protocol, so it serves the trainer only.
@@ -352,7 +353,7 @@ _ready_ok: dict[tuple, bool] = {}
 _SNAPSHOT_FILES = ("manifest", "X_train", "y_train", "X_test", "y_test", "split", "load_data", "evaluate")
 
 
-def _ready_key(task: Task) -> tuple | None:
+def _ready_key(task: Task, snap: Path) -> tuple | None:
     from domains.models import TaskTool
     from domains.snapshot import snapshot_paths
 
@@ -361,7 +362,7 @@ def _ready_key(task: Task) -> tuple | None:
     tools = tuple(
         TaskTool.objects.filter(task_id=task.pk, is_current=True).order_by("name", "pk").values_list("name", "pk", "code")
     )
-    paths = snapshot_paths(task)
+    paths = snapshot_paths(snap)
     files = []
     try:
         for name in _SNAPSHOT_FILES:
@@ -374,7 +375,7 @@ def _ready_key(task: Task) -> tuple | None:
             files.append((rel, st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
     except OSError:
         return None
-    return (task.pk, task.contract_version, task.fingerprint, task.data_fingerprint, task.snapshot_path, tools,
+    return (task.pk, task.contract_version, task.fingerprint, task.data_fingerprint, str(snap), tools,
             tuple(files))
 
 
@@ -385,9 +386,14 @@ def _ready_task(domain: Domain) -> Task:
     if task is None:
         raise NotReady(f"domain {domain.name!r} has no task; run `dojo_task setup --domain {domain.name}`")
     task.domain = domain  # the check's messages name it; no second query
-    key = _ready_key(task)
+    if not task.is_frozen:
+        task_assert_ready(task=task)  # raises the usual message
+    # This machine's snapshot folder: the one written at freeze, or a verified copy fetched from the
+    # shared storage (a stat when it is here; NotReady, before anything runs, when the archive fails).
+    snap = snapshot_local(task)
+    key = _ready_key(task, snap)
     if key is None or key not in _ready_ok:
-        task_assert_ready(task=task)
+        task_assert_ready(task=task, snapshot_dir=snap)
         if key is not None:
             if len(_ready_ok) > 256:
                 _ready_ok.clear()

@@ -1,0 +1,327 @@
+"""A frozen task's snapshot (and workspace bundle) in the shared storage, and this machine's copy.
+
+At freeze the snapshot folder is published as one tar in the "dojo" storage (settings.STORAGES),
+named by content: `snapshots/<task fingerprint>-<sha256 of the tar>.tar`. For a local-folder
+workspace, the files the frozen tools import (Task.contract_files) go into a second tar,
+`workspaces/<fingerprint>-<sha256>.tar` (never the task's raw data file). Both names and hashes are
+recorded in task.snapshot_info ("archive", "workspace_bundle").
+
+A worker calls snapshot_local(task): the snapshot folder recorded at freeze when this machine has it
+(one stat once known), otherwise the archive fetched into DOJO_CACHE_DIR, checked against its sha256
+before anything is unpacked, unpacked without links, devices, absolute or `..` paths, sealed like the
+original (snapshot_seal) and renamed into place in one step, so concurrent workers never see half a
+copy. The copy stays (warm) for the next experiment.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import socket
+import tarfile
+import threading
+from pathlib import Path, PurePosixPath
+
+from django.conf import settings
+from django.core.files import File
+from django.core.files.storage import storages
+
+from dojo_site.errors import NotReady
+from domains.models import Task
+from domains.snapshot import DATA_FILES, data_fingerprint_compute, snapshot_remove, snapshot_seal
+
+STORAGE_ALIAS = "dojo"
+SNAPSHOT_TOP = ("manifest.json", "public", "sealed", "tools")
+MARKER = "archive.sha256"  # in a fetched copy: the sha256 of the archive it was unpacked from, once complete
+
+
+class ArchiveRefused(Exception):
+    """The archive holds something that must never be unpacked (a link, a device, an escaping path)."""
+
+
+def shared_storage():
+    return storages[STORAGE_ALIAS]
+
+
+def cache_dir() -> Path:
+    return Path(settings.DOJO_CACHE_DIR)
+
+
+def _partial_name(stem: str) -> str:
+    # host and pid in the name: snapshots_partial_clean removes it once its writer is gone.
+    return f"{stem}.{socket.gethostname()}.{os.getpid()}.partial"
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _normalised(member: tarfile.TarInfo) -> tarfile.TarInfo:
+    # Nothing machine-specific in the archive: the unpacking side sets owners and modes itself.
+    member.uid = member.gid = 0
+    member.uname = member.gname = ""
+    return member
+
+
+def _publish(*, kind: str, fingerprint: str, members: list[tuple[str, Path]]) -> dict:
+    """Pack `members` (name in the archive, file or folder on disk) into one tar and save it in the
+    shared storage under kind/<fingerprint>-<sha256>.tar; return {"name", "sha256", "bytes"}."""
+    scratch = cache_dir() / kind
+    scratch.mkdir(parents=True, exist_ok=True)
+    packed = scratch / _partial_name(f"{fingerprint}-publish")
+    try:
+        with tarfile.open(packed, mode="w", format=tarfile.PAX_FORMAT) as tar:
+            for arcname, path in members:
+                tar.add(path, arcname=arcname, filter=_normalised)
+        sha = _sha256_file(packed)
+        name = f"{kind}/{fingerprint}-{sha}.tar"
+        storage = shared_storage()
+        # Content-addressed: an archive already there under this name holds these very bytes.
+        if not storage.exists(name):
+            with open(packed, "rb") as handle:
+                name = storage.save(name, File(handle))
+        return {"name": name, "sha256": sha, "bytes": packed.stat().st_size}
+    finally:
+        packed.unlink(missing_ok=True)
+
+
+def snapshot_publish(*, root: Path, fingerprint: str) -> dict:
+    """Publish a written snapshot folder; return what snapshot_info["archive"] records."""
+    return _publish(kind="snapshots", fingerprint=fingerprint, members=[(top, root / top) for top in SNAPSHOT_TOP])
+
+
+def workspace_bundle_publish(*, workspace: Path, files: dict[str, str], fingerprint: str,
+                             raw_data: list[Path]) -> dict:
+    """Publish the workspace files the frozen tools import (relative path → sha256), as verified;
+    return what snapshot_info["workspace_bundle"] records ({} when there is nothing to bundle).
+
+    The raw data file (and any path listed in `raw_data`) is never bundled: it holds the test rows'
+    labels. A file whose content no longer matches its recorded hash refuses the freeze."""
+    never = {p.resolve() for p in raw_data}
+    members = []
+    for rel, sha in sorted(files.items()):
+        path = workspace / rel
+        if path.resolve() in never:
+            continue
+        if path.is_symlink() or not path.is_file() or _sha256_file(path) != sha:
+            raise NotReady(f"cannot freeze: the workspace file {rel} changed while the task was frozen; freeze again")
+        members.append((rel, path))
+    if not members:
+        return {}
+    return {**_publish(kind="workspaces", fingerprint=fingerprint, members=members), "files": len(members)}
+
+
+def archive_remove(info: dict) -> None:
+    """Delete a published archive (unfreeze); a missing one is fine."""
+    name = (info or {}).get("name")
+    if name:
+        shared_storage().delete(name)
+
+
+# --- This machine's copy ----------------------------------------------------------------------
+
+# Snapshot folders known to hold the task's snapshot, by the identity of the file that proved it
+# (the manifest or the marker: inode, device, mtime). A hit costs one stat.
+_known: dict[tuple, tuple[str, str]] = {}
+_fetch_lock = threading.Lock()  # threads of one process fetch one at a time; processes race on rename
+
+
+def _identity(path: Path) -> tuple | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (str(path), st.st_ino, st.st_dev, st.st_mtime_ns)
+
+
+def _holds(root: Path, task: Task, *, proof: str) -> bool:
+    """Whether `root` holds this task's snapshot: its manifest names the task's fingerprints (and,
+    for a fetched copy, its marker the recorded archive hash). Read once per file identity."""
+    ident = _identity(root / proof)
+    if ident is None:
+        return False
+    expected = (task.fingerprint, task.data_fingerprint)
+    if ident not in _known:
+        try:
+            manifest = json.loads((root / "manifest.json").read_text())
+            found = (str(manifest.get("fingerprint")), str(manifest.get("data_fingerprint")))
+            if proof == MARKER and (root / MARKER).read_text().strip() != _archive(task).get("sha256"):
+                return False
+        except (OSError, ValueError, AttributeError):
+            return False
+        if len(_known) > 1024:
+            _known.clear()
+        _known[ident] = found
+    return _known[ident] == expected
+
+
+def _archive(task: Task) -> dict:
+    archive = (task.snapshot_info or {}).get("archive")
+    return archive if isinstance(archive, dict) else {}
+
+
+# The last answer for a task's frozen state, with the identity of the file that proved it: the
+# per-experiment path pays one stat.
+_answers: dict[tuple, tuple[str, tuple, Path]] = {}
+
+
+def snapshot_local(task: Task) -> Path:
+    """The folder on this machine holding the frozen task's snapshot, fetching it when needed.
+
+    The folder recorded at freeze when it is here and holds this task's snapshot; otherwise a copy
+    in DOJO_CACHE_DIR/snapshots/, fetched from the shared storage the first time. NotReady when the
+    archive is missing, does not match its recorded sha256, or holds what may not be unpacked:
+    nothing is then run. A task frozen before snapshots were published has no archive: its recorded
+    folder is returned as it is (the ready check says what is missing)."""
+    archive = _archive(task)
+    key = (task.pk, task.snapshot_path, task.fingerprint, task.data_fingerprint, archive.get("sha256"))
+    hit = _answers.get(key)
+    if hit is not None:
+        try:
+            st = os.stat(hit[0])
+            if (st.st_ino, st.st_dev, st.st_mtime_ns) == hit[1]:
+                return hit[2]
+        except OSError:
+            pass
+    folder, proof = _snapshot_find(task, archive)
+    ident = _identity(folder / proof) if proof else None
+    if ident is not None:
+        if len(_answers) > 256:
+            _answers.clear()
+        _answers[key] = (ident[0], ident[1:], folder)
+    return folder
+
+
+def _snapshot_find(task: Task, archive: dict) -> tuple[Path, str]:
+    """(the folder, the file proving it holds the task's snapshot; "" when nothing proves it)."""
+    recorded = Path(task.snapshot_path)
+    if task.snapshot_path and _holds(recorded, task, proof="manifest.json"):
+        return recorded, "manifest.json"
+    if not archive.get("name") or not archive.get("sha256"):
+        return recorded, ""
+    local = cache_dir() / "snapshots" / f"{task.fingerprint}-{archive['sha256']}"
+    if not _holds(local, task, proof=MARKER):
+        with _fetch_lock:
+            if not _holds(local, task, proof=MARKER):
+                _fetch(task, archive, local)
+    return local, MARKER
+
+
+def _fetch(task: Task, archive: dict, local: Path) -> None:
+    local.parent.mkdir(parents=True, exist_ok=True)
+    unpacked = local.parent / _partial_name(local.name)
+    download = local.parent / _partial_name(f"{local.name}-tar")
+    snapshot_remove(unpacked)
+    download.unlink(missing_ok=True)
+    name, sha = archive["name"], archive["sha256"]
+    try:
+        _download(name, download)
+        got = _sha256_file(download)
+        if got != sha:
+            raise NotReady(
+                f"the task's snapshot archive {name} in the shared storage does not match the sha256 recorded "
+                f"at freeze ({got[:12]}… instead of {sha[:12]}…): it was changed or damaged, so nothing was run; "
+                "restore it from a backup, or unfreeze and freeze the task again"
+            )
+        unpacked.mkdir(mode=0o700)
+        try:
+            archive_unpack(download, unpacked, tops=SNAPSHOT_TOP)
+        except ArchiveRefused as exc:
+            raise NotReady(f"the task's snapshot archive {name} was refused: {exc}; nothing was run") from None
+        _check_unpacked(task, unpacked, name)
+        (unpacked / MARKER).write_text(sha + "\n")
+        snapshot_seal(unpacked)
+        (unpacked / MARKER).chmod(0o444)
+        if local.exists() and not _holds(local, task, proof=MARKER):
+            snapshot_remove(local)  # not a complete copy of this archive (edited by hand?): replace it
+        try:
+            os.rename(unpacked, local)
+        except OSError:
+            if not _holds(local, task, proof=MARKER):  # another worker's complete copy is as good
+                raise
+    finally:
+        download.unlink(missing_ok=True)
+        snapshot_remove(unpacked)
+
+
+def _download(name: str, dest: Path) -> None:
+    storage = shared_storage()
+    try:
+        source = storage.open(name, "rb")
+    except FileNotFoundError:
+        raise NotReady(
+            f"the task's snapshot is not on this machine and its archive {name} is missing from the shared "
+            "storage (DOJO_SHARED_STORAGE_DIR / STORAGES['dojo']); mount the shared storage, or unfreeze and "
+            "freeze the task again"
+        ) from None
+    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with source, os.fdopen(fd, "wb") as out:
+        shutil.copyfileobj(source, out, 1 << 20)
+
+
+def _check_unpacked(task: Task, root: Path, name: str) -> None:
+    missing = [rel for rel in ("manifest.json", *DATA_FILES) if not (root / rel).is_file()]
+    if missing or not (root / "tools").is_dir():
+        raise NotReady(f"the task's snapshot archive {name} is incomplete ({(missing or ['tools/'])[0]} missing)")
+    if data_fingerprint_compute(root) != task.data_fingerprint:
+        raise NotReady(f"the data in the snapshot archive {name} does not match the task's data fingerprint")
+
+
+def archive_unpack(archive: Path, dest: Path, *, tops: tuple[str, ...] | None = None) -> list[str]:
+    """Unpack regular files and folders of a tar into `dest` (which must exist); return the files.
+
+    Refuse (ArchiveRefused, partial output left for the caller to remove) absolute names, `..`,
+    links, devices, FIFOs, a name given twice, and, when `tops` is given, anything outside those
+    top-level names. Files are created owner-only, never through an existing path."""
+    files = []
+    with tarfile.open(archive, mode="r:") as tar:
+        for member in tar:
+            parts = _member_parts(member.name)
+            if not parts:
+                continue
+            if tops is not None and parts[0] not in tops:
+                raise ArchiveRefused(f"{member.name!r} is not part of a snapshot")
+            target = dest.joinpath(*parts)
+            if member.isdir():
+                target.mkdir(mode=0o700, parents=True, exist_ok=True)
+                continue
+            if not member.isreg():
+                raise ArchiveRefused(f"{member.name!r} is a link or a device, not a regular file")
+            target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            try:
+                fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            except OSError as exc:
+                raise ArchiveRefused(f"{member.name!r} cannot be written ({exc.strerror})") from None
+            source = tar.extractfile(member)
+            with os.fdopen(fd, "wb") as out:
+                if source is not None:
+                    shutil.copyfileobj(source, out, 1 << 20)
+            files.append("/".join(parts))
+    return files
+
+
+def _member_parts(name: str) -> tuple[str, ...]:
+    path = PurePosixPath(name)
+    if path.is_absolute() or "\\" in name or "\x00" in name:
+        raise ArchiveRefused(f"{name!r} is an absolute or odd path")
+    parts = tuple(p for p in path.parts if p != ".")
+    if ".." in parts:
+        raise ArchiveRefused(f"{name!r} leads out of the folder it is unpacked into")
+    return parts
+
+
+def local_dirs_outside_home() -> list[Path]:
+    """This machine's cache and a shared storage folder when they are not under DOJO_HOME: no
+    sandboxed process may see them (they hold sealed labels), as DOJO_HOME itself."""
+    home = Path(settings.DOJO_HOME)
+    dirs = [cache_dir()]
+    location = getattr(shared_storage(), "location", None)
+    if location:
+        dirs.append(Path(location))
+    return [d for d in dirs if d != home and home not in d.parents]

@@ -1,0 +1,279 @@
+"""Issue 13 items 1–2: a frozen task's snapshot published in the shared storage and fetched by a
+machine that does not share the freezing machine's DOJO_HOME."""
+
+import hashlib
+import io
+import os
+import stat
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from dojo_site.errors import NotReady
+from domains import snapshot_share
+from domains.services import (
+    domain_create,
+    task_freeze,
+    task_setup,
+    task_tools_import,
+    task_unfreeze,
+    task_verify,
+)
+from domains.snapshot_share import ArchiveRefused, archive_unpack, shared_storage, snapshot_local
+from experiments.harness import pool
+from experiments.models import Experiment
+from experiments.services import experiment_run
+from tests.experiments.conftest import LINEAR
+from tests.factories import frozen_domain
+
+
+@pytest.fixture(autouse=True)
+def _fresh_pool():
+    yield
+    pool.pool_stop_all()
+
+
+@pytest.fixture
+def frozen(db, tmp_path):
+    """A domain frozen for real on this "machine" (the test's DOJO_HOME)."""
+    workspace = tmp_path / "workspace"
+    workspace.mkdir()
+    domain = domain_create(name="shared", task_type="regression", workspace=workspace,
+                           data_path="sklearn:load_diabetes")
+    task_setup(task=domain.task)
+    domain.refresh_from_db()
+    return domain
+
+
+@pytest.fixture
+def published(db, tmp_path):
+    """A frozen domain from the session's template (faster than a freeze), its snapshot published as
+    task_freeze publishes it."""
+    workspace = tmp_path / "workspace"
+    workspace.mkdir()
+    domain = frozen_domain(workspace=workspace, loader="load_diabetes", name="published")
+    task = domain.task
+    archive = snapshot_share.snapshot_publish(root=Path(task.snapshot_path), fingerprint=task.fingerprint)
+    task.snapshot_info = {**task.snapshot_info, "archive": archive}
+    task.save(update_fields=["snapshot_info"])
+    return domain
+
+
+def _other_machine(settings, tmp_path, task) -> Path:
+    """Become a machine with its own DOJO_HOME and cache: the freezing machine's snapshot folder is
+    not here (moved away), only the shared storage is."""
+    pool.pool_stop_all()
+    home = tmp_path / "machine-b"
+    home.mkdir()
+    settings.DOJO_HOME = home
+    settings.DOJO_CACHE_DIR = home / "cache"
+    original = Path(task.snapshot_path)
+    away = original.with_name(original.name + ".elsewhere")
+    os.rename(original, away)
+    return home / "cache"
+
+
+def test_it_publishes_the_snapshot_content_addressed(frozen, django_capture_on_commit_callbacks):
+    task = frozen.task
+    archive = task.snapshot_info["archive"]
+    assert archive["name"] == f"snapshots/{task.fingerprint}-{archive['sha256']}.tar"
+    with shared_storage().open(archive["name"], "rb") as handle:
+        data = handle.read()
+    assert hashlib.sha256(data).hexdigest() == archive["sha256"] and len(data) == archive["bytes"]
+    assert stat.S_IMODE(os.stat(shared_storage().path(archive["name"])).st_mode) == 0o600  # sealed labels inside
+    names = tarfile.open(fileobj=io.BytesIO(data)).getnames()
+    assert {"manifest.json", "public/X_train.pkl", "sealed/y_test.pkl", "sealed/split.json", "tools/evaluate.py"} <= set(names)
+    # One machine: the folder written at freeze is used as it is, nothing is fetched.
+    assert snapshot_local(task) == Path(task.snapshot_path)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        task_unfreeze(task=task, reason="test")
+    assert not shared_storage().exists(archive["name"])
+
+
+def test_it_runs_on_a_machine_without_the_freezing_machines_snapshot(frozen, settings, tmp_path, monkeypatch):
+    here = experiment_run(domain=frozen, train_code=LINEAR)
+    assert here.state == "completed", here.error
+
+    cache = _other_machine(settings, tmp_path, frozen.task)
+    there = experiment_run(domain=frozen, train_code=LINEAR)
+    assert there.state == "completed", there.error
+    assert there.metrics == here.metrics and there.holdout_metrics == here.holdout_metrics
+
+    task = frozen.task
+    local = cache / "snapshots" / f"{task.fingerprint}-{task.snapshot_info['archive']['sha256']}"
+    assert snapshot_local(task) == local
+    assert (local / "archive.sha256").read_text().strip() == task.snapshot_info["archive"]["sha256"]
+    # Sealed as at freeze: the sandbox user cannot read the labels or the split.
+    assert stat.S_IMODE((local / "sealed").stat().st_mode) == 0o700
+    assert stat.S_IMODE((local / "sealed" / "y_test.pkl").stat().st_mode) == 0o400
+    assert stat.S_IMODE((local / "public").stat().st_mode) == 0o555
+    assert not list((cache / "snapshots").glob("*.partial"))
+
+    # Warm: the next experiment uses the copy without touching the shared storage.
+    def no_fetch(*args, **kwargs):
+        raise AssertionError("fetched again")
+
+    monkeypatch.setattr(snapshot_share, "_download", no_fetch)
+    again = experiment_run(domain=frozen, train_code=LINEAR)
+    assert again.state == "completed" and again.metrics == here.metrics
+
+
+def test_it_refuses_a_tampered_archive_and_runs_nothing(published, settings, tmp_path):
+    archive = published.task.snapshot_info["archive"]
+    path = Path(shared_storage().path(archive["name"]))
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01  # one byte
+    path.write_bytes(bytes(data))
+    cache = _other_machine(settings, tmp_path, published.task)
+
+    with pytest.raises(NotReady, match="does not match the sha256 recorded at freeze"):
+        experiment_run(domain=published, train_code=LINEAR)
+    assert not Experiment.objects.exists()
+    assert not list((cache / "snapshots").iterdir())  # nothing unpacked, nothing half-downloaded left
+
+
+def test_it_says_so_when_the_archive_is_missing_from_the_shared_storage(published, settings, tmp_path):
+    shared_storage().delete(published.task.snapshot_info["archive"]["name"])
+    _other_machine(settings, tmp_path, published.task)
+    with pytest.raises(NotReady, match="missing from the shared storage"):
+        experiment_run(domain=published, train_code=LINEAR)
+    assert not Experiment.objects.exists()
+
+
+def _tar(members: list[tarfile.TarInfo], contents: dict[str, bytes] | None = None) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for member in members:
+            data = (contents or {}).get(member.name)
+            if data is not None:
+                member.size = len(data)
+            tar.addfile(member, io.BytesIO(data) if data is not None else None)
+    return buffer.getvalue()
+
+
+def _member(name: str, kind=tarfile.REGTYPE, linkname: str = "") -> tarfile.TarInfo:
+    member = tarfile.TarInfo(name)
+    member.type = kind
+    member.linkname = linkname
+    return member
+
+
+def _record_archive(task, data: bytes) -> None:
+    """Put an archive in the shared storage and record it as the task's (as a freeze would have)."""
+    sha = hashlib.sha256(data).hexdigest()
+    name = shared_storage().save(f"snapshots/{task.fingerprint}-{sha}.tar", io.BytesIO(data))
+    task.snapshot_info = {**task.snapshot_info, "archive": {"name": name, "sha256": sha, "bytes": len(data)}}
+    task.save(update_fields=["snapshot_info"])
+
+
+@pytest.mark.parametrize("evil", [
+    _member("public/../../escaped.txt"),
+    _member("public/X_train.pkl", tarfile.SYMTYPE, "/etc/passwd"),
+])
+def test_it_refuses_an_archive_with_an_escaping_path_or_a_link(published, settings, tmp_path, evil):
+    data = _tar([_member("public", tarfile.DIRTYPE), evil], {"public/../../escaped.txt": b"planted"})
+    _record_archive(published.task, data)
+    cache = _other_machine(settings, tmp_path, published.task)
+
+    with pytest.raises(NotReady, match="was refused"):
+        experiment_run(domain=published, train_code=LINEAR)
+    assert not Experiment.objects.exists()
+    assert not list(tmp_path.rglob("escaped.txt"))
+    assert not list((cache / "snapshots").iterdir())
+
+
+@pytest.mark.parametrize("member", [
+    _member("/tmp/absolute.txt"),
+    _member("a/../../up.txt"),
+    _member("link", tarfile.SYMTYPE, "../outside"),
+    _member("hard", tarfile.LNKTYPE, "public/X_train.pkl"),
+    _member("dev", tarfile.CHRTYPE),
+    _member("fifo", tarfile.FIFOTYPE),
+])
+def test_it_unpacks_only_regular_files_and_folders_inside(tmp_path, member):
+    archive = tmp_path / "evil.tar"
+    archive.write_bytes(_tar([member], {member.name: b"x"} if member.type == tarfile.REGTYPE else None))
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    with pytest.raises(ArchiveRefused):
+        archive_unpack(archive, dest)
+    assert not (tmp_path / "absolute.txt").exists() and not (tmp_path / "up.txt").exists()
+
+
+LOAD_FROM_CSV = '''
+from helpers.data import make
+
+def load_data():
+    return make()
+'''
+
+HELPERS_DATA = '''
+import os
+
+import pandas as pd
+from sklearn.model_selection import train_test_split
+
+def make():
+    frame = pd.read_csv(os.path.join(os.path.dirname(__file__), "..", "data.csv"))
+    X, y = frame.drop(columns=["target"]), frame["target"]
+    return train_test_split(X, y, test_size=0.25, random_state=0)
+'''
+
+EVALUATE = '''
+def evaluate(y_pred, *, X_train, X_test, y_train, y_test, artifacts_dir):
+    import numpy as np
+    err = np.asarray(y_pred, dtype=float) - np.asarray(y_test, dtype=float)
+    return {"rmse": float(np.sqrt((err ** 2).mean())), "mae": float(np.abs(err).mean()), "r2": 0.0}
+'''
+
+
+def test_it_bundles_the_contracts_workspace_files_but_never_the_raw_data(db, tmp_path):
+    from sklearn.datasets import load_diabetes
+
+    workspace = tmp_path / "repo"
+    (workspace / "helpers").mkdir(parents=True)
+    (workspace / "helpers" / "__init__.py").write_text("")
+    (workspace / "helpers" / "data.py").write_text(HELPERS_DATA)
+    load_diabetes(as_frame=True).frame.to_csv(workspace / "data.csv", index=False)
+    raw = (workspace / "data.csv").read_bytes()
+    domain = domain_create(name="bundled", task_type="regression", workspace=workspace, data_path="data.csv",
+                           target_column="target")
+    task_tools_import(task=domain.task, load_data=LOAD_FROM_CSV, evaluate=EVALUATE)
+    assert task_verify(task=domain.task).ok
+    task = task_freeze(task=domain.task)
+    assert task.snapshot_info["data_file"] == str(workspace / "data.csv")
+
+    bundle = task.snapshot_info["workspace_bundle"]
+    assert bundle["name"] == f"workspaces/{task.fingerprint}-{bundle['sha256']}.tar"
+    with shared_storage().open(bundle["name"], "rb") as handle:
+        names = tarfile.open(fileobj=io.BytesIO(handle.read())).getnames()
+    assert sorted(names) == sorted(task.contract_files) == ["helpers/__init__.py", "helpers/data.py"]
+    for kind in ("snapshots", "workspaces"):
+        for name in shared_storage().listdir(kind)[1]:
+            with shared_storage().open(f"{kind}/{name}", "rb") as handle:
+                with tarfile.open(fileobj=io.BytesIO(handle.read())) as tar:
+                    assert not any(n.endswith("data.csv") for n in tar.getnames())
+                    for member in tar.getmembers():
+                        if member.isreg():
+                            assert tar.extractfile(member).read() != raw
+
+    # Even a raw data file that is among the files the tools import stays out.
+    files = {**task.contract_files, "data.csv": hashlib.sha256(raw).hexdigest()}
+    again = snapshot_share.workspace_bundle_publish(
+        workspace=workspace, files=files, fingerprint="f" * 64, raw_data=[workspace / "data.csv"])
+    with shared_storage().open(again["name"], "rb") as handle:
+        assert "data.csv" not in tarfile.open(fileobj=io.BytesIO(handle.read())).getnames()
+
+
+def test_it_keeps_the_copy_another_worker_renamed_into_place_first(published, settings, tmp_path):
+    """Two workers fetching at once: the second rename fails on the first one's complete copy, which
+    serves as well; nothing half-written is left."""
+    cache = _other_machine(settings, tmp_path, published.task)
+    task = published.task
+    local = snapshot_local(task)
+    before = local.stat().st_ino
+    snapshot_share._fetch(task, task.snapshot_info["archive"], local)  # the loser of the race
+    assert local.stat().st_ino == before and snapshot_local(task) == local
+    assert sorted(p.name for p in (cache / "snapshots").iterdir()) == [local.name]

@@ -26,7 +26,7 @@ from pathlib import Path, PurePosixPath
 
 from django.conf import settings
 from django.core.files import File
-from django.core.files.storage import storages
+from django.core.files.storage import FileSystemStorage, storages
 
 from dojo_site.errors import NotReady
 from domains.models import Task
@@ -321,7 +321,7 @@ def local_dirs_outside_home() -> list[Path]:
     sandboxed process may see them (they hold sealed labels), as DOJO_HOME itself."""
     home = Path(settings.DOJO_HOME)
     dirs = [cache_dir()]
-    location = getattr(shared_storage(), "location", None)
-    if location:
-        dirs.append(Path(location))
+    storage = shared_storage()
+    if isinstance(storage, FileSystemStorage):  # an object store's "location" is a key prefix, not a folder
+        dirs.append(Path(storage.location))
     return [d for d in dirs if d != home and home not in d.parents]

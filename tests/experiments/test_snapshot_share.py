@@ -60,6 +60,20 @@ def published(db, tmp_path):
     return domain
 
 
+PROBE = """
+import numpy as np
+
+def train(X_train, y_train, X_test, *, artifacts_dir):
+    for path in {paths!r}:
+        try:
+            with open(path, "rb") as handle:
+                print("READ" if handle.read(1) else "EMPTY")
+        except OSError as exc:
+            print("DENIED", exc.errno)
+    return np.zeros(len(X_test))
+"""
+
+
 def _other_machine(settings, tmp_path, task) -> Path:
     """Become a machine with its own DOJO_HOME and cache: the freezing machine's snapshot folder is
     not here (moved away), only the shared storage is."""
@@ -118,6 +132,14 @@ def test_it_runs_on_a_machine_without_the_freezing_machines_snapshot(frozen, set
     monkeypatch.setattr(snapshot_share, "_download", no_fetch)
     again = experiment_run(domain=frozen, train_code=LINEAR)
     assert again.state == "completed" and again.metrics == here.metrics
+
+    # The sandbox reads neither the fetched copy's labels nor the archive in the shared storage
+    # (which is outside this machine's DOJO_HOME now).
+    archive_file = shared_storage().path(task.snapshot_info["archive"]["name"])
+    probe = experiment_run(domain=frozen, train_code=PROBE.format(paths=[str(local / "sealed" / "y_test.pkl"), archive_file]))
+    assert probe.state == "completed", probe.error
+    assert "READ" not in probe.stdout_tail
+    assert probe.stdout_tail.count("DENIED") + probe.stdout_tail.count("EMPTY") == 2
 
 
 def test_it_refuses_a_tampered_archive_and_runs_nothing(published, settings, tmp_path):

@@ -497,7 +497,7 @@ def experiments_fail_stale(*, domain: Domain, limits: Limits) -> int:
     stale = Experiment.objects.filter(
         domain=domain, run__isnull=True, state__in=[Experiment.State.RUNNING, Experiment.State.PENDING],
         created_at__lt=cutoff,
-    )
+    ).exclude(state=Experiment.State.RUNNING, heartbeat_at__isnull=False)  # a beating worker's: the reaper's
     if not stale.exists():  # the usual case: a read, no write lock taken
         return 0
     return stale.update(
@@ -1088,7 +1088,17 @@ def experiment_run_pending(*, experiment_id: int, should_stop=None) -> Experimen
 # row; when the beats stop (or its pid is gone, on the same host) the reaper requeues the experiment
 # once, and fails it the second time. Stopping goes through the row too: `stop_requested`.
 
-WORKER_HOST = socket.gethostname()
+def _worker_host() -> str:
+    """This machine as the reaper tells machines apart: its host name and its kernel's boot id (two
+    cloned machines may share a name, never a boot), so a pid is only ever checked where it lives."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()[:8]
+    except OSError:
+        boot = ""
+    return f"{socket.gethostname()}#{boot}" if boot else socket.gethostname()
+
+
+WORKER_HOST = _worker_host()
 DISPATCH_POLL_SECONDS = 0.2
 WORKER_STOP_POLL_SECONDS = 0.5
 # After a stop request, how long the run waits for the worker to confirm before ending it itself.

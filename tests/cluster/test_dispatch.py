@@ -8,16 +8,18 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from datetime import timedelta
 
 import pytest
 from django.db import connections
 from django.utils import timezone
+from django_q.brokers import get_broker
 from django_q.conf import Conf
 from django_q.models import OrmQ
 
 from agentrun.models import AgentRun
-from agentrun.services import run_create, run_execute
+from agentrun.services import run_create, run_execute, run_start
 from dojo_site.errors import InvalidInput
 from experiments.harness import pool
 from experiments.models import Experiment
@@ -25,6 +27,8 @@ from experiments.services import DIED_TWICE, experiment_dispatch, experiments_re
 from tests.agentrun.helpers import wait_for
 from tests.dburl import subprocess_database_url
 from tests.factories import frozen_domain
+
+REDIS_URL = os.environ.get("DOJO_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 MEAN_TRAIN = """
 import numpy as np
@@ -166,6 +170,20 @@ def test_the_reaper_requeues_an_experiment_whose_worker_stopped_beating_once_the
     assert fresh.state == "running"
 
 
+def test_a_queued_by_hand_experiment_with_a_beating_worker_is_left_to_it_however_old(domain):
+    from experiments.services import experiment_limits, experiments_fail_stale
+
+    long_ago = timezone.now() - timedelta(hours=3)
+    beating = Experiment.objects.create(
+        domain=domain, train_code=MEAN_TRAIN, code_sha256="0" * 64, state="running", attempts=1,
+        worker_host="another-machine", worker_pid=4242, heartbeat_at=timezone.now(),
+    )
+    Experiment.objects.filter(pk=beating.pk).update(created_at=long_ago)
+    assert experiments_fail_stale(domain=domain, limits=experiment_limits(task=domain.task)) == 0
+    beating.refresh_from_db()
+    assert beating.state == "running"
+
+
 # --- with a real experiment worker --------------------------------------------------------------
 
 
@@ -278,3 +296,53 @@ def test_sigterm_to_an_experiment_worker_requeues_its_experiment_without_countin
         _stop_group(second)
     assert not thread.is_alive() and "error" not in out, out
     assert out["experiment"].state == "completed" and out["experiment"].attempts == 1
+
+
+@pytest.fixture(params=["orm", "redis"])
+def broker_env(request, monkeypatch, settings):
+    """This test process enqueues runs to a fresh queue of this broker; returns the env workers need."""
+    name = f"dojo-test-{uuid.uuid4().hex[:8]}"
+    monkeypatch.setattr(Conf, "CLUSTER_NAME", name)
+    monkeypatch.setattr(Conf, "PREFIX", name)
+    settings.DOJO_EXPERIMENT_QUEUE = f"{name}-experiments"
+    if request.param == "redis":
+        redis = pytest.importorskip("redis", reason="the redis extra is not installed")
+        try:
+            redis.from_url(REDIS_URL).ping()
+        except redis.exceptions.ConnectionError:
+            pytest.skip(f"no Redis at {REDIS_URL} (start it: redis-server --daemonize yes)")
+        monkeypatch.setattr(Conf, "ORM", None)
+        monkeypatch.setattr(Conf, "REDIS", REDIS_URL)
+    yield {"DOJO_BROKER": request.param, "REDIS_URL": REDIS_URL, "DOJO_QUEUE_NAME": name}
+    if request.param == "redis":
+        get_broker().delete_queue()
+        get_broker(settings.DOJO_EXPERIMENT_QUEUE).delete_queue()
+
+
+@pytest.mark.slow
+def test_a_run_worker_with_one_slot_and_an_experiment_worker_complete_a_run_on_each_broker(
+    domain, dojo_home, settings, broker_env
+):
+    """The deployment of docs/cluster.md: the run holds the run worker's only slot while it waits;
+    its experiments, on their own queue, run on the experiment worker."""
+    env = os.environ | broker_env | {
+        "DATABASE_URL": subprocess_database_url(), "SECRET_KEY": settings.SECRET_KEY,
+        "DOJO_HOME": str(dojo_home), "DOJO_DISPATCH": "queue", "DOJO_Q_WORKERS": "1", "DOJO_RUN_PARALLEL": "2",
+    }
+    manage = [sys.executable, str(settings.BASE_DIR / "manage.py"), "qcluster"]
+    quiet = {"start_new_session": True, "stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    runs = subprocess.Popen(manage, env=env, **quiet)
+    experiments = subprocess.Popen(
+        manage, env=env | {"DOJO_Q_ROLE": "experiments", "DOJO_EXPERIMENT_WORKERS": "2"}, **quiet
+    )
+    try:
+        run = run_start(domain=domain, max_experiments=3)
+        wait_for(lambda: AgentRun.objects.get(pk=run.pk).is_terminal, timeout=180, what="the run to finish")
+    finally:
+        _stop_group(runs)
+        _stop_group(experiments)
+    run.refresh_from_db()
+    assert run.status == "completed", (run.error, run.result)
+    done = list(run.experiments.all())
+    assert len(done) == 3 and {e.state for e in done} == {"completed"}, [(e.state, e.error) for e in done]
+    assert run.worker_pid not in {e.worker_pid for e in done} and os.getpid() not in {e.worker_pid for e in done}

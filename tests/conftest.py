@@ -22,6 +22,34 @@ def dojo_home(tmp_path, settings):
     return home
 
 
+@pytest.fixture(params=["orm", "redis"])
+def broker(request, monkeypatch):
+    """A fresh queue on each broker (the database, and this machine's Redis: DOJO_TEST_REDIS_URL) that
+    this test process enqueues to; returns the env a worker needs to use the same."""
+    import uuid
+
+    from django_q.brokers import get_broker
+    from django_q.conf import Conf
+
+    redis_url = os.environ.get("DOJO_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+    name = f"dojo-test-{uuid.uuid4().hex[:8]}"
+    monkeypatch.setattr(Conf, "SYNC", False)
+    monkeypatch.setattr(Conf, "CLUSTER_NAME", name)
+    monkeypatch.setattr(Conf, "PREFIX", name)
+    if request.param == "redis":
+        redis = pytest.importorskip("redis", reason="the redis extra is not installed")
+        try:
+            redis.from_url(redis_url).ping()
+        except redis.exceptions.ConnectionError:
+            pytest.skip(f"no Redis at {redis_url} (start it: redis-server --daemonize yes)")
+        monkeypatch.setattr(Conf, "ORM", None)
+        monkeypatch.setattr(Conf, "REDIS", redis_url)
+    yield {"DOJO_BROKER": request.param, "REDIS_URL": redis_url, "DOJO_QUEUE_NAME": name}
+    if request.param == "redis":
+        get_broker().delete_queue()
+        get_broker(f"{name}-experiments").delete_queue()
+
+
 @pytest.fixture
 def user(django_user_model):
     """The local administrator (staff: owner of every domain, domains/permissions.py), as on a

@@ -4,21 +4,17 @@
 import os
 import subprocess
 import sys
-import uuid
 from datetime import timedelta
 
 import pytest
 from django.conf import settings
 from django.utils import timezone
 from django_q.brokers import get_broker
-from django_q.conf import Conf
 
 from agentrun.models import AgentRun
 from agentrun.services import run_reap, run_start
 from tests.agentrun.helpers import wait_for
 from tests.dburl import subprocess_database_url
-
-REDIS_URL = os.environ.get("DOJO_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
 def _manage(*args: str, **env: str) -> subprocess.CompletedProcess:
@@ -40,26 +36,6 @@ def test_it_refuses_an_unknown_broker_in_one_line(tmp_path):
     done = _manage("check", DOJO_BROKER="rabbit", DOJO_HOME=str(tmp_path))
     assert done.returncode != 0
     assert "DOJO_BROKER must be orm or redis" in done.stderr and "Traceback" not in done.stderr
-
-
-@pytest.fixture(params=["orm", "redis"])
-def broker(request, monkeypatch):
-    """The broker this test process enqueues to; returns the env a worker needs to use the same."""
-    name = f"dojo-test-{uuid.uuid4().hex[:8]}"
-    monkeypatch.setattr(Conf, "SYNC", False)
-    monkeypatch.setattr(Conf, "CLUSTER_NAME", name)
-    monkeypatch.setattr(Conf, "PREFIX", name)
-    if request.param == "redis":
-        redis = pytest.importorskip("redis", reason="the redis extra is not installed")
-        try:
-            redis.from_url(REDIS_URL).ping()
-        except redis.exceptions.ConnectionError:
-            pytest.skip(f"no Redis at {REDIS_URL} (start it: redis-server --daemonize yes)")
-        monkeypatch.setattr(Conf, "ORM", None)
-        monkeypatch.setattr(Conf, "REDIS", REDIS_URL)
-    yield {"DOJO_BROKER": request.param, "REDIS_URL": REDIS_URL, "DOJO_QUEUE_NAME": name}
-    if request.param == "redis":
-        get_broker().delete_queue()
 
 
 @pytest.mark.slow

@@ -8,13 +8,11 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from datetime import timedelta
 
 import pytest
 from django.db import connections
 from django.utils import timezone
-from django_q.brokers import get_broker
 from django_q.conf import Conf
 from django_q.models import OrmQ
 
@@ -27,8 +25,6 @@ from experiments.services import DIED_TWICE, experiment_dispatch, experiments_re
 from tests.agentrun.helpers import wait_for
 from tests.dburl import subprocess_database_url
 from tests.factories import frozen_domain
-
-REDIS_URL = os.environ.get("DOJO_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 MEAN_TRAIN = """
 import numpy as np
@@ -298,34 +294,14 @@ def test_sigterm_to_an_experiment_worker_requeues_its_experiment_without_countin
     assert out["experiment"].state == "completed" and out["experiment"].attempts == 1
 
 
-@pytest.fixture(params=["orm", "redis"])
-def broker_env(request, monkeypatch, settings):
-    """This test process enqueues runs to a fresh queue of this broker; returns the env workers need."""
-    name = f"dojo-test-{uuid.uuid4().hex[:8]}"
-    monkeypatch.setattr(Conf, "CLUSTER_NAME", name)
-    monkeypatch.setattr(Conf, "PREFIX", name)
-    settings.DOJO_EXPERIMENT_QUEUE = f"{name}-experiments"
-    if request.param == "redis":
-        redis = pytest.importorskip("redis", reason="the redis extra is not installed")
-        try:
-            redis.from_url(REDIS_URL).ping()
-        except redis.exceptions.ConnectionError:
-            pytest.skip(f"no Redis at {REDIS_URL} (start it: redis-server --daemonize yes)")
-        monkeypatch.setattr(Conf, "ORM", None)
-        monkeypatch.setattr(Conf, "REDIS", REDIS_URL)
-    yield {"DOJO_BROKER": request.param, "REDIS_URL": REDIS_URL, "DOJO_QUEUE_NAME": name}
-    if request.param == "redis":
-        get_broker().delete_queue()
-        get_broker(settings.DOJO_EXPERIMENT_QUEUE).delete_queue()
-
-
 @pytest.mark.slow
 def test_a_run_worker_with_one_slot_and_an_experiment_worker_complete_a_run_on_each_broker(
-    domain, dojo_home, settings, broker_env
+    domain, dojo_home, settings, broker
 ):
     """The deployment of docs/cluster.md: the run holds the run worker's only slot while it waits;
     its experiments, on their own queue, run on the experiment worker."""
-    env = os.environ | broker_env | {
+    settings.DOJO_EXPERIMENT_QUEUE = f"{broker['DOJO_QUEUE_NAME']}-experiments"
+    env = os.environ | broker | {
         "DATABASE_URL": subprocess_database_url(), "SECRET_KEY": settings.SECRET_KEY,
         "DOJO_HOME": str(dojo_home), "DOJO_DISPATCH": "queue", "DOJO_Q_WORKERS": "1", "DOJO_RUN_PARALLEL": "2",
     }

@@ -260,14 +260,6 @@ DOJO_EXPERIMENT_QUEUE = Q_CLUSTER["name"] + "-experiments"
 # How many experiments one run keeps in flight (the built-in researcher); 0: this machine's CPUs ×
 # DOJO_CPU_SHARE. With DOJO_DISPATCH=queue, set it to the experiment slots the run may use cluster-wide.
 DOJO_RUN_PARALLEL = env_int("DOJO_RUN_PARALLEL", 0)
-if DOJO_Q_ROLE == "experiments":
-    # django-q2's alternative cluster name is the queue it serves; the name (the signing salt and the
-    # stats prefix) stays the installation's.
-    Q_CLUSTER["cluster_name"] = DOJO_EXPERIMENT_QUEUE
-    # One slot per share of this machine's CPUs (DOJO_EXPERIMENT_WORKERS overrides it).
-    Q_CLUSTER["workers"] = env_int(
-        "DOJO_EXPERIMENT_WORKERS", max(1, int((os.cpu_count() or 1) * env_float("DOJO_CPU_SHARE", 1.0)))
-    )
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
@@ -313,6 +305,20 @@ DOJO_TRAIN_MAX_FILE_MB = env_int("DOJO_TRAIN_MAX_FILE_MB", 256)
 DOJO_ARTIFACTS_MAX_FILE_MB = env_int("DOJO_ARTIFACTS_MAX_FILE_MB", 100)
 DOJO_ARTIFACTS_MAX_TOTAL_MB = env_int("DOJO_ARTIFACTS_MAX_TOTAL_MB", 500)
 DOJO_EVALUATE_TIMEOUT_SECONDS = env_float("DOJO_EVALUATE_TIMEOUT_SECONDS", 600.0)
+if DOJO_Q_ROLE == "experiments":
+    # django-q2's alternative cluster name is the queue it serves; the name (the signing salt and the
+    # stats prefix) stays the installation's.
+    Q_CLUSTER["cluster_name"] = DOJO_EXPERIMENT_QUEUE
+    # One slot per share of this machine's CPUs (DOJO_EXPERIMENT_WORKERS overrides it).
+    Q_CLUSTER["workers"] = env_int("DOJO_EXPERIMENT_WORKERS", max(1, int((os.cpu_count() or 1) * DOJO_CPU_SHARE)))
+    # An experiment is far shorter than a run: an entry taken by a cluster that died before running it
+    # comes back (ORM broker) after `retry`, not hours later. A longer one re-delivered is harmless: the
+    # worker's claim refuses an experiment that is no longer pending. Each queued experiment also
+    # carries its own timeout from its task's limits. queue_limit 1: a busy machine holds as few
+    # experiments back from idle ones as django-q2 allows.
+    Q_CLUSTER["timeout"] = int(DOJO_TRAIN_TIMEOUT_SECONDS + DOJO_EVALUATE_TIMEOUT_SECONDS + 300)
+    Q_CLUSTER["retry"] = Q_CLUSTER["timeout"] + 300
+    Q_CLUSTER["queue_limit"] = 1
 # Sandbox: "auto" or empty (bwrap when installed, else the weaker fallback), "bwrap" or "fallback".
 DOJO_SANDBOX = env_str("DOJO_SANDBOX", "")  # empty means auto
 # Warm trainer pools: at most this many per machine, each stopped after this many idle seconds.

@@ -52,7 +52,7 @@ def test_it_starts_a_run_watches_experiments_appear_and_stops_it(
     monkeypatch.setitem(BACKENDS, "scripted", "tests.agentrun.scripted_backend")
     domain = frozen_domain_make(frozen_template, name="diabetes", workspace=workspace, home=dojo_home)
     page = logged_in_page
-    slow = 30_000  # ms: a worker picks the run up, then trains two models
+    slow = 90_000  # ms: a worker starts, picks the run up, then trains two models (slow under load)
 
     page.goto(f"{live_server.url}/domains/{domain.pk}/?tab=runs")
     page.select_option("#id_backend", "scripted")

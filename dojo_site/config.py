@@ -17,6 +17,8 @@ from django.conf import settings
 
 PUBLIC_SETTINGS = (
     "DOJO_HOME",
+    "DOJO_CACHE_DIR",
+    "DOJO_SHARED_STORAGE_DIR",
     "DOJO_BASE_URL",
     "DEBUG",
     "DOJO_DEFAULT_BACKEND",

@@ -51,19 +51,23 @@ def env_float(name: str, default: float) -> float:
 DOJO_HOME = Path(env_str("DOJO_HOME", str(BASE_DIR / "var"))).resolve()
 DOJO_HOME.mkdir(parents=True, exist_ok=True)
 
-# Shared versus per-machine state (docs/cluster.md). Durable things every machine must see (published
-# task snapshots, workspace bundles) go through the "dojo" storage in STORAGES, named by content; by
-# default a folder under DOJO_HOME, so one machine works as before. A cluster points
-# DOJO_SHARED_STORAGE_DIR at a shared folder, or replaces STORAGES["dojo"] with a django-storages
-# backend (S3 and the like). DOJO_CACHE_DIR is this machine's own: snapshots fetched from the storage,
-# locks, scratch; never put it on a shared file system.
+# Shared versus per-machine state (docs/cluster.md). Durable things every machine
+# must see (published task snapshots, workspace bundles, artifacts) go through the "dojo" storage in
+# STORAGES, named by content; by default a folder under DOJO_HOME, so one machine works as before. A
+# cluster points DOJO_SHARED_STORAGE_DIR at a shared folder, or replaces STORAGES["dojo"] with a
+# django-storages backend (S3 and the like). DOJO_CACHE_DIR is this machine's own: snapshots fetched
+# from the storage, warm-pool slots and their locks, job folders and their trash, the queue's stats
+# cache, scratch; never put it on a shared file system. Both folders exist before any sandbox starts,
+# so every sandbox's hidden paths cover them (bwrap hides only paths that exist).
 DOJO_SHARED_STORAGE_DIR = Path(env_str("DOJO_SHARED_STORAGE_DIR", str(DOJO_HOME / "shared"))).resolve()
 DOJO_CACHE_DIR = Path(env_str("DOJO_CACHE_DIR", str(DOJO_HOME / "cache"))).resolve()
+DOJO_SHARED_STORAGE_DIR.mkdir(parents=True, exist_ok=True)
+DOJO_CACHE_DIR.mkdir(parents=True, exist_ok=True)
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
     # Archives hold sealed labels: owner-only files, so a sandboxed process under another uid cannot
-    # read them even where the folder is visible.
+    # read them even where the folder is visible. Artifacts: artifacts/<sha256[:2]>/<sha256>.
     "dojo": {
         "BACKEND": "django.core.files.storage.FileSystemStorage",
         "OPTIONS": {"location": str(DOJO_SHARED_STORAGE_DIR), "file_permissions_mode": 0o600,
@@ -212,10 +216,11 @@ if DATABASES["default"]["ENGINE"].endswith("postgresql") and not os.environ.get(
 
 CACHES = {
     "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
-    # django-q2 keeps cluster stats in a cache every process must see.
+    # django-q2 keeps cluster stats in a cache every process of this machine must see (per machine:
+    # with the Redis broker the stats live in Redis, shared; with the ORM broker each machine has its own).
     "djangoq": {
         "BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
-        "LOCATION": str(DOJO_HOME / "qcache"),
+        "LOCATION": str(DOJO_CACHE_DIR / "qcache"),
     },
 }
 

@@ -945,7 +945,8 @@ def tool_code_check(*, name: str, code: str) -> None:
 
 
 def _keep_raw_reply(*, domain_name: str, reply: str) -> Path:
-    folder = Path(settings.DOJO_HOME) / "toolgen"
+    # Kept for a person to read on the machine that asked Claude: per-machine scratch.
+    folder = Path(settings.DOJO_CACHE_DIR) / "toolgen"
     folder.mkdir(parents=True, exist_ok=True)
     safe = re.sub(r"[^A-Za-z0-9_.-]", "_", domain_name)
     path = folder / f"{safe}-{timezone.now():%Y%m%dT%H%M%S%f}.txt"

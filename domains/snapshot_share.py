@@ -318,10 +318,15 @@ def _member_parts(name: str) -> tuple[str, ...]:
 
 def local_dirs_outside_home() -> list[Path]:
     """This machine's cache and a shared storage folder when they are not under DOJO_HOME: no
-    sandboxed process may see them (they hold sealed labels), as DOJO_HOME itself."""
+    sandboxed process may see them (they hold sealed labels, other experiments' job folders and
+    every artifact), as DOJO_HOME itself. Each is made to exist: bwrap hides only paths that exist
+    when the sandbox starts, and a folder made later would show through its read-only bind of /."""
     home = Path(settings.DOJO_HOME)
     dirs = [cache_dir()]
     storage = shared_storage()
     if isinstance(storage, FileSystemStorage):  # an object store's "location" is a key prefix, not a folder
         dirs.append(Path(storage.location))
-    return [d for d in dirs if d != home and home not in d.parents]
+    outside = [d for d in dirs if d != home and home not in d.parents]
+    for folder in outside:
+        folder.mkdir(parents=True, exist_ok=True)
+    return outside

@@ -161,8 +161,13 @@ def tools_run(
 
 
 def _hidden_paths(home: Path) -> list[Path]:
-    """DOJO_HOME (DB, snapshots, other tasks' files) and the database file wherever it lives."""
-    hidden = [home]
+    """DOJO_HOME (DB, snapshots, other tasks' files), the machine's cache folder and the shared
+    storage's folder wherever they are (fetched snapshots and archives hold sealed labels), and
+    the database file wherever it lives."""
+    # Imported here: snapshot_share imports domains.snapshot, which imports this module.
+    from domains.snapshot_share import local_dirs_outside_home
+
+    hidden = [home, *local_dirs_outside_home()]
     name = settings.DATABASES["default"].get("NAME")
     if settings.DATABASES["default"]["ENGINE"].endswith("sqlite3") and name:
         db = Path(str(name))

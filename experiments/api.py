@@ -11,7 +11,7 @@ from domains.permissions import domain_get_for_user, domain_require, holdout_vis
 from domains.services import tasks_inline
 from experiments.models import Artifact, Experiment
 from experiments.services import (
-    artifact_file,
+    artifact_open,
     experiment_enqueue,
     experiment_get,
     experiment_leaderboard,
@@ -188,6 +188,5 @@ def experiments_artifact(request: HttpRequest, experiment_id: Id, artifact_id: I
     artifact = Artifact.objects.filter(experiment_id=experiment_id, pk=artifact_id).first()
     if artifact is None or (artifact.is_holdout and getattr(exp, "hidden_artifacts", False)):
         raise NotFound(f"experiment {experiment_id} has no artifact {artifact_id}")
-    path = artifact_file(artifact=artifact)
-    return FileResponse(open(path, "rb"), as_attachment=True, filename=path.name,  # noqa: SIM115
+    return FileResponse(artifact_open(artifact=artifact), as_attachment=True, filename=artifact.filename,
                         content_type=artifact.content_type or "application/octet-stream")

@@ -193,6 +193,11 @@ class Artifact(models.Model):
     size = models.BigIntegerField()
     content_type = models.CharField(max_length=100, blank=True)
     source = models.CharField(max_length=20, default="train", help_text="train or evaluate")
+    sha256 = models.CharField(max_length=64, blank=True, help_text="Of the content; empty for artifacts kept before the shared storage.")
+    storage_name = models.CharField(
+        max_length=200, blank=True,
+        help_text="The object's name in STORAGES['dojo'] (artifacts/<sha256[:2]>/<sha256>); empty: DOJO_HOME/artifacts/<id>/<path>.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -206,6 +211,10 @@ class Artifact(models.Model):
 
     def get_absolute_url(self) -> str:
         return reverse("experiments:artifact", args=[self.experiment_id, self.pk])
+
+    @property
+    def filename(self) -> str:
+        return self.path.rsplit("/", 1)[-1]
 
     @property
     def is_holdout(self) -> bool:

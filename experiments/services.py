@@ -30,6 +30,7 @@ from functools import partial
 from pathlib import Path
 
 from django.conf import settings
+from django.core.files import File
 from django.db import connections, transaction
 from django.db.models import F, QuerySet
 from django.utils import timezone
@@ -40,7 +41,7 @@ from domains import contracts, safe_read
 from domains.audit import bundled_data_paths
 from domains.models import Domain, Task
 from domains.sandbox import ISOLATION_HINT, sandbox_env, sandbox_isolation
-from domains.snapshot_share import local_dirs_outside_home, snapshot_local
+from domains.snapshot_share import local_dirs_outside_home, shared_storage, snapshot_local
 from experiments.analysis import family_of
 from experiments.harness import pool
 from experiments.models import Artifact, Experiment
@@ -139,8 +140,9 @@ def _public_data_paths(task: Task, python: str, isolation: str) -> list[Path]:
 
 
 def _hidden_paths() -> list[Path]:
-    """What no sandboxed process may see: all of DOJO_HOME (re-bound piecemeal where needed), the
-    database files and folder, and the project's .env."""
+    """What no sandboxed process may see: all of DOJO_HOME, the machine's cache folder and the
+    shared storage's folder wherever they are (re-bound piecemeal where needed), the database
+    files and folder, and the project's .env."""
     hidden = [Path(settings.DOJO_HOME), *local_dirs_outside_home()]
     for alias in connections:
         conn = connections[alias]
@@ -193,7 +195,7 @@ def _trainer_spec(domain: Domain, task: Task, limits: Limits) -> pool.Spec:
               "--idle", idle),
         cwd=Path(domain.workspace_path),
         env=tuple(sorted(env.items())),
-        home=Path(settings.DOJO_HOME),
+        home=Path(settings.DOJO_CACHE_DIR),
         readable=(snap / "public", Path(domain.workspace_path), *_dojo_packages_for(python)),
         hidden=(*_hidden_paths(), snap / "sealed", snap / "tools", *_raw_data_paths(task, isolation),
                 *_public_data_paths(task, python, isolation)),
@@ -233,7 +235,7 @@ def _evaluator_spec(domain: Domain, task: Task) -> pool.Spec:
               "--evaluate-sha", sha, "--work", "{work}", "--idle", idle),
         cwd=Path(domain.workspace_path),
         env=tuple(sorted(env.items())),
-        home=Path(settings.DOJO_HOME),
+        home=Path(settings.DOJO_CACHE_DIR),
         readable=(snap, CONTRACTS_PATH.parent, Path(domain.workspace_path)),
         hidden=tuple(_hidden_paths()),
         isolation=isolation,
@@ -516,7 +518,6 @@ def _finish_failed(exp: Experiment, reason: str, started: float, *, stopped: boo
 
 def _execute(exp: Experiment, domain: Domain, task: Task, should_stop, started: float) -> None:
     limits = experiment_limits(task=task)
-    home = Path(settings.DOJO_HOME)
     # Unguessable: the trainer's work folder is writable from inside the sandbox, so an earlier
     # experiment in the same warm slot must not be able to plant files in the next one's folder.
     job_id = f"e{exp.pk}-{secrets.token_hex(8)}"
@@ -526,7 +527,7 @@ def _execute(exp: Experiment, domain: Domain, task: Task, should_stop, started: 
         "max_pred_bytes": prediction_cap(task=task), "max_meta_bytes": META_MAX_BYTES,
     }
     spec = _trainer_spec(domain, task, limits)
-    jobs = home / "jobs"
+    jobs = Path(settings.DOJO_CACHE_DIR) / "jobs"
     jobs.mkdir(parents=True, exist_ok=True)
     job_dir = jobs / job_id
     warnings: list[str] = []
@@ -665,12 +666,12 @@ TRASH_MAX = 32
 
 def _discard(path: Path) -> None:
     """Remove a job folder off the experiment's critical path: it is renamed at once into
-    DOJO_HOME/jobs/.trash (so it is gone from where it was) and deleted later by _empty_trash,
+    DOJO_CACHE_DIR/jobs/.trash (so it is gone from where it was) and deleted later by _empty_trash,
     which the next experiment calls while its train() runs and this process only waits.
     Deleting a folder tree costs a few ms on this file system; a rename costs microseconds."""
     if not path.exists():
         return
-    trash = Path(settings.DOJO_HOME) / "jobs" / ".trash"
+    trash = Path(settings.DOJO_CACHE_DIR) / "jobs" / ".trash"
     target = trash / f"{path.name}-{os.getpid()}-{threading.get_ident()}-{time.monotonic_ns()}"
     try:
         trash.mkdir(parents=True, exist_ok=True)
@@ -811,18 +812,54 @@ def _ci_clean(raw) -> dict:
     return out
 
 
+# --- Artifacts -------------------------------------------------------------------------------
+# What train() and evaluate() wrote is copied by descriptor (domains.safe_read) into a staging
+# folder of the trusted side on this machine; each copy is then put in the shared storage
+# (STORAGES["dojo"], domains/snapshot_share.py) under its sha256, artifacts/<sha256[:2]>/<sha256>, and
+# the Artifact row records that name. The stored object is made from the trusted copy, never from
+# a path the sandbox could touch; the same bytes from many experiments are one object; any web
+# node serves them from the storage.
+
+ARTIFACT_STORE_PREFIX = "artifacts"
+
+
 def artifacts_root(experiment_id: int) -> Path:
+    """Where the artifacts of experiments recorded before the shared storage still are (their rows
+    have no sha256); served from there on the machine that has them."""
     return Path(settings.DOJO_HOME) / "artifacts" / str(experiment_id)
+
+
+class _StagedFile(File):
+    """A staged copy the storage may move instead of copy (the hook Django's own temporary
+    uploads use): a FileSystemStorage then publishes it with one rename, so no reader ever sees a
+    half-written object; other storages stream it."""
+
+    def temporary_file_path(self) -> str:
+        return self.name
+
+
+def _artifact_store(staged: Path) -> tuple[str, str]:
+    """Put one staged artifact in the shared storage under its sha256; (sha256, storage name).
+    An object already stored under that name is the same bytes and is kept as it is."""
+    with open(staged, "rb") as fh:
+        sha = hashlib.file_digest(fh, "sha256").hexdigest()
+    name = f"{ARTIFACT_STORE_PREFIX}/{sha[:2]}/{sha}"
+    storage = shared_storage()
+    if not storage.exists(name):
+        with _StagedFile(open(staged, "rb"), name=str(staged)) as content:
+            saved = storage.save(name, content)
+        if saved != name:  # another process stored the same bytes in between; its copy stays
+            storage.delete(saved)
+    return sha, name
 
 
 def _collect_artifacts(exp: Experiment, job_fd: int, eval_dirs: list[tuple[str, Path, str]], limits: Limits,
                        warnings: list[str]) -> list[Artifact]:
     """Keep what train() and evaluate() wrote, copied by descriptor (domains.safe_read.copy_tree):
     regular files with one link and the writer's owner, each under the per-file cap, all under the
-    total cap; links, FIFOs and devices are refused with a warning and never followed."""
-    root = artifacts_root(exp.pk)
-    if root.exists():
-        shutil.rmtree(root)
+    total cap; links, FIFOs and devices are refused with a warning and never followed. Each copy
+    is then stored in the shared storage by content (_artifact_store)."""
+    staging = Path(settings.DOJO_CACHE_DIR) / "staging" / f"a{exp.pk}-{secrets.token_hex(8)}"
     per_file = limits.artifacts_max_file_mb * 1024 * 1024
     total_cap = limits.artifacts_max_total_mb * 1024 * 1024
     copied: list[tuple[str, int]] = []
@@ -842,22 +879,26 @@ def _collect_artifacts(exp: Experiment, job_fd: int, eval_dirs: list[tuple[str, 
             if not _has_entries(fd):
                 continue  # the usual case: nothing written, no folder made, nothing to walk
             files, notes = safe_read.copy_tree(
-                fd, root / prefix.rstrip("/"), owner=owner, file_cap=per_file,
+                fd, staging / prefix.rstrip("/"), owner=owner, file_cap=per_file,
                 total_cap=total_cap - sum(size for _, size in copied), prefix=prefix,
             )
             copied += [(prefix + rel, size) for rel, size in files]
             warnings += notes
+        artifacts = []
+        for rel, size in copied:
+            sha, name = _artifact_store(staging / rel)
+            artifacts.append(Artifact(
+                experiment=exp, path=rel, size=size, sha256=sha, storage_name=name,
+                content_type=mimetypes.guess_type(rel)[0] or "application/octet-stream",
+                source="evaluate" if rel.startswith("evaluate/") else "train",
+            ))
+        return artifacts
     finally:
         for fd, _, _ in sources:
             os.close(fd)
         for _, work, name in eval_dirs:
             shutil.rmtree(work / name, ignore_errors=True)
-    return [
-        Artifact(experiment=exp, path=rel, size=size,
-                 content_type=mimetypes.guess_type(rel)[0] or "application/octet-stream",
-                 source="evaluate" if rel.startswith("evaluate/") else "train")
-        for rel, size in copied
-    ]
+        _discard(staging)
 
 
 def _exists_at(dir_fd: int, name: str) -> bool:
@@ -876,13 +917,19 @@ def _has_entries(folder: Path | int) -> bool:
         return False
 
 
-def artifact_file(*, artifact: Artifact) -> Path:
-    """The artifact's file; NotFound when it is missing or would resolve outside its folder."""
-    root = artifacts_root(artifact.experiment_id).resolve()
-    path = (root / artifact.path).resolve()
-    if root not in path.parents or not path.is_file():
-        raise NotFound(f"artifact {artifact.path} is not on disk")
-    return path
+def artifact_open(*, artifact: Artifact) -> File:
+    """The artifact's content, open for reading from the shared storage (or, for a row recorded
+    before it, from DOJO_HOME/artifacts/<id>/). NotFound when the object is missing."""
+    if not artifact.storage_name:
+        root = artifacts_root(artifact.experiment_id).resolve()
+        path = (root / artifact.path).resolve()
+        if root not in path.parents or not path.is_file():
+            raise NotFound(f"artifact {artifact.path} is not on disk")
+        return File(open(path, "rb"))  # noqa: SIM115 - the response closes it
+    try:
+        return shared_storage().open(artifact.storage_name, "rb")
+    except OSError:
+        raise NotFound(f"artifact {artifact.path} is missing from the shared storage") from None
 
 
 # --- Tracking --------------------------------------------------------------------------------
@@ -899,11 +946,26 @@ def _track(exp: Experiment) -> None:
         from experiments.tracking import mlflow_locations, mlflow_log_experiment
 
         uri, artifact_root = mlflow_locations()
-        with _mlflow_lock:  # mlflow's fluent API keeps the active run in process state
-            mlflow_log_experiment(exp, uri=uri, artifacts_dir=artifacts_root(exp.pk), artifact_root=artifact_root)
+        scratch = Path(settings.DOJO_CACHE_DIR) / "staging" / f"mlflow-{exp.pk}-{secrets.token_hex(8)}"
+        try:
+            _artifacts_fetch(exp, scratch)
+            with _mlflow_lock:  # mlflow's fluent API keeps the active run in process state
+                mlflow_log_experiment(exp, uri=uri, artifacts_dir=scratch, artifact_root=artifact_root)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
     except Exception as exc:  # noqa: BLE001 - tracking never fails an experiment
         log.warning("MLflow tracking failed for experiment %s: %s", exp.pk, exc)
         _save(exp, warnings=[*exp.warnings, f"tracking: MLflow failed: {type(exc).__name__}: {exc}"[:500]])
+
+
+def _artifacts_fetch(exp: Experiment, folder: Path) -> None:
+    """Write the experiment's artifacts, read back from the storage, under `folder` (MLflow logs a
+    folder of files). Paths were checked when the artifacts were kept (no "..", no absolute)."""
+    for artifact in exp.artifacts.all():
+        target = folder / artifact.path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with artifact_open(artifact=artifact) as content, open(target, "wb") as out:
+            shutil.copyfileobj(content, out)
 
 
 # --- Reading ---------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from experiments import analysis, ranking
 from experiments.forms import ExperimentFilterForm
 from experiments.models import Artifact, Experiment
 from experiments.quarantine import quarantine_review
-from experiments.services import artifact_file, experiment_reproduce_enqueue
+from experiments.services import artifact_open, experiment_reproduce_enqueue
 
 PAGE_SIZE = 25
 
@@ -331,11 +331,11 @@ def experiment_artifact(request: HttpRequest, pk: int, artifact_id: int) -> Http
     if artifact.is_holdout and not _may(request, exp.domain, "view_holdout"):
         raise Http404("no such artifact")
     try:
-        path = artifact_file(artifact=artifact)
+        content = artifact_open(artifact=artifact)
     except DojoError as exc:
         raise Http404(str(exc)) from None
     inline = request.GET.get("inline") == "1" and artifact.content_type.startswith("image/")
-    response = FileResponse(open(path, "rb"), as_attachment=not inline, filename=path.name,  # noqa: SIM115
+    response = FileResponse(content, as_attachment=not inline, filename=artifact.filename,
                             content_type=artifact.content_type or "application/octet-stream")
     # An artifact is untrusted content (train() wrote it): never let a browser run it as a page.
     response["Content-Security-Policy"] = "default-src 'none'; img-src 'self'; style-src 'unsafe-inline'"

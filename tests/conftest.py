@@ -7,16 +7,21 @@ import pytest
 os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
 
 
+def shared_storage_at(storages: dict, folder) -> dict:
+    """STORAGES with Dojo's shared storage ("dojo") in `folder` (a FileSystemStorage)."""
+    dojo = {**storages["dojo"], "OPTIONS": {**storages["dojo"].get("OPTIONS", {}), "location": str(folder)}}
+    return {**storages, "dojo": dojo}
+
+
 @pytest.fixture(autouse=True)
 def dojo_home(tmp_path, settings):
     """Each test gets its own DOJO_HOME so snapshots and artifacts never leak between tests."""
     home = tmp_path / "dojo_home"
     home.mkdir()
     settings.DOJO_HOME = home
-    # Its shared storage and per-machine cache with it (settings.py derives both from DOJO_HOME).
+    # The per-machine cache folder and the shared storage where settings.py puts them by default.
     settings.DOJO_CACHE_DIR = home / "cache"
-    settings.STORAGES = {**settings.STORAGES, "dojo": {**settings.STORAGES["dojo"], "OPTIONS": {
-        **settings.STORAGES["dojo"]["OPTIONS"], "location": str(home / "shared")}}}
+    settings.STORAGES = shared_storage_at(settings.STORAGES, home / "shared")
     # Password hashing is deliberately slow; tests only need it to work.
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
     return home

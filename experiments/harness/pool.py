@@ -3,7 +3,7 @@ and one trusted evaluator (holding y_test and the frozen evaluate).
 
 A trainer slot is one sandbox with one warm trainer.py process that runs one experiment at a
 time (so its after-job sweep of the sandbox can kill everything safely). Slots are bounded per
-machine by lock files under DOJO_HOME (`max_slots`), exit by themselves after `idle_seconds`
+machine by lock files under the machine's cache folder (DOJO_CACHE_DIR, `max_slots`), exit by themselves after `idle_seconds`
 without work, and exit when this process goes away (their stdin closes). A slot that cannot be
 had, or a pool that died, means a cold spawn for this experiment; the slot is restarted for the
 next one.
@@ -50,7 +50,7 @@ class Spec:
     argv: tuple[str, ...]
     cwd: Path
     env: tuple[tuple[str, str], ...]
-    home: Path  # DOJO_HOME: work dirs, logs and the machine-wide slot locks live under it
+    home: Path  # DOJO_CACHE_DIR (per machine): work dirs, logs and the machine-wide slot locks live under it
     readable: tuple[Path, ...] = ()
     hidden: tuple[Path, ...] = ()
     isolation: str | None = None
@@ -418,7 +418,7 @@ _died: set[tuple] = set()
 
 
 def _claim_slot(home: Path, max_slots: int):
-    """A machine-wide slot (one lock file each under DOJO_HOME), or None when all are taken."""
+    """A machine-wide slot (one lock file each under the cache folder), or None when all are taken."""
     folder = home / "harness" / "slots"
     folder.mkdir(parents=True, exist_ok=True)
     for i in range(max_slots):

@@ -49,14 +49,15 @@ def test_regression_gets_residual_and_predicted_vs_actual_charts_for_validation_
     ("load_wine", ["Confusion matrix", "Calibration of the top class"], ["ROC curve"]),
 ])
 def test_classification_gets_confusion_roc_and_calibration(make_domain, loader, expected, absent):
-    from experiments.services import artifact_file
+    from experiments.services import artifact_open
 
     domain = make_domain(loader, name=f"diag-{loader}")
     exp = experiment_run(domain=domain, train_code=LOGISTIC)
     assert exp.state == "completed", exp.error
     assert set(_evaluate_files(exp)) == {"evaluate/validation/diagnostics.svg"}
     assert not exp.artifacts.filter(path__startswith="evaluate/holdout").exists()
-    svg = artifact_file(artifact=exp.artifacts.get(source="evaluate")).read_text()
+    with artifact_open(artifact=exp.artifacts.get(source="evaluate")) as stored:
+        svg = stored.read().decode()
     assert all(title in svg for title in expected) and not any(title in svg for title in absent)
 
 

@@ -11,8 +11,8 @@ import pytest
 from django.db import connection
 
 from domains.services import task_assert_ready
-from experiments.models import Experiment
-from experiments.services import experiment_run
+from experiments.models import Artifact, Experiment
+from experiments.services import artifact_open, experiment_run
 from tests.experiments.conftest import LINEAR
 
 HONEST_TAIL = """
@@ -173,7 +173,8 @@ def train(X_train, y_train, X_test, *, artifacts_dir):
     (artifacts_dir / "env.txt").write_text(text)
 {HONEST_TAIL}""")
     assert exp.state == "completed", exp.error
-    dumped = exp.stdout_tail + (Path(settings.DOJO_HOME) / "artifacts" / str(exp.pk) / "train" / "env.txt").read_text()
+    with artifact_open(artifact=exp.artifacts.get(path="train/env.txt")) as stored:
+        dumped = exp.stdout_tail + stored.read().decode()
     for secret in ("django-secret-for-attack-test", "sk-ant-attack-test", settings.SECRET_KEY):
         assert secret not in dumped
     assert "DOJO_SEED" in dumped  # the dump did run
@@ -460,8 +461,12 @@ def train(X_train, y_train, X_test, *, artifacts_dir):
     assert "linked.txt refused: a hard link" in text
     assert "pipe refused: a FIFO" in text
     assert "sub/etc refused" in text
-    root = Path(settings.DOJO_HOME) / "artifacts" / str(exp.pk) / "train"
-    assert sorted(p.name for p in root.rglob("*")) == ["plain.txt"]
+    # Only the kept files reached the shared storage: nothing was stored for the refused ones.
+    stored = {str(f.relative_to(Path(settings.DOJO_HOME) / "shared"))
+              for f in (Path(settings.DOJO_HOME) / "shared").rglob("*") if f.is_file()}
+    assert stored == set(Artifact.objects.values_list("storage_name", flat=True))
+    with artifact_open(artifact=exp.artifacts.get(path="train/plain.txt")) as plain:
+        assert plain.read() == b"mine"
 
 
 def test_it_refuses_a_job_folder_replaced_by_a_link(diabetes, baseline, settings):

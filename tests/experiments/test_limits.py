@@ -119,8 +119,9 @@ def train(X_train, y_train, X_test, *, artifacts_dir):
     assert len([p for p in kept if p.endswith(("a.bin", "b.bin", "c.bin"))]) == 2
     text = " ".join(exp.warnings)
     assert "per-file cap" in text and "total cap" in text and "refused" in text
-    root = Path(settings.DOJO_HOME) / "artifacts" / str(exp.pk)
-    assert not (root / "train" / "passwd").exists()
+    passwd = Path("/etc/passwd").read_bytes()
+    stored = [f for f in (Path(settings.DOJO_HOME) / "shared").rglob("*") if f.is_file()]
+    assert stored and all(f.read_bytes() != passwd for f in stored)
 
 
 def test_it_sets_thread_counts_from_the_cpu_share(make_domain):

@@ -12,7 +12,7 @@ from domains.services import domain_create
 from experiments.harness import pool
 from experiments.models import Experiment
 from experiments.services import (
-    artifact_file,
+    artifact_open,
     experiment_best,
     experiment_leaderboard,
     experiment_reproduce,
@@ -56,8 +56,9 @@ def test_it_records_everything_about_a_completed_experiment(diabetes, settings):
     paths = {a.path: a for a in exp.artifacts.all()}
     assert paths["train/plots/coef.png"].content_type == "image/png"
     assert paths["train/model.pkl"].source == "train"
-    assert artifact_file(artifact=paths["train/model.pkl"]).stat().st_size == paths["train/model.pkl"].size
-    assert not (Path(settings.DOJO_HOME) / "jobs" / f"e{exp.pk}").exists()
+    with artifact_open(artifact=paths["train/model.pkl"]) as model:
+        assert len(model.read()) == paths["train/model.pkl"].size
+    assert not list((Path(settings.DOJO_CACHE_DIR) / "jobs").glob(f"e{exp.pk}-*"))
 
 
 def test_it_keeps_evaluate_artifacts(make_domain, settings, tmp_path):

@@ -841,15 +841,16 @@ class _StagedFile(File):
 def _artifact_store(staged: Path) -> tuple[str, str]:
     """Put one staged artifact in the shared storage under its sha256; (sha256, storage name).
     An object already stored under that name is the same bytes and is kept as it is."""
+    storage = shared_storage()
     with open(staged, "rb") as fh:
         sha = hashlib.file_digest(fh, "sha256").hexdigest()
-    name = f"{ARTIFACT_STORE_PREFIX}/{sha[:2]}/{sha}"
-    storage = shared_storage()
-    if not storage.exists(name):
-        with _StagedFile(open(staged, "rb"), name=str(staged)) as content:
-            saved = storage.save(name, content)
-        if saved != name:  # another process stored the same bytes in between; its copy stays
-            storage.delete(saved)
+        name = f"{ARTIFACT_STORE_PREFIX}/{sha[:2]}/{sha}"
+        if storage.exists(name):
+            return sha, name
+        fh.seek(0)
+        saved = storage.save(name, _StagedFile(fh, name=str(staged)))
+    if saved != name:  # another process stored the same bytes in between; its copy stays
+        storage.delete(saved)
     return sha, name
 
 

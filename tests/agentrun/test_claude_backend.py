@@ -367,3 +367,32 @@ def test_the_bundled_cli_refuses_the_data_file_sealed_files_the_database_and_esc
     if bwrap_works():
         system = json.dumps(agent_calls[0].get("system"))
         assert "must-not-reach-the-cli" not in system
+
+
+@pytest.mark.slow
+def test_its_experiments_run_on_an_experiment_worker_with_queue_dispatch(frozen_domain, fake_claude, settings,
+                                                                        dojo_home, monkeypatch):
+    """DOJO_DISPATCH=queue: the Claude backend's run_experiment calls go through the queue too."""
+    from django_q.conf import Conf
+
+    from tests.cluster.helpers import experiment_workers_start, process_group_stop
+
+    exact_feedback(frozen_domain)
+    settings.DOJO_DISPATCH = "queue"
+    monkeypatch.setattr(Conf, "SYNC", False)
+    write_script, read_log = fake_claude
+    write_script({"turns": [[
+        {"tool": "mcp__dojo__run_experiment", "input": {"code": MEAN_TRAIN, "hypothesis": "mean baseline"}},
+        {"tool": "mcp__dojo__run_experiment", "input": {"code": GOOD_TRAIN, "hypothesis": "ridge"}},
+    ]]})
+    workers = experiment_workers_start(dojo_home, settings)
+    try:
+        run = run_execute(run_id=run_create(domain=frozen_domain, backend="claude").pk)
+    finally:
+        process_group_stop(workers)
+    assert run.status == "completed", run.error
+    done = list(Experiment.objects.filter(run=run).order_by("pk"))
+    assert [e.state for e in done] == ["completed", "completed"]
+    assert all(e.worker_pid and e.worker_pid != run.worker_pid and e.attempts == 1 for e in done)
+    seen = [e["tool_result"] for e in read_log() if "tool_result" in e]
+    assert json.loads(seen[1]["text"])["metrics"] == done[1].metrics

@@ -23,6 +23,7 @@ from experiments.harness import pool
 from experiments.models import Experiment
 from experiments.services import DIED_TWICE, experiment_dispatch, experiments_requeue_lost
 from tests.agentrun.helpers import wait_for
+from tests.cluster.helpers import experiment_workers_start, process_group_stop
 from tests.dburl import subprocess_database_url
 from tests.factories import frozen_domain
 
@@ -57,36 +58,11 @@ def domain(workspace, transactional_db):
     return frozen_domain(workspace=workspace, loader="load_diabetes", name="dispatch")
 
 
-def _start_experiment_workers(dojo_home, settings, workers: int = 2) -> subprocess.Popen:
-    """A real experiments-role qcluster, sharing this test's database."""
-    env = os.environ | {
-        "DATABASE_URL": subprocess_database_url(), "SECRET_KEY": settings.SECRET_KEY,
-        "DOJO_HOME": str(dojo_home), "DOJO_Q_ROLE": "experiments", "DOJO_DISPATCH": "queue",
-        "DOJO_EXPERIMENT_WORKERS": str(workers),
-    }
-    return subprocess.Popen(
-        [sys.executable, str(settings.BASE_DIR / "manage.py"), "qcluster"], env=env, start_new_session=True,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-
-
-def _stop_group(cluster: subprocess.Popen) -> None:
-    try:
-        os.killpg(cluster.pid, signal.SIGTERM)
-        cluster.wait(timeout=20)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
-        pass
-    finally:
-        if cluster.poll() is None:
-            os.killpg(cluster.pid, signal.SIGKILL)
-            cluster.wait()
-
-
 @pytest.fixture
 def experiment_workers(dojo_home, transactional_db, settings):
-    cluster = _start_experiment_workers(dojo_home, settings)
+    cluster = experiment_workers_start(dojo_home, settings)
     yield cluster
-    _stop_group(cluster)
+    process_group_stop(cluster)
 
 
 def _dispatch_in_thread(domain, code: str, stop: threading.Event | None = None) -> tuple[threading.Thread, dict]:
@@ -278,18 +254,18 @@ def test_sigterm_to_an_experiment_worker_requeues_its_experiment_without_countin
 ):
     # Longer than the stop grace (DOJO_WORKER_STOP_SECONDS, 6 s): the first worker is killed in it.
     thread, out = _dispatch_in_thread(domain, SLEEPY_TRAIN.format(seconds=10))
-    first = _start_experiment_workers(dojo_home, settings, workers=1)
+    first = experiment_workers_start(dojo_home, settings, workers=1)
     try:
         wait_for(_running(), timeout=60, what="a worker to take the experiment")
     finally:
-        _stop_group(first)
+        process_group_stop(first)
     exp = Experiment.objects.get()
     assert exp.state == "pending" and exp.attempts == 0 and thread.is_alive()
-    second = _start_experiment_workers(dojo_home, settings, workers=1)
+    second = experiment_workers_start(dojo_home, settings, workers=1)
     try:
         thread.join(60)
     finally:
-        _stop_group(second)
+        process_group_stop(second)
     assert not thread.is_alive() and "error" not in out, out
     assert out["experiment"].state == "completed" and out["experiment"].attempts == 1
 
@@ -315,8 +291,8 @@ def test_a_run_worker_with_one_slot_and_an_experiment_worker_complete_a_run_on_e
         run = run_start(domain=domain, max_experiments=3)
         wait_for(lambda: AgentRun.objects.get(pk=run.pk).is_terminal, timeout=180, what="the run to finish")
     finally:
-        _stop_group(runs)
-        _stop_group(experiments)
+        process_group_stop(runs)
+        process_group_stop(experiments)
     run.refresh_from_db()
     assert run.status == "completed", (run.error, run.result)
     done = list(run.experiments.all())

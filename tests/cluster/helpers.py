@@ -1,0 +1,33 @@
+"""Test helper: a real experiment worker (`DOJO_Q_ROLE=experiments manage.py qcluster`) on this test's database."""
+
+import os
+import signal
+import subprocess
+import sys
+
+from tests.dburl import subprocess_database_url
+
+
+def experiment_workers_start(dojo_home, settings, workers: int = 2) -> subprocess.Popen:
+    """A real experiments-role qcluster, sharing this test's database."""
+    env = os.environ | {
+        "DATABASE_URL": subprocess_database_url(), "SECRET_KEY": settings.SECRET_KEY,
+        "DOJO_HOME": str(dojo_home), "DOJO_Q_ROLE": "experiments", "DOJO_DISPATCH": "queue",
+        "DOJO_EXPERIMENT_WORKERS": str(workers),
+    }
+    return subprocess.Popen(
+        [sys.executable, str(settings.BASE_DIR / "manage.py"), "qcluster"], env=env, start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+
+
+def process_group_stop(cluster: subprocess.Popen) -> None:
+    try:
+        os.killpg(cluster.pid, signal.SIGTERM)
+        cluster.wait(timeout=20)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        pass
+    finally:
+        if cluster.poll() is None:
+            os.killpg(cluster.pid, signal.SIGKILL)
+            cluster.wait()

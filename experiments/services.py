@@ -898,7 +898,7 @@ def _collect_artifacts(exp: Experiment, job_fd: int, eval_dirs: list[tuple[str, 
         for fd, _, _ in sources:
             os.close(fd)
         for _, work, name in eval_dirs:
-            shutil.rmtree(work / name, ignore_errors=True)
+            _discard(work / name)  # a rename now; deleted while the next train() runs
         _discard(staging)
 
 

@@ -1342,10 +1342,11 @@ def task_unfreeze(*, task: Task, reason: str) -> Task:
     return locked
 
 
-def task_assert_ready(*, task: Task, snapshot_dir: Path | None = None) -> None:
+def task_assert_ready(*, task: Task, snapshot_dir: Path | None = None, workspace_dir: Path | None = None) -> None:
     """Raise NotReady unless the task is frozen, its fingerprint matches its current tools and
     contract version, and its snapshot (with the materialized tools unchanged) is on this machine:
-    in `snapshot_dir` when given, else where snapshot_share.snapshot_local finds or fetches it."""
+    in `snapshot_dir` when given, else where snapshot_share.snapshot_local finds or fetches it. The
+    contract's workspace files are checked in `workspace_dir` (default: the domain's workspace)."""
     name = task.domain.name
     if not task.is_frozen:
         raise NotReady(f"the task of domain {name!r} is not frozen; run `dojo_task setup --domain {name}`")
@@ -1361,7 +1362,7 @@ def task_assert_ready(*, task: Task, snapshot_dir: Path | None = None) -> None:
     files = task.contract_files or {}
     if tools_fingerprint(load_data=codes["load_data"], evaluate=codes["evaluate"], files=files or None) != task.fingerprint:
         raise NotReady("the task's tools do not match its frozen fingerprint; unfreeze and freeze it again")
-    changed = _contract_files_changed(workspace=Path(task.domain.workspace_path), files=files)
+    changed = _contract_files_changed(workspace=workspace_dir or Path(task.domain.workspace_path), files=files)
     if changed:
         raise NotReady(
             f"the workspace file {changed[0]} changed after the task was frozen (the frozen load_data/evaluate "

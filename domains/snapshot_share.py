@@ -209,11 +209,25 @@ def _snapshot_find(task: Task, archive: dict) -> tuple[Path, str]:
     if not _holds(local, task, proof=MARKER):
         with _fetch_lock:
             if not _holds(local, task, proof=MARKER):
-                _fetch(task, archive, local)
+                _fetch(archive, local, what="snapshot archive", tops=SNAPSHOT_TOP,
+                       finish=lambda root, files: _snapshot_finish(task, root, archive["name"]),
+                       complete=lambda: _holds(local, task, proof=MARKER))
     return local, MARKER
 
 
-def _fetch(task: Task, archive: dict, local: Path) -> None:
+def _snapshot_finish(task: Task, root: Path, name: str) -> None:
+    missing = [rel for rel in ("manifest.json", *DATA_FILES) if not (root / rel).is_file()]
+    if missing or not (root / "tools").is_dir():
+        raise NotReady(f"the task's snapshot archive {name} is incomplete ({(missing or ['tools/'])[0]} missing)")
+    if data_fingerprint_compute(root) != task.data_fingerprint:
+        raise NotReady(f"the data in the snapshot archive {name} does not match the task's data fingerprint")
+    snapshot_seal(root)
+
+
+def _fetch(archive: dict, local: Path, *, what: str, tops, finish, complete) -> None:
+    """Download `archive` ({"name", "sha256"}), check the hash, unpack it safely, `finish(root, files)`
+    (checks and modes), mark it and rename it into `local` in one step. `complete()` says whether
+    `local` is already a complete copy (another worker's)."""
     local.parent.mkdir(parents=True, exist_ok=True)
     unpacked = local.parent / _partial_name(local.name)
     download = local.parent / _partial_name(f"{local.name}-tar")
@@ -221,56 +235,101 @@ def _fetch(task: Task, archive: dict, local: Path) -> None:
     download.unlink(missing_ok=True)
     name, sha = archive["name"], archive["sha256"]
     try:
-        _download(name, download)
+        _download(name, download, what=what)
         got = _sha256_file(download)
         if got != sha:
             raise NotReady(
-                f"the task's snapshot archive {name} in the shared storage does not match the sha256 recorded "
+                f"the task's {what} {name} in the shared storage does not match the sha256 recorded "
                 f"at freeze ({got[:12]}… instead of {sha[:12]}…): it was changed or damaged, so nothing was run; "
                 "restore it from a backup, or unfreeze and freeze the task again"
             )
         unpacked.mkdir(mode=0o700)
         try:
-            archive_unpack(download, unpacked, tops=SNAPSHOT_TOP)
+            files = archive_unpack(download, unpacked, tops=tops)
+            if MARKER in files:
+                raise ArchiveRefused(f"{MARKER!r} is a name Dojo keeps for itself")
         except ArchiveRefused as exc:
-            raise NotReady(f"the task's snapshot archive {name} was refused: {exc}; nothing was run") from None
-        _check_unpacked(task, unpacked, name)
+            raise NotReady(f"the task's {what} {name} was refused: {exc}; nothing was run") from None
         (unpacked / MARKER).write_text(sha + "\n")
-        snapshot_seal(unpacked)
         (unpacked / MARKER).chmod(0o444)
-        if local.exists() and not _holds(local, task, proof=MARKER):
+        finish(unpacked, files)
+        if local.exists() and not complete():
             snapshot_remove(local)  # not a complete copy of this archive (edited by hand?): replace it
         try:
             os.rename(unpacked, local)
         except OSError:
-            if not _holds(local, task, proof=MARKER):  # another worker's complete copy is as good
+            if not complete():  # another worker's complete copy is as good
                 raise
     finally:
         download.unlink(missing_ok=True)
         snapshot_remove(unpacked)
 
 
-def _download(name: str, dest: Path) -> None:
+def _download(name: str, dest: Path, *, what: str) -> None:
     storage = shared_storage()
     try:
         source = storage.open(name, "rb")
     except FileNotFoundError:
         raise NotReady(
-            f"the task's snapshot is not on this machine and its archive {name} is missing from the shared "
-            "storage (DOJO_SHARED_STORAGE_DIR / STORAGES['dojo']); mount the shared storage, or unfreeze and "
-            "freeze the task again"
+            f"the task's {what} is not on this machine and {name} is missing from the shared storage "
+            "(DOJO_SHARED_STORAGE_DIR / STORAGES['dojo']); mount the shared storage, or unfreeze and freeze "
+            "the task again"
         ) from None
     fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     with source, os.fdopen(fd, "wb") as out:
         shutil.copyfileobj(source, out, 1 << 20)
 
 
-def _check_unpacked(task: Task, root: Path, name: str) -> None:
-    missing = [rel for rel in ("manifest.json", *DATA_FILES) if not (root / rel).is_file()]
-    if missing or not (root / "tools").is_dir():
-        raise NotReady(f"the task's snapshot archive {name} is incomplete ({(missing or ['tools/'])[0]} missing)")
-    if data_fingerprint_compute(root) != task.data_fingerprint:
-        raise NotReady(f"the data in the snapshot archive {name} does not match the task's data fingerprint")
+# Workspace copies known complete: marker identity → the archive sha256 it names.
+_marked_ok: dict[tuple, str] = {}
+
+
+def _marked(local: Path, sha: str) -> bool:
+    ident = _identity(local / MARKER)
+    if ident is None:
+        return False
+    if ident not in _marked_ok:
+        try:
+            _marked_ok[ident] = (local / MARKER).read_text().strip()
+        except OSError:
+            return False
+    return _marked_ok[ident] == sha
+
+
+def workspace_local(task: Task, workspace_path: str) -> Path:
+    """The folder a frozen task's experiments run in: the domain's workspace when this machine has it
+    (one stat); otherwise the workspace bundle published at freeze (the files the frozen tools
+    import), fetched and checked like the snapshot into DOJO_CACHE_DIR/workspaces/. NotReady when
+    there is neither."""
+    if os.path.isdir(workspace_path):
+        return Path(workspace_path)
+    bundle = (task.snapshot_info or {}).get("workspace_bundle")
+    if not isinstance(bundle, dict) or not bundle.get("name") or not bundle.get("sha256"):
+        raise NotReady(f"the workspace {workspace_path} does not exist on this machine; fix the domain's workspace path")
+    sha = bundle["sha256"]
+    local = cache_dir() / "workspaces" / f"{task.fingerprint}-{sha}"
+    if not _marked(local, sha):
+        with _fetch_lock:
+            if not _marked(local, sha):
+                _fetch(bundle, local, what="workspace bundle", tops=None,
+                       finish=lambda root, files: _workspace_finish(task, root, files, bundle["name"]),
+                       complete=lambda: _marked(local, sha))
+    return local
+
+
+def _workspace_finish(task: Task, root: Path, files: list[str], name: str) -> None:
+    """Every file is one the frozen tools imported, with the content they were frozen with; then
+    read-only for everyone (workspace code, not secrets: the trainer may import it)."""
+    recorded = task.contract_files or {}
+    for rel in files:
+        if recorded.get(rel) != _sha256_file(root / rel):
+            raise NotReady(f"the workspace bundle {name} holds {rel}, which is not a file the frozen task imported")
+    for folder, dirs, names in os.walk(root, topdown=False):
+        for entry in names:
+            os.chmod(os.path.join(folder, entry), 0o444)
+        for entry in dirs:
+            os.chmod(os.path.join(folder, entry), 0o555)
+    root.chmod(0o755)
 
 
 def archive_unpack(archive: Path, dest: Path, *, tops: tuple[str, ...] | None = None) -> list[str]:

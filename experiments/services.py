@@ -41,7 +41,12 @@ from domains import contracts, safe_read
 from domains.audit import bundled_data_paths
 from domains.models import Domain, Task
 from domains.sandbox import ISOLATION_HINT, sandbox_env, sandbox_isolation
-from domains.snapshot_share import local_dirs_outside_home, shared_storage, snapshot_local
+from domains.snapshot_share import (
+    local_dirs_outside_home,
+    shared_storage,
+    snapshot_local,
+    workspace_local,
+)
 from experiments.analysis import family_of
 from experiments.harness import pool
 from experiments.models import Artifact, Experiment
@@ -181,6 +186,7 @@ def _dojo_packages_for(python: str) -> tuple[Path, ...]:
 
 def _trainer_spec(domain: Domain, task: Task, limits: Limits) -> pool.Spec:
     snap = snapshot_local(task)
+    workspace = workspace_local(task, domain.workspace_path)
     isolation = sandbox_isolation(_isolation_setting())
     extra = {str(k): str(v) for k, v in (domain.env_vars or {}).items()}
     extra["DOJO_PID_NAMESPACE"] = "1" if isolation == "bwrap" else "0"
@@ -188,15 +194,15 @@ def _trainer_spec(domain: Domain, task: Task, limits: Limits) -> pool.Spec:
     python = _python(domain)
     idle = str(_setting("DOJO_POOL_IDLE_SECONDS", 600))
     return pool.Spec(
-        key=("trainer", task.pk, str(snap), task.data_fingerprint, python, domain.workspace_path,
+        key=("trainer", task.pk, str(snap), task.data_fingerprint, python, str(workspace),
              tuple(sorted(env.items())), isolation),
         kind="trainer",
         argv=(python, str(pool.TRAINER), "serve", "--public", str(snap / "public"), "--work", "{work}",
               "--idle", idle),
-        cwd=Path(domain.workspace_path),
+        cwd=workspace,
         env=tuple(sorted(env.items())),
         home=Path(settings.DOJO_CACHE_DIR),
-        readable=(snap / "public", Path(domain.workspace_path), *_dojo_packages_for(python)),
+        readable=(snap / "public", workspace, *_dojo_packages_for(python)),
         hidden=(*_hidden_paths(), snap / "sealed", snap / "tools", *_raw_data_paths(task, isolation),
                 *_public_data_paths(task, python, isolation)),
         isolation=isolation,
@@ -219,6 +225,7 @@ def _evaluate_sha(task: Task) -> str:
 
 def _evaluator_spec(domain: Domain, task: Task) -> pool.Spec:
     snap = snapshot_local(task)
+    workspace = workspace_local(task, domain.workspace_path)
     isolation = sandbox_isolation(_isolation_setting())
     # Trusted code runs in Dojo's own interpreter (DESIGN §8): a domain's interpreter is chosen by
     # a user and could be anything that speaks the protocol, so it serves the trainer only.
@@ -233,10 +240,10 @@ def _evaluator_spec(domain: Domain, task: Task) -> pool.Spec:
         argv=(python, str(pool.EVALUATOR), "serve", "--snapshot", str(snap), "--contracts", str(CONTRACTS_PATH),
               "--task-type", task.task_type, "--metrics", ",".join(task.expected_metrics),
               "--evaluate-sha", sha, "--work", "{work}", "--idle", idle),
-        cwd=Path(domain.workspace_path),
+        cwd=workspace,
         env=tuple(sorted(env.items())),
         home=Path(settings.DOJO_CACHE_DIR),
-        readable=(snap, CONTRACTS_PATH.parent, Path(domain.workspace_path)),
+        readable=(snap, CONTRACTS_PATH.parent, workspace),
         hidden=tuple(_hidden_paths()),
         isolation=isolation,
         # Trusted: it must read the sealed labels, which the sandbox user may not.
@@ -355,7 +362,7 @@ _ready_ok: dict[tuple, bool] = {}
 _SNAPSHOT_FILES = ("manifest", "X_train", "y_train", "X_test", "y_test", "split", "load_data", "evaluate")
 
 
-def _ready_key(task: Task, snap: Path) -> tuple | None:
+def _ready_key(task: Task, snap: Path, workspace: Path) -> tuple | None:
     from domains.models import TaskTool
     from domains.snapshot import snapshot_paths
 
@@ -371,14 +378,13 @@ def _ready_key(task: Task, snap: Path) -> tuple | None:
             st = os.stat(getattr(paths, name))
             files.append((st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
         # The workspace modules the frozen tools import are part of the contract too.
-        workspace = Path(task.domain.workspace_path)
         for rel in sorted(task.contract_files or {}):
             st = os.stat(workspace / rel)
             files.append((rel, st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
     except OSError:
         return None
-    return (task.pk, task.contract_version, task.fingerprint, task.data_fingerprint, str(snap), tools,
-            tuple(files))
+    return (task.pk, task.contract_version, task.fingerprint, task.data_fingerprint, str(snap), str(workspace),
+            tools, tuple(files))
 
 
 def _ready_task(domain: Domain) -> Task:
@@ -393,15 +399,15 @@ def _ready_task(domain: Domain) -> Task:
     # This machine's snapshot folder: the one written at freeze, or a verified copy fetched from the
     # shared storage (a stat when it is here; NotReady, before anything runs, when the archive fails).
     snap = snapshot_local(task)
-    key = _ready_key(task, snap)
+    # The domain's workspace, or on a machine without it the bundle published at freeze.
+    workspace = workspace_local(task, domain.workspace_path)
+    key = _ready_key(task, snap, workspace)
     if key is None or key not in _ready_ok:
-        task_assert_ready(task=task, snapshot_dir=snap)
+        task_assert_ready(task=task, snapshot_dir=snap, workspace_dir=workspace)
         if key is not None:
             if len(_ready_ok) > 256:
                 _ready_ok.clear()
             _ready_ok[key] = True
-    if not Path(domain.workspace_path).is_dir():
-        raise NotReady(f"the workspace {domain.workspace_path} does not exist; fix the domain's workspace path")
     return task
 
 

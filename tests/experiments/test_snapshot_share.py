@@ -296,6 +296,79 @@ def test_it_keeps_the_copy_another_worker_renamed_into_place_first(published, se
     task = published.task
     local = snapshot_local(task)
     before = local.stat().st_ino
-    snapshot_share._fetch(task, task.snapshot_info["archive"], local)  # the loser of the race
+    archive = task.snapshot_info["archive"]
+    snapshot_share._fetch(  # the loser of the race
+        archive, local, what="snapshot archive", tops=snapshot_share.SNAPSHOT_TOP,
+        finish=lambda root, files: snapshot_share._snapshot_finish(task, root, archive["name"]),
+        complete=lambda: snapshot_share._holds(local, task, proof=snapshot_share.MARKER),
+    )
     assert local.stat().st_ino == before and snapshot_local(task) == local
     assert sorted(p.name for p in (cache / "snapshots").iterdir()) == [local.name]
+
+
+EVALUATE_WITH_MODULE = '''
+def evaluate(y_pred, *, X_train, X_test, y_train, y_test, artifacts_dir):
+    from helpers.scoring import scores   # a workspace module: part of the contract
+    return scores(y_pred, y_test)
+'''
+
+HELPERS_SCORING = '''
+import numpy as np
+
+def scores(y_pred, y_test):
+    err = np.asarray(y_pred, dtype=float) - np.asarray(y_test, dtype=float)
+    return {"rmse": float(np.sqrt((err ** 2).mean())), "mae": float(np.abs(err).mean()), "r2": 0.5}
+'''
+
+MEAN_TRAIN = """
+import numpy as np
+
+def train(X_train, y_train, X_test, *, artifacts_dir):
+    return np.full(len(X_test), float(np.mean(y_train)))
+"""
+
+
+def test_it_runs_from_the_workspace_bundle_where_the_workspace_folder_is_missing(db, tmp_path, settings):
+    from sklearn.datasets import load_diabetes
+
+    workspace = tmp_path / "repo"
+    (workspace / "helpers").mkdir(parents=True)
+    (workspace / "helpers" / "__init__.py").write_text("")
+    (workspace / "helpers" / "data.py").write_text(HELPERS_DATA)
+    (workspace / "helpers" / "scoring.py").write_text(HELPERS_SCORING)
+    load_diabetes(as_frame=True).frame.to_csv(workspace / "data.csv", index=False)
+    domain = domain_create(name="bundle-run", task_type="regression", workspace=workspace, data_path="data.csv",
+                           target_column="target")
+    task_tools_import(task=domain.task, load_data=LOAD_FROM_CSV, evaluate=EVALUATE_WITH_MODULE)
+    assert task_verify(task=domain.task).ok
+    task_freeze(task=domain.task)
+    domain.refresh_from_db()
+    here = experiment_run(domain=domain, train_code=MEAN_TRAIN)
+    assert here.state == "completed", here.error
+
+    cache = _other_machine(settings, tmp_path, domain.task)
+    os.rename(workspace, tmp_path / "repo-elsewhere")  # not on this machine either
+    there = experiment_run(domain=domain, train_code=MEAN_TRAIN)
+    assert there.state == "completed", there.error
+    assert there.metrics == here.metrics  # the evaluator imported helpers.scoring from the bundle
+    bundle = domain.task.snapshot_info["workspace_bundle"]
+    local = cache / "workspaces" / f"{domain.task.fingerprint}-{bundle['sha256']}"
+    assert sorted(str(p.relative_to(local)) for p in local.rglob("*.py")) == sorted(domain.task.contract_files)
+    assert not (local / "data.csv").exists()
+
+
+def test_it_refuses_a_tampered_workspace_bundle(published, settings, tmp_path):
+    """A bundle whose file is not what the task was frozen with (the hash recorded with it, as an
+    attacker who could also write the database would): refused, nothing runs."""
+    task = published.task
+    evil = _tar([_member("helpers/scoring.py")], {"helpers/scoring.py": b"def scores(*a): return {}"})
+    sha = hashlib.sha256(evil).hexdigest()
+    name = shared_storage().save(f"workspaces/{task.fingerprint}-{sha}.tar", io.BytesIO(evil))
+    task.contract_files = {"helpers/scoring.py": "0" * 64}
+    task.snapshot_info = {**task.snapshot_info, "workspace_bundle": {"name": name, "sha256": sha}}
+    task.save(update_fields=["contract_files", "snapshot_info"])
+    _other_machine(settings, tmp_path, task)
+    os.rename(published.workspace_path, tmp_path / "workspace-elsewhere")
+    with pytest.raises(NotReady, match="not a file the frozen task imported"):
+        experiment_run(domain=published, train_code=MEAN_TRAIN)
+    assert not Experiment.objects.exists()

@@ -372,3 +372,25 @@ def test_it_refuses_a_tampered_workspace_bundle(published, settings, tmp_path):
     with pytest.raises(NotReady, match="not a file the frozen task imported"):
         experiment_run(domain=published, train_code=MEAN_TRAIN)
     assert not Experiment.objects.exists()
+
+
+def test_it_cleans_a_killed_fetchs_leftovers_at_the_next_start(settings, tmp_path):
+    """A worker killed -9 mid-fetch leaves a half-unpacked folder and a half-downloaded archive in its
+    cache; snapshots_partial_clean (every freeze and worker start) removes them once it is dead."""
+    import socket
+    import subprocess
+
+    from domains.snapshot import snapshots_partial_clean
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    cache = Path(settings.DOJO_CACHE_DIR) / "snapshots"
+    folder = cache / f"abc-def.{socket.gethostname()}.{dead.pid}.partial"
+    (folder / "sealed").mkdir(parents=True)
+    (folder / "sealed").chmod(0o700)
+    download = cache / f"abc-def-tar.{socket.gethostname()}.{dead.pid}.partial"
+    download.write_bytes(b"half")
+    mine = cache / f"abc-def.{socket.gethostname()}.{os.getpid()}.partial"  # a live writer's: kept
+    mine.mkdir()
+    assert set(snapshots_partial_clean()) == {folder, download}
+    assert not folder.exists() and not download.exists() and mine.exists()

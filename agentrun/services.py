@@ -617,8 +617,10 @@ def runs_requeue_lost(*, now=None) -> list[int]:
     """Requeue runs whose queue entry a dead cluster holds; fail those that were lost once already.
 
     A run is lost when it is `queued`, its queue entry was taken off the queue (ORM broker: locked;
-    Redis: popped) more than QUEUE_LOST_AFTER_SECONDS ago, and every live cluster (django-q2's
-    cluster stats) was born after that moment, so none of them can hold it. An entry still waiting
+    Redis: popped) more than QUEUE_LOST_AFTER_SECONDS ago, and no live cluster (django-q2's cluster
+    stats) can hold it: each was born after that moment, or has nothing waiting inside it (a
+    cluster holds a taken entry in its task queue until a worker starts it, and a started run is
+    `running`, not `queued`). An entry still waiting
     in the queue is never touched: a busy lab may keep runs waiting for hours. Returns the ids of the
     runs requeued or failed. A requeued run that is later delivered twice is still executed once
     (run_execute claims it with a conditional update)."""
@@ -630,19 +632,32 @@ def runs_requeue_lost(*, now=None) -> list[int]:
     if not queued:
         return []
     broker = get_broker()
-    births = [stat.tob for stat in Stat.get_all(broker=broker) if stat.tob]
-    oldest_live = min(births) if births else now
+    live = [stat for stat in Stat.get_all(broker=broker) if stat.tob]
     entries = _queue_entries(broker)
     moved = []
     for run in queued:
         taken_at = entries.get(run.queue_task_id, run.created_at)
         if taken_at is None:  # still waiting in the queue
             continue
-        if (now - taken_at).total_seconds() < QUEUE_LOST_AFTER_SECONDS or taken_at >= oldest_live:
+        if (now - taken_at).total_seconds() < QUEUE_LOST_AFTER_SECONDS:
+            continue
+        if any(_may_hold(stat, taken_at) for stat in live):
             continue
         if _run_requeue_or_fail(run, broker=broker):
             moved.append(run.pk)
     return moved
+
+
+def _may_hold(stat, taken_at) -> bool:
+    """Whether a live cluster may hold an entry taken off the queue at `taken_at`: it was alive
+    then, and tasks wait in its own task queue (its pusher prefetches while every worker is busy).
+    A cluster that reports no task queue size may hold anything."""
+    from django_q.conf import Conf
+
+    if stat.tob > taken_at:
+        return False
+    size = getattr(stat, "task_q_size", None)
+    return not Conf.QSIZE or not isinstance(size, int) or size > 0
 
 
 def _queue_entries(broker) -> dict[str, Any]:

@@ -64,8 +64,10 @@ def test_it_leaves_a_run_taken_recently_alone(queued_run):
 
 
 class _LiveCluster:
-    def __init__(self, born):
+    def __init__(self, born, task_q_size=None):
         self.tob = born
+        if task_q_size is not None:
+            self.task_q_size = task_q_size
 
 
 def test_it_leaves_a_run_held_by_a_cluster_that_is_still_alive(queued_run, monkeypatch):
@@ -76,3 +78,18 @@ def test_it_leaves_a_run_held_by_a_cluster_that_is_still_alive(queued_run, monke
     # A cluster born after the entry was taken (the crashed one restarted) cannot hold it.
     monkeypatch.setattr(Stat, "get_all", staticmethod(lambda broker=None: [_LiveCluster(timezone.now())]))
     assert run_reap() == [queued_run.pk]
+
+
+def test_it_requeues_a_run_lost_by_a_dead_cluster_while_an_older_cluster_lives_with_nothing_waiting(queued_run, monkeypatch):
+    """Found by bench/cluster.py: a second worker machine took the run off the queue and died while
+    the first machine's older cluster stayed up; the run stayed queued for good."""
+    _taken_by_a_cluster(QUEUE_LOST_AFTER_SECONDS + 30)
+    an_hour_ago = timezone.now() - timedelta(hours=1)
+    # The older live cluster holds a prefetched entry: it may be ours, so the run is left alone.
+    monkeypatch.setattr(Stat, "get_all", staticmethod(lambda broker=None: [_LiveCluster(an_hour_ago, task_q_size=1)]))
+    assert run_reap() == []
+    # Nothing waits inside it: it cannot hold the run, which is requeued.
+    monkeypatch.setattr(Stat, "get_all", staticmethod(lambda broker=None: [_LiveCluster(an_hour_ago, task_q_size=0)]))
+    assert run_reap() == [queued_run.pk]
+    queued_run.refresh_from_db()
+    assert queued_run.status == "queued" and queued_run.result.get("requeued") == 1

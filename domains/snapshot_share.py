@@ -11,6 +11,10 @@ A worker calls snapshot_local(task): the snapshot folder recorded at freeze when
 before anything is unpacked, unpacked without links, devices, absolute or `..` paths, sealed like the
 original (snapshot_seal) and renamed into place in one step, so concurrent workers never see half a
 copy. The copy stays (warm) for the next experiment.
+
+workspace_local(task, domain) does the same for the workspace where its folder is missing: a git
+workspace is cloned at the commit recorded on the domain (the whole repository), a local folder
+falls back to the bundle (the contract's files only).
 """
 
 from __future__ import annotations
@@ -28,9 +32,10 @@ from django.conf import settings
 from django.core.files import File
 from django.core.files.storage import FileSystemStorage, storages
 
-from dojo_site.errors import NotReady
+from dojo_site.errors import InvalidInput, NotReady
 from domains.models import Task
 from domains.snapshot import DATA_FILES, data_fingerprint_compute, snapshot_remove, snapshot_seal
+from domains.workspaces import git_clone, git_head
 
 STORAGE_ALIAS = "dojo"
 SNAPSHOT_TOP = ("manifest.json", "public", "sealed", "tools")
@@ -296,13 +301,17 @@ def _marked(local: Path, sha: str) -> bool:
     return _marked_ok[ident] == sha
 
 
-def workspace_local(task: Task, workspace_path: str) -> Path:
+def workspace_local(task: Task, domain) -> Path:
     """The folder a frozen task's experiments run in: the domain's workspace when this machine has it
-    (one stat); otherwise the workspace bundle published at freeze (the files the frozen tools
-    import), fetched and checked like the snapshot into DOJO_CACHE_DIR/workspaces/. NotReady when
-    there is neither."""
+    (one stat); otherwise, for a git workspace, a clone at the commit recorded on the domain in
+    DOJO_CACHE_DIR/workspaces/<domain id>-<commit>/ (workspace_clone_local); otherwise the workspace
+    bundle published at freeze (the files the frozen tools import), fetched and checked like the
+    snapshot into DOJO_CACHE_DIR/workspaces/. NotReady when there is none of them."""
+    workspace_path = domain.workspace_path
     if os.path.isdir(workspace_path):
         return Path(workspace_path)
+    if domain.git_url:
+        return workspace_clone_local(task, domain)
     bundle = (task.snapshot_info or {}).get("workspace_bundle")
     if not isinstance(bundle, dict) or not bundle.get("name") or not bundle.get("sha256"):
         raise NotReady(f"the workspace {workspace_path} does not exist on this machine; fix the domain's workspace path")
@@ -315,6 +324,82 @@ def workspace_local(task: Task, workspace_path: str) -> Path:
                        finish=lambda root, files: _workspace_finish(task, root, files, bundle["name"]),
                        complete=lambda: _marked(local, sha))
     return local
+
+
+# Clones whose contract files were checked: (folder, identity of .git/HEAD, contract files) → the
+# first file that differs ("" when none). A hit costs one stat.
+_clone_checked: dict[tuple, str] = {}
+
+
+def workspace_clone_local(task: Task, domain) -> Path:
+    """This machine's clone of a git workspace at exactly Domain.git_commit, made the first time:
+    cloned (domains.workspaces.git_clone: its URL rules, `--`, scrubbed environment and deadline) into
+    a partial folder, checked out at the commit, its HEAD verified, then renamed into place in one
+    step; reused while its HEAD is that commit. The whole repository is there, so train() may import
+    any of its modules. NotReady, nothing run, when the commit cannot be cloned (gone from the remote,
+    the remote unreachable) or the clone's copies of the files the frozen tools import do not have the
+    hashes recorded at freeze (Task.contract_files: the domain's commit drifted since the freeze)."""
+    commit = (domain.git_commit or "").strip()
+    if not commit:
+        raise NotReady(
+            f"the workspace {domain.workspace_path} does not exist on this machine and domain {domain.name!r} "
+            "has no recorded git commit to clone; run `dojo_domain sync` where the workspace is"
+        )
+    local = cache_dir() / "workspaces" / f"{domain.pk}-{commit}"
+    if git_head(local) != commit:
+        with _fetch_lock:
+            if git_head(local) != commit:
+                _clone(domain, commit, local)
+    files = task.contract_files or {}
+    key = (str(local), _identity(local / ".git" / "HEAD"), tuple(sorted(files.items())))
+    if key not in _clone_checked:
+        if len(_clone_checked) > 256:
+            _clone_checked.clear()
+        _clone_checked[key] = next((rel for rel, sha in sorted(files.items()) if not _same_file(local / rel, sha)), "")
+    differs = _clone_checked[key]
+    if differs:
+        raise NotReady(
+            f"the workspace file {differs} at the domain's git commit {commit[:12]} is not the one the task was "
+            "frozen with (the frozen load_data/evaluate import it): the domain's commit drifted since the freeze; "
+            "sync the domain back to the frozen commit, or unfreeze and freeze the task again. Nothing was run"
+        )
+    return local
+
+
+def _same_file(path: Path, sha: str) -> bool:
+    try:
+        return bool(sha) and path.is_file() and _sha256_file(path) == sha
+    except OSError:
+        return False
+
+
+def _clone(domain, commit: str, local: Path) -> None:
+    local.parent.mkdir(parents=True, exist_ok=True)
+    partial = local.parent / _partial_name(local.name)
+    snapshot_remove(partial)
+    try:
+        try:
+            cloned = git_clone(url=domain.git_url, ref=commit, target=partial)
+        except InvalidInput as exc:  # GitFailed included: a refused URL, an unreachable remote, no such commit
+            raise NotReady(
+                f"the workspace of domain {domain.name!r} is not on this machine and cannot be cloned at its "
+                f"recorded commit {commit[:12]}: {exc}; nothing was run"
+            ) from None
+        head = git_head(partial)
+        if cloned.commit != commit or head != commit:
+            raise NotReady(
+                f"the clone of domain {domain.name!r}'s workspace is at {(head or cloned.commit)[:12]}, not at its "
+                f"recorded commit {commit[:12]}; nothing was run"
+            )
+        if local.exists():
+            snapshot_remove(local)  # at another commit than its name says (edited by hand?): replace it
+        try:
+            os.rename(partial, local)
+        except OSError:
+            if git_head(local) != commit:  # another worker's clone at this commit is as good
+                raise
+    finally:
+        snapshot_remove(partial)
 
 
 def _workspace_finish(task: Task, root: Path, files: list[str], name: str) -> None:

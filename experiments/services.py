@@ -117,17 +117,37 @@ def experiment_limits(*, task: Task) -> Limits:
 # --- Sandbox specs ---------------------------------------------------------------------------
 
 
-def _raw_data_paths(task: Task, isolation: str) -> list[Path]:
+def _raw_data_paths(task: Task, isolation: str, domain: Domain | None = None,
+                    workspace: Path | None = None) -> list[Path]:
     """The raw data files recorded at freeze (snapshot_info["data_file"]) of this task AND of every other
     frozen task: they hold test rows' labels, and load_data's split is reproducible from the seed, so
     the trainer must not read them. Another domain's file may be a copy of this one's data (a second
     domain on the same CSV, or one kept elsewhere), and a lookup there works just as well. Only bwrap
-    can cover single files inside the bound workspace; the fallback would have to chmod users' files."""
+    can cover single files inside the bound workspace; the fallback would have to chmod users' files.
+
+    Where the experiment runs in a per-machine copy of the domain's workspace (`workspace`, a git
+    clone in DOJO_CACHE_DIR: the path recorded at freeze does not exist here), a file recorded under
+    the domain's workspace path is hidden at the same place in the copy."""
     if isolation != "bwrap":
         return []
     infos = Task.objects.filter(frozen_at__isnull=False).exclude(pk=task.pk).values_list("snapshot_info", flat=True)
-    files = {(info or {}).get("data_file") or "" for info in [task.snapshot_info, *infos]}
-    return sorted(Path(f) for f in files if f and Path(f).is_file())
+    files = {Path(f) for f in ((info or {}).get("data_file") or "" for info in [task.snapshot_info, *infos]) if f}
+    if domain is not None and workspace is not None and workspace != Path(domain.workspace_path):
+        recorded = {Path(domain.workspace_path), Path(os.path.realpath(domain.workspace_path))}
+        for path in list(files):
+            for base in recorded:
+                if path.is_relative_to(base):
+                    files.add(workspace / path.relative_to(base))
+    return sorted(f for f in files if f.is_file())
+
+
+def _workspace_copy_hidden(domain: Domain, workspace: Path) -> list[Path]:
+    """A per-machine git clone's history (.git) is not the trainer's to read: past commits may hold
+    the raw data file (hidden above only in the checked-out tree). Nothing for the domain's own folder."""
+    if workspace == Path(domain.workspace_path):
+        return []
+    git_dir = workspace / ".git"
+    return [git_dir] if git_dir.is_dir() else []
 
 
 def _public_data_paths(task: Task, python: str, isolation: str) -> list[Path]:
@@ -186,7 +206,7 @@ def _dojo_packages_for(python: str) -> tuple[Path, ...]:
 
 def _trainer_spec(domain: Domain, task: Task, limits: Limits) -> pool.Spec:
     snap = snapshot_local(task)
-    workspace = workspace_local(task, domain.workspace_path)
+    workspace = workspace_local(task, domain)
     isolation = sandbox_isolation(_isolation_setting())
     extra = {str(k): str(v) for k, v in (domain.env_vars or {}).items()}
     extra["DOJO_PID_NAMESPACE"] = "1" if isolation == "bwrap" else "0"
@@ -203,7 +223,8 @@ def _trainer_spec(domain: Domain, task: Task, limits: Limits) -> pool.Spec:
         env=tuple(sorted(env.items())),
         home=Path(settings.DOJO_CACHE_DIR),
         readable=(snap / "public", workspace, *_dojo_packages_for(python)),
-        hidden=(*_hidden_paths(), snap / "sealed", snap / "tools", *_raw_data_paths(task, isolation),
+        hidden=(*_hidden_paths(), snap / "sealed", snap / "tools", *_raw_data_paths(task, isolation, domain, workspace),
+                *_workspace_copy_hidden(domain, workspace),
                 *_public_data_paths(task, python, isolation)),
         isolation=isolation,
         drop_user=True,
@@ -225,7 +246,7 @@ def _evaluate_sha(task: Task) -> str:
 
 def _evaluator_spec(domain: Domain, task: Task) -> pool.Spec:
     snap = snapshot_local(task)
-    workspace = workspace_local(task, domain.workspace_path)
+    workspace = workspace_local(task, domain)
     isolation = sandbox_isolation(_isolation_setting())
     # Trusted code runs in Dojo's own interpreter (DESIGN §8): a domain's interpreter is chosen by
     # a user and could be anything that speaks the protocol, so it serves the trainer only.
@@ -399,8 +420,8 @@ def _ready_task(domain: Domain) -> Task:
     # This machine's snapshot folder: the one written at freeze, or a verified copy fetched from the
     # shared storage (a stat when it is here; NotReady, before anything runs, when the archive fails).
     snap = snapshot_local(task)
-    # The domain's workspace, or on a machine without it the bundle published at freeze.
-    workspace = workspace_local(task, domain.workspace_path)
+    # The domain's workspace, or on a machine without it a git clone at the domain's commit or the bundle.
+    workspace = workspace_local(task, domain)
     key = _ready_key(task, snap, workspace)
     if key is None or key not in _ready_ok:
         task_assert_ready(task=task, snapshot_dir=snap, workspace_dir=workspace)

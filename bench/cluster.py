@@ -60,6 +60,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
+sys.path.insert(0, str(ROOT))
+from dojo_site.procs import process_tree  # noqa: E402
+
 PG_ADMIN = "postgres://postgres@127.0.0.1:5432/postgres"
 HEARTBEAT_SECONDS = 20
 
@@ -303,7 +306,7 @@ class Cluster:
             pids |= {int(p) for p in listed.stdout.split()}
         for process in worker.processes:
             if process.poll() is None:  # a reaped pid may belong to someone else by now
-                pids |= descendants(process.pid)
+                pids |= process_tree(process.pid)
         return pids
 
     def worker_kill(self, worker: Worker) -> int:
@@ -388,24 +391,6 @@ class Cluster:
             with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
                 conn.execute(f'DROP DATABASE IF EXISTS "{self.db_name}" WITH (FORCE)')
         shutil.rmtree(self.base, ignore_errors=True)
-
-
-def descendants(root: int) -> set[int]:
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, ValueError, IndexError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    found, todo = {root}, [root]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            if child not in found:
-                found.add(child)
-                todo.append(child)
-    return found
 
 
 def processes_naming(text: str) -> list[int]:

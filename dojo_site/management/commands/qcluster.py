@@ -21,6 +21,8 @@ from pathlib import Path
 from django.conf import settings
 from django_q.management.commands import qcluster
 
+from dojo_site.procs import process_tree
+
 INNER = "DOJO_QCLUSTER_INNER"
 
 
@@ -65,7 +67,7 @@ class Command(qcluster.Command):
 
         deadline = time.monotonic() + settings.DOJO_WORKER_STOP_SECONDS
         stopping: list[int] = []
-        workers = _descendants(cluster.pid)
+        workers = process_tree(cluster.pid)
         try:
             stopping = runs_stop_for_shutdown(worker_pids=workers)
             if stopping:
@@ -103,23 +105,3 @@ def _signal(pid: int, signum: int) -> None:
         os.kill(pid, signum)
     except ProcessLookupError:
         pass
-
-
-def _descendants(root: int) -> set[int]:
-    """Pids of every process below root (from /proc), root included."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        children.setdefault(ppid, []).append(int(entry.name))
-    found, todo = {root}, [root]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            if child not in found:
-                found.add(child)
-                todo.append(child)
-    return found

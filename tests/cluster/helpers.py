@@ -4,6 +4,7 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 from tests.dburl import subprocess_database_url
 
@@ -15,9 +16,20 @@ def experiment_workers_start(dojo_home, settings, workers: int = 2) -> subproces
         "DOJO_HOME": str(dojo_home), "DOJO_Q_ROLE": "experiments", "DOJO_DISPATCH": "queue",
         "DOJO_EXPERIMENT_WORKERS": str(workers),
     }
-    return subprocess.Popen(
-        [sys.executable, str(settings.BASE_DIR / "manage.py"), "qcluster"], env=env, start_new_session=True,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    # Its log goes to a file beside the test's DOJO_HOME, for worker_log() when a test fails.
+    log = open(Path(dojo_home).parent / f"qcluster-{len(list(Path(dojo_home).parent.glob('qcluster-*.log')))}.log", "ab")  # noqa: SIM115
+    with log:
+        return subprocess.Popen(
+            [sys.executable, str(settings.BASE_DIR / "manage.py"), "qcluster"], env=env, start_new_session=True,
+            stdout=log, stderr=subprocess.STDOUT,
+        )
+
+
+def worker_log(dojo_home, tail: int = 6000) -> str:
+    """The end of every experiment worker log this test wrote (for failure messages)."""
+    return "\n".join(
+        f"--- {path.name}\n" + path.read_text(errors="replace")[-tail:]
+        for path in sorted(Path(dojo_home).parent.glob("qcluster-*.log"))
     )
 
 

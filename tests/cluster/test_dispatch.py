@@ -23,7 +23,7 @@ from experiments.harness import pool
 from experiments.models import Experiment
 from experiments.services import DIED_TWICE, experiment_dispatch, experiments_requeue_lost
 from tests.agentrun.helpers import wait_for
-from tests.cluster.helpers import experiment_workers_start, process_group_stop
+from tests.cluster.helpers import experiment_workers_start, process_group_stop, worker_log
 from tests.dburl import subprocess_database_url
 from tests.factories import frozen_domain
 
@@ -82,6 +82,13 @@ def _dispatch_in_thread(domain, code: str, stop: threading.Event | None = None) 
     thread = threading.Thread(target=target, daemon=True)
     thread.start()
     return thread, out
+
+
+def _diagnosis(dojo_home) -> str:
+    """What a failed wait saw: the experiment rows, the queue's entries and the workers' log."""
+    rows = list(Experiment.objects.values("pk", "state", "attempts", "worker_pid", "heartbeat_at", "error"))
+    entries = [(e.key, e.lock, e.task_id()) for e in OrmQ.objects.all()]
+    return f"experiments: {rows}\nqueue: {entries}\n{worker_log(dojo_home)}"
 
 
 def _running(hypothesis: str = "queued", attempts: int = 1):
@@ -174,7 +181,7 @@ def test_a_builtin_run_completes_with_its_experiments_run_by_the_experiment_work
 
 
 @pytest.mark.slow
-def test_an_experiment_whose_worker_is_killed_is_retried_once_and_completes(domain, experiment_workers):
+def test_an_experiment_whose_worker_is_killed_is_retried_once_and_completes(domain, experiment_workers, dojo_home):
     thread, out = _dispatch_in_thread(domain, SLEEPY_TRAIN.format(seconds=4))
     wait_for(_running(), timeout=60, what="a worker to take the experiment")
     time.sleep(1.5)  # inside train()
@@ -183,21 +190,21 @@ def test_an_experiment_whose_worker_is_killed_is_retried_once_and_completes(doma
     # The reaper (every minute, and at the respawned worker's start) requeues it; a new worker then
     # starts a trainer and trains for 4 s. At load 5–7 on 2 cores that took over 90 s once.
     thread.join(240)
-    assert not thread.is_alive() and "error" not in out, out
+    assert not thread.is_alive() and "error" not in out, (out, _diagnosis(dojo_home))
     exp = out["experiment"]
     assert exp.state == "completed", exp.error
     assert exp.attempts == 2 and exp.worker_pid != first and exp.primary_value is not None
 
 
 @pytest.mark.slow
-def test_an_experiment_whose_worker_dies_twice_fails_with_the_reason(domain, experiment_workers):
+def test_an_experiment_whose_worker_dies_twice_fails_with_the_reason(domain, experiment_workers, dojo_home):
     thread, out = _dispatch_in_thread(domain, SLEEPY_TRAIN.format(seconds=60))
     wait_for(_running(attempts=1), timeout=60, what="a worker to take the experiment")
     os.kill(Experiment.objects.get().worker_pid, signal.SIGKILL)
     wait_for(_running(attempts=2), timeout=60, what="a second worker to take the experiment")
     os.kill(Experiment.objects.get().worker_pid, signal.SIGKILL)
     thread.join(60)
-    assert not thread.is_alive() and "error" not in out, out
+    assert not thread.is_alive() and "error" not in out, (out, _diagnosis(dojo_home))
     exp = out["experiment"]
     assert exp.state == "failed" and exp.error.startswith(DIED_TWICE), exp.error
 

@@ -180,6 +180,27 @@ def train(X_train, y_train, X_test, *, artifacts_dir):
     assert "DOJO_SEED" in dumped  # the dump did run
 
 
+def test_train_runs_below_the_trusted_sides_priority_and_cannot_raise_it(diabetes, baseline):
+    # The harness and the evaluator come first when the CPU is short (trainer.TRAINER_NICENESS).
+    exp = run(diabetes, f"""
+import os
+
+def train(X_train, y_train, X_test, *, artifacts_dir):
+    print("NICE", os.getpriority(os.PRIO_PROCESS, 0))
+    for how in (lambda: os.nice(-5), lambda: os.setpriority(os.PRIO_PROCESS, 0, 0)):
+        try:
+            how()
+        except OSError:
+            pass
+    print("AFTER", os.getpriority(os.PRIO_PROCESS, 0))
+{HONEST_TAIL}""")
+    assert exp.state == "completed", exp.error
+    niceness = os.getpriority(os.PRIO_PROCESS, 0) + 5
+    assert f"NICE {niceness}" in exp.stdout_tail
+    if exp.isolation == "bwrap":  # the sandbox user has no CAP_SYS_NICE
+        assert f"AFTER {niceness}" in exp.stdout_tail, exp.stdout_tail
+
+
 def test_it_cannot_open_the_database(diabetes, baseline, settings):
     paths = [str(connection.settings_dict["NAME"]), str(Path(settings.BASE_DIR) / "var" / "dojo.sqlite3")]
     exp = run(diabetes, f"""

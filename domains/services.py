@@ -6,6 +6,7 @@ task and its tools (generation, verification, freezing).
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
@@ -1336,10 +1337,92 @@ def task_unfreeze(*, task: Task, reason: str) -> Task:
             transaction.on_commit(lambda: snapshot.snapshot_remove(old_snapshot))
         for key in ("archive", "workspace_bundle"):
             info = old_info.get(key) or {}
-            # Content-addressed: another frozen task may record the very same archive.
-            if info.get("name") and not Task.objects.filter(**{f"snapshot_info__{key}__name": info["name"]}).exists():
+            if info.get("name") and not _archive_recorded(key, info["name"]):
                 transaction.on_commit(lambda info=info: snapshot_share.archive_remove(info))
     return locked
+
+
+def _archive_recorded(key: str, name: str) -> bool:
+    # Content-addressed: another frozen task may record the very same archive.
+    return Task.objects.filter(**{f"snapshot_info__{key}__name": name}).exists()
+
+
+def task_snapshot_publish(*, task: Task) -> dict:
+    """Publish the snapshot of a task frozen before snapshots were published (no
+    snapshot_info["archive"]) from the folder recorded at freeze, with its workspace bundle when the
+    workspace files are still those it was frozen with, and record both; return the archive. Other
+    machines can then fetch the task (domains/snapshot_share.py). A task that has an archive is left
+    as it is (its archive returned).
+
+    NotReady, nothing published or recorded, when the task is not frozen, its tools no longer match
+    its fingerprint, the folder is not on this machine, or the folder differs from what was frozen
+    (snapshot_share.snapshot_publish_checked: the packed bytes are checked before they are saved).
+    Conflict when the task was unfrozen or re-frozen meanwhile."""
+    if not task.is_frozen:
+        raise NotReady(f"the task of domain {task.domain.name!r} is not frozen")
+    info = task.snapshot_info or {}
+    if (info.get("archive") or {}).get("name"):
+        return info["archive"]
+    codes = _tools_codes(task)
+    files = task.contract_files or {}
+    if tools_fingerprint(load_data=codes["load_data"], evaluate=codes["evaluate"], files=files or None) != task.fingerprint:
+        raise NotReady("the task's tools do not match its frozen fingerprint; unfreeze and freeze it again")
+    archive = snapshot_share.snapshot_publish_checked(task=task, codes=codes)
+    published = {"archive": archive}
+    workspace = Path(task.domain.workspace_path)
+    if "workspace_bundle" not in info and workspace.is_dir():
+        raw_data = [Path(p) for p in [info.get("data_file"), *(info.get("public_source_paths") or [])] if p]
+        try:
+            published["workspace_bundle"] = snapshot_share.workspace_bundle_publish(
+                workspace=workspace, files=files, fingerprint=task.fingerprint, raw_data=raw_data)
+        except NotReady:
+            pass  # a file the tools import changed since the freeze: no bundle (it would be refused anyway)
+    with transaction.atomic():
+        locked = Task.objects.select_for_update().get(pk=task.pk)
+        same = (locked.is_frozen and locked.fingerprint == task.fingerprint
+                and locked.data_fingerprint == task.data_fingerprint and locked.snapshot_path == task.snapshot_path)
+        if same and not ((locked.snapshot_info or {}).get("archive") or {}).get("name"):
+            locked.snapshot_info = {**(locked.snapshot_info or {}), **published}
+            locked.save(update_fields=["snapshot_info", "updated_at"])
+            return archive
+    for key, published_info in published.items():
+        if published_info.get("name") and not _archive_recorded(key, published_info["name"]):
+            snapshot_share.archive_remove(published_info)
+    if same:  # another process of a machine holding the folder published it first
+        return locked.snapshot_info["archive"]
+    raise Conflict("the task was unfrozen or frozen again while its snapshot was published")
+
+
+def tasks_snapshot_publish_missing() -> list[dict]:
+    """task_snapshot_publish for every frozen task without an archive whose folder recorded at freeze
+    is on this machine; return one {"domain", "archive"} or {"domain", "problem"} per task tried.
+
+    Runs at every worker start (agentrun.apps) and from `dojo_storage publish`. One process per
+    machine at a time (a lock file in DOJO_CACHE_DIR): the others return [] at once rather than hash
+    the same folders."""
+    candidates = [task for task in Task.objects.filter(frozen_at__isnull=False).select_related("domain")
+                  if not ((task.snapshot_info or {}).get("archive") or {}).get("name")
+                  and task.snapshot_path and os.path.isdir(task.snapshot_path)]
+    if not candidates:
+        return []
+    lock_path = snapshot_share.cache_dir() / "publish.lock"
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return []
+        done = []
+        for task in candidates:
+            try:
+                task.refresh_from_db()
+                done.append({"domain": task.domain.name, "archive": task_snapshot_publish(task=task)})
+            except Task.DoesNotExist:
+                continue
+            except DojoError as exc:
+                log.warning("the snapshot of domain %s was not published: %s", task.domain.name, exc)
+                done.append({"domain": task.domain.name, "problem": str(exc)})
+        return done
 
 
 def task_assert_ready(*, task: Task, snapshot_dir: Path | None = None, workspace_dir: Path | None = None) -> None:

@@ -26,6 +26,7 @@ import shutil
 import socket
 import tarfile
 import threading
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
 from django.conf import settings
@@ -74,9 +75,11 @@ def _normalised(member: tarfile.TarInfo) -> tarfile.TarInfo:
     return member
 
 
-def _publish(*, kind: str, fingerprint: str, members: list[tuple[str, Path]]) -> dict:
+def _publish(*, kind: str, fingerprint: str, members: list[tuple[str, Path]],
+             check: Callable[[Path], None] | None = None) -> dict:
     """Pack `members` (name in the archive, file or folder on disk) into one tar and save it in the
-    shared storage under kind/<fingerprint>-<sha256>.tar; return {"name", "sha256", "bytes"}."""
+    shared storage under kind/<fingerprint>-<sha256>.tar; return {"name", "sha256", "bytes"}.
+    `check(tar)` may refuse the packed archive (by raising) before anything is saved."""
     scratch = cache_dir() / kind
     scratch.mkdir(parents=True, exist_ok=True)
     packed = scratch / _partial_name(f"{fingerprint}-publish")
@@ -84,6 +87,8 @@ def _publish(*, kind: str, fingerprint: str, members: list[tuple[str, Path]]) ->
         with tarfile.open(packed, mode="w", format=tarfile.PAX_FORMAT) as tar:
             for arcname, path in members:
                 tar.add(path, arcname=arcname, filter=_normalised)
+        if check is not None:
+            check(packed)
         sha = _sha256_file(packed)
         name = f"{kind}/{fingerprint}-{sha}.tar"
         storage = shared_storage()
@@ -99,6 +104,65 @@ def _publish(*, kind: str, fingerprint: str, members: list[tuple[str, Path]]) ->
 def snapshot_publish(*, root: Path, fingerprint: str) -> dict:
     """Publish a written snapshot folder; return what snapshot_info["archive"] records."""
     return _publish(kind="snapshots", fingerprint=fingerprint, members=[(top, root / top) for top in SNAPSHOT_TOP])
+
+
+# What a snapshot holds, file by file.
+SNAPSHOT_FILES = ("manifest.json", *DATA_FILES, "tools/load_data.py", "tools/evaluate.py")
+
+
+def snapshot_publish_checked(*, task: Task, codes: dict[str, str]) -> dict:
+    """Publish the folder recorded at freeze of a task frozen before snapshots were published (it has
+    no archive); return what snapshot_info["archive"] records.
+
+    Only the files a snapshot has are packed, and the packed archive itself — the very bytes that are
+    then saved — is checked first: regular files only, data hashing to the task's data fingerprint,
+    tools equal to the frozen code (`codes`), a manifest naming the task's fingerprints and contract
+    version and otherwise agreeing with Task.snapshot_info. NotReady, nothing saved, when the folder is
+    not on this machine or any check fails (a damaged or tampered folder is never published)."""
+    root = Path(task.snapshot_path)
+    if not task.snapshot_path or not root.is_dir():
+        raise NotReady(f"the task's snapshot folder {root} is not on this machine ({socket.gethostname()})")
+    for rel in SNAPSHOT_FILES:
+        if (root / rel).is_symlink() or not (root / rel).is_file():
+            raise NotReady(f"the task's snapshot folder {root} is not published: {rel} is missing or not a regular file")
+    return _publish(kind="snapshots", fingerprint=task.fingerprint,
+                    members=[(rel, root / rel) for rel in SNAPSHOT_FILES],
+                    check=lambda packed: _snapshot_archive_check(task, codes, packed))
+
+
+def _snapshot_archive_check(task: Task, codes: dict[str, str], packed: Path) -> None:
+    def refuse(why: str) -> NotReady:
+        return NotReady(f"the task's snapshot folder {task.snapshot_path} is not published: {why}; "
+                        "it is not what the task was frozen with (unfreeze and freeze the task again)")
+
+    with tarfile.open(packed, mode="r:") as tar:
+        members = {member.name: member for member in tar.getmembers()}
+        if sorted(members) != sorted(SNAPSHOT_FILES) or not all(m.isreg() for m in members.values()):
+            raise refuse("a file changed into a link or a folder while it was packed")
+        digest = hashlib.sha256()  # as data_fingerprint_compute, over the packed bytes
+        for rel in DATA_FILES:
+            digest.update(f"{rel}\n".encode())
+            source = tar.extractfile(members[rel])
+            while block := source.read(1 << 20):
+                digest.update(block)
+        if digest.hexdigest() != task.data_fingerprint:
+            raise refuse("its data does not match the task's data fingerprint")
+        for name, code in codes.items():
+            if tar.extractfile(members[f"tools/{name}.py"]).read() != code.encode("utf-8"):
+                raise refuse(f"tools/{name}.py differs from the frozen {name}")
+        try:
+            manifest = json.loads(tar.extractfile(members["manifest.json"]).read())
+        except ValueError:
+            manifest = None
+    if not isinstance(manifest, dict):
+        raise refuse("manifest.json is not a JSON object")
+    # The manifest is the info recorded in Task.snapshot_info at freeze plus these (and created_at).
+    own = {"contract_version": task.contract_version, "fingerprint": task.fingerprint,
+           "data_fingerprint": task.data_fingerprint}
+    expected = {**(task.snapshot_info or {}), **own}
+    for key in sorted((set(manifest) | set(own)) - {"created_at"}):
+        if manifest.get(key) != expected.get(key):
+            raise refuse(f"manifest.json's {key!r} differs from what the task recorded at freeze")
 
 
 def workspace_bundle_publish(*, workspace: Path, files: dict[str, str], fingerprint: str,
@@ -183,7 +247,8 @@ def snapshot_local(task: Task) -> Path:
     in DOJO_CACHE_DIR/snapshots/, fetched from the shared storage the first time. NotReady when the
     archive is missing, does not match its recorded sha256, or holds what may not be unpacked:
     nothing is then run. A task frozen before snapshots were published has no archive: its recorded
-    folder is returned as it is (the ready check says what is missing)."""
+    folder is returned as it is (the ready check says what is missing) until a worker start on the
+    machine that froze it publishes it (domains.services.tasks_snapshot_publish_missing)."""
     archive = _archive(task)
     key = (task.pk, task.snapshot_path, task.fingerprint, task.data_fingerprint, archive.get("sha256"))
     hit = _answers.get(key)

@@ -3,6 +3,7 @@ machine that does not share the freezing machine's DOJO_HOME."""
 
 import hashlib
 import io
+import json
 import os
 import stat
 import tarfile
@@ -394,3 +395,124 @@ def test_it_cleans_a_killed_fetchs_leftovers_at_the_next_start(settings, tmp_pat
     mine.mkdir()
     assert set(snapshots_partial_clean()) == {folder, download}
     assert not folder.exists() and not download.exists() and mine.exists()
+
+
+def _unpublished(domain):
+    """The task as frozen before snapshots were published: no archive, no workspace bundle recorded."""
+    task = domain.task
+    task.snapshot_info = {k: v for k, v in task.snapshot_info.items() if k not in ("archive", "workspace_bundle")}
+    task.save(update_fields=["snapshot_info"])
+    return task
+
+
+def _published_names() -> list[str]:
+    storage = shared_storage()
+    return storage.listdir("snapshots")[1] if storage.exists("snapshots") else []
+
+
+def test_it_publishes_a_task_frozen_before_snapshots_were_published_when_a_worker_starts(
+        db, tmp_path, settings):
+    from agentrun.apps import _reap_on_worker_start
+
+    workspace = tmp_path / "workspace"
+    workspace.mkdir()
+    domain = frozen_domain(workspace=workspace, loader="load_diabetes", name="legacy")
+    task = _unpublished(domain)
+    here = experiment_run(domain=domain, train_code=LINEAR)
+    assert here.state == "completed", here.error
+
+    _reap_on_worker_start(sender=None)  # the machine that froze it, as its worker starts
+    task.refresh_from_db()
+    archive = task.snapshot_info["archive"]
+    assert archive["name"] == f"snapshots/{task.fingerprint}-{archive['sha256']}.tar"
+    with shared_storage().open(archive["name"], "rb") as handle:
+        assert hashlib.sha256(handle.read()).hexdigest() == archive["sha256"]
+    assert "workspace_bundle" in task.snapshot_info  # the workspace files too (none for this loader)
+
+    # Another machine, its own DOJO_CACHE_DIR, fetches it and scores the same.
+    cache = _other_machine(settings, tmp_path, task)
+    there = experiment_run(domain=domain, train_code=LINEAR)
+    assert there.state == "completed", there.error
+    assert there.metrics == here.metrics
+    assert snapshot_local(task) == cache / "snapshots" / f"{task.fingerprint}-{archive['sha256']}"
+
+
+def test_it_publishes_from_the_command_and_leaves_published_tasks_alone(db, tmp_path):
+    import json
+
+    from django.core.management import call_command
+
+    workspace = tmp_path / "workspace"
+    workspace.mkdir()
+    domain = frozen_domain(workspace=workspace, loader="load_diabetes", name="legacy-cli")
+    _unpublished(domain)
+    before = _published_names()
+    out = io.StringIO()
+    call_command("dojo_storage", "publish", "--json", stdout=out)
+    [row] = json.loads(out.getvalue())
+    domain.task.refresh_from_db()
+    assert row == {"domain": "legacy-cli", "archive": domain.task.snapshot_info["archive"]}
+    assert set(_published_names()) - set(before) == {row["archive"]["name"].split("/", 1)[1]}
+
+    out = io.StringIO()
+    call_command("dojo_storage", "publish", stdout=out)  # nothing left to publish
+    assert "Nothing to publish" in out.getvalue()
+
+
+def _tamper_data(root: Path) -> None:
+    target = root / "sealed" / "y_test.pkl"
+    target.chmod(0o600)
+    data = bytearray(target.read_bytes())
+    data[-2] ^= 0x01
+    target.write_bytes(bytes(data))
+
+
+def _tamper_tool(root: Path) -> None:
+    target = root / "tools" / "evaluate.py"
+    (root / "tools").chmod(0o755)
+    target.chmod(0o644)
+    target.write_text(target.read_text() + "\n# edited\n")
+
+
+def _tamper_manifest(root: Path) -> None:
+    target = root / "manifest.json"
+    target.chmod(0o644)
+    manifest = json.loads(target.read_text())
+    manifest["task_type"] = "binary"
+    target.write_text(json.dumps(manifest))
+
+
+def _tamper_link(root: Path) -> None:
+    (root / "public").chmod(0o755)
+    target = root / "public" / "X_train.pkl"
+    copy = root.parent / "X_train.copy"
+    copy.write_bytes(target.read_bytes())
+    target.chmod(0o644)
+    target.unlink()
+    target.symlink_to(copy)
+
+
+@pytest.mark.parametrize(("tamper", "why"), [
+    (_tamper_data, "its data does not match the task's data fingerprint"),
+    (_tamper_tool, "tools/evaluate.py differs from the frozen evaluate"),
+    (_tamper_manifest, "manifest.json's 'task_type' differs"),
+    (_tamper_link, "public/X_train.pkl is missing or not a regular file"),
+])
+def test_it_never_publishes_a_tampered_snapshot_folder(db, tmp_path, tamper, why):
+    from django.core.management import call_command
+
+    workspace = tmp_path / "workspace"
+    workspace.mkdir()
+    domain = frozen_domain(workspace=workspace, loader="load_diabetes", name="tampered")
+    task = _unpublished(domain)
+    before = _published_names()  # the template's own freeze, when this test made it
+    tamper(Path(task.snapshot_path))
+
+    out = io.StringIO()
+    call_command("dojo_storage", "publish", "--json", stdout=out)
+    [row] = json.loads(out.getvalue())
+    assert why in row["problem"] and "archive" not in row
+    task.refresh_from_db()
+    assert "archive" not in task.snapshot_info
+    assert _published_names() == before
+    assert not list((Path(snapshot_share.cache_dir()) / "snapshots").glob("*.partial"))

@@ -51,6 +51,21 @@ def shared_storage():
     return storages[STORAGE_ALIAS]
 
 
+def shared_touch(name: str) -> bool:
+    """Set a stored object's modified time to now, so the storage gc's grace period covers a row
+    about to record an object that was already there (experiments.services.storage_gc); False when
+    it is gone (the gc removed it meanwhile: store it again). Only a FileSystemStorage's objects can
+    be touched (through its path); elsewhere True, and the gc's re-check before deleting is what is left."""
+    storage = shared_storage()
+    if not isinstance(storage, FileSystemStorage):
+        return True
+    try:
+        os.utime(storage.path(name))
+    except FileNotFoundError:
+        return False
+    return True
+
+
 def cache_dir() -> Path:
     return Path(settings.DOJO_CACHE_DIR)
 
@@ -93,7 +108,7 @@ def _publish(*, kind: str, fingerprint: str, members: list[tuple[str, Path]],
         name = f"{kind}/{fingerprint}-{sha}.tar"
         storage = shared_storage()
         # Content-addressed: an archive already there under this name holds these very bytes.
-        if not storage.exists(name):
+        if not (storage.exists(name) and shared_touch(name)):
             with open(packed, "rb") as handle:
                 name = storage.save(name, File(handle))
         return {"name": name, "sha256": sha, "bytes": packed.stat().st_size}

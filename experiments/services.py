@@ -25,9 +25,10 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from functools import partial
 from pathlib import Path
+from typing import TypedDict
 
 from django.conf import settings
 from django.core.files import File
@@ -44,6 +45,7 @@ from domains.sandbox import ISOLATION_HINT, sandbox_env, sandbox_isolation
 from domains.snapshot_share import (
     local_dirs_outside_home,
     shared_storage,
+    shared_touch,
     snapshot_local,
     workspace_local,
 )
@@ -867,12 +869,13 @@ class _StagedFile(File):
 
 def _artifact_store(staged: Path) -> tuple[str, str]:
     """Put one staged artifact in the shared storage under its sha256; (sha256, storage name).
-    An object already stored under that name is the same bytes and is kept as it is."""
+    An object already stored under that name is the same bytes and is kept as it is (marked as
+    just written, so storage_gc keeps it until the row about to record it is committed)."""
     storage = shared_storage()
     with open(staged, "rb") as fh:
         sha = hashlib.file_digest(fh, "sha256").hexdigest()
         name = f"{ARTIFACT_STORE_PREFIX}/{sha[:2]}/{sha}"
-        if storage.exists(name):
+        if storage.exists(name) and shared_touch(name):
             return sha, name
         fh.seek(0)
         saved = storage.save(name, _StagedFile(fh, name=str(staged)))
@@ -958,6 +961,109 @@ def artifact_open(*, artifact: Artifact) -> File:
         return shared_storage().open(artifact.storage_name, "rb")
     except OSError:
         raise NotFound(f"artifact {artifact.path} is missing from the shared storage") from None
+
+
+# --- Garbage collection of the shared storage ------------------------------------------------
+# Stored objects are shared by content (many rows, one object), so deleting an experiment or a
+# domain never deletes its objects; storage_gc removes those no row records any more.
+
+STORAGE_GC_MIN_AGE = timedelta(hours=24)
+# Unreferenced objects are re-checked against the database this many at a time, just before deletion.
+STORAGE_GC_BATCH = 200
+
+
+class StorageGcCounts(TypedDict):
+    kept_referenced: int
+    kept_young: int
+    removed: int
+    bytes_removed: int
+    failed: int
+
+
+def storage_gc(*, min_age: timedelta = STORAGE_GC_MIN_AGE, dry_run: bool = False, now: datetime | None = None,
+               ) -> dict[str, StorageGcCounts]:
+    """Delete from the shared storage the artifacts no Artifact row records and the snapshot archives
+    and workspace bundles no task records, when older than `min_age`; return counts per kind
+    ("artifacts", "snapshots", "workspaces"). With dry_run, count what would go and delete nothing.
+
+    Only the storage API is used (listdir, get_modified_time, size, delete), so it works for any
+    Django storage. The grace period keeps an object whose row is not committed yet (an experiment
+    or a freeze in flight) and one whose age the storage cannot tell. References are read again for
+    each batch just before it is deleted. InvalidInput when min_age is under an hour."""
+    if min_age < timedelta(hours=1):
+        raise InvalidInput("the grace period must be at least 1 hour: younger objects may belong to a write in flight")
+    now = now or timezone.now()
+    storage = shared_storage()
+    artifact_names = set(Artifact.objects.exclude(storage_name="").values_list("storage_name", flat=True).distinct())
+    archive_names = _archive_names_recorded()
+    out = {}
+    for kind, names, recorded, still_recorded in (
+        (ARTIFACT_STORE_PREFIX, _storage_walk(storage, ARTIFACT_STORE_PREFIX), artifact_names,
+         lambda batch: set(Artifact.objects.filter(storage_name__in=batch).values_list("storage_name", flat=True))),
+        ("snapshots", _storage_walk(storage, "snapshots"), archive_names, lambda batch: _archive_names_recorded()),
+        ("workspaces", _storage_walk(storage, "workspaces"), archive_names, lambda batch: _archive_names_recorded()),
+    ):
+        counts = StorageGcCounts(kept_referenced=0, kept_young=0, removed=0, bytes_removed=0, failed=0)
+        candidates = []
+        for name in names:
+            if name in recorded:
+                counts["kept_referenced"] += 1
+            elif _storage_age(storage, name, now) < min_age:
+                counts["kept_young"] += 1
+            else:
+                candidates.append(name)
+        for start in range(0, len(candidates), STORAGE_GC_BATCH):
+            batch = candidates[start:start + STORAGE_GC_BATCH]
+            recorded_now = still_recorded(batch)
+            for name in batch:
+                if name in recorded_now:
+                    counts["kept_referenced"] += 1
+                    continue
+                try:
+                    size = storage.size(name)
+                    if not dry_run:
+                        storage.delete(name)
+                except OSError as exc:
+                    log.warning("storage gc: %s was not removed: %s", name, exc)
+                    counts["failed"] += 1
+                    continue
+                counts["removed"] += 1
+                counts["bytes_removed"] += size
+        out[kind] = counts
+    return out
+
+
+def _archive_names_recorded() -> set[str]:
+    names = set()
+    for info in Task.objects.values_list("snapshot_info", flat=True):
+        for key in ("archive", "workspace_bundle"):
+            entry = (info or {}).get(key) if isinstance(info, dict) else None
+            if isinstance(entry, dict) and entry.get("name"):
+                names.add(entry["name"])
+    return names
+
+
+def _storage_walk(storage, folder: str) -> Iterator[str]:
+    """Every object name under `folder` in the storage (a missing folder holds none)."""
+    try:
+        dirs, files = storage.listdir(folder)
+    except FileNotFoundError:
+        return
+    for name in files:
+        yield f"{folder}/{name}"
+    for sub in dirs:
+        yield from _storage_walk(storage, f"{folder}/{sub}")
+
+
+def _storage_age(storage, name: str, now: datetime) -> timedelta:
+    """How long ago the object was last written; zero when the storage cannot tell (kept)."""
+    try:
+        modified = storage.get_modified_time(name)
+    except (NotImplementedError, OSError):
+        return timedelta(0)
+    if timezone.is_naive(modified):
+        modified = timezone.make_aware(modified)
+    return now - modified
 
 
 # --- Tracking --------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from __future__ import annotations
 import ast
 import json
 import re
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -897,7 +898,10 @@ def generate_with_claude(
         tools = parse_tools_reply(completion.text)
     except GenerationError as exc:
         kept = _keep_raw_reply(domain_name=domain_name, reply=completion.text)
-        raise GenerationError(f"Claude's reply is not usable: {exc}. The raw reply is kept in {kept}") from None
+        # Queued (DOJO_INLINE_TASKS=0), this message is read on another machine than the one keeping the file.
+        raise GenerationError(
+            f"Claude's reply is not usable: {exc}. The raw reply is kept on {socket.gethostname()} in {kept}"
+        ) from None
     return GeneratedTools(
         load_data=tools["load_data"],
         evaluate=tools["evaluate"],
@@ -945,7 +949,9 @@ def tool_code_check(*, name: str, code: str) -> None:
 
 
 def _keep_raw_reply(*, domain_name: str, reply: str) -> Path:
-    # Kept for a person to read on the machine that asked Claude: per-machine scratch.
+    # Kept for a person to read on the machine that asked Claude: per-machine scratch, not a record.
+    # A usable reply is a record and lives in the database (TaskTool.raw_reply); nothing reads these
+    # files back, so no other machine needs them (docs/cluster.md).
     folder = Path(settings.DOJO_CACHE_DIR) / "toolgen"
     folder.mkdir(parents=True, exist_ok=True)
     safe = re.sub(r"[^A-Za-z0-9_.-]", "_", domain_name)

@@ -1,6 +1,7 @@
 """The Claude generator, offline: the real SDK drives tests/fakes/claude_toolgen.py as its CLI."""
 
 import json
+import socket
 from pathlib import Path
 
 import pytest
@@ -88,7 +89,9 @@ def test_it_keeps_the_raw_reply_when_claudes_reply_is_unusable(workspace, fake_c
         task_generate(task=task_of(domain), method="claude")
     message = str(caught.value)
     assert message.startswith("Claude's reply is not usable: " + why)
-    kept = Path(message.rsplit("The raw reply is kept in ", 1)[1])
+    host, kept = message.rsplit("The raw reply is kept on ", 1)[1].split(" in ", 1)
+    assert host == socket.gethostname()
+    kept = Path(kept)
     assert kept.parent == dojo_home / "cache" / "toolgen"  # per-machine scratch (DOJO_CACHE_DIR)
     assert kept.read_text().strip() == reply.strip()
     assert not TaskTool.objects.exists()

@@ -1473,10 +1473,10 @@ def task_setup(*, task: Task, method: str = "auto", override_reason: str = "", b
     return task_freeze(task=task, override_reason=override_reason, by=by)
 
 
-# Queued contract jobs (DOJO_INLINE_TASKS=False): verify, freeze and generate run the task's code
-# in the sandbox, so a web node hands them to a worker. The task carries one job record at a time
+# Queued contract jobs (DOJO_INLINE_TASKS=False): verify, freeze, generate and setup (all three) run
+# the task's code in the sandbox, so a web node or the CLI hands them to a worker. The task carries one job record at a time
 # (Task.job); the API's task status, the Task tab (htmx polling) and `dojo_task` read it.
-JOB_KINDS = ("verify", "freeze", "generate")
+JOB_KINDS = ("verify", "freeze", "generate", "setup")
 JOB_ACTIVE = ("queued", "running")
 # A job still queued/running after this long lost its worker (kill -9): a new one may replace it.
 JOB_STALE_SECONDS = 6 * 3600
@@ -1503,7 +1503,7 @@ def task_job_active(task: Task) -> bool:
 
 
 def task_job_enqueue(*, task: Task, kind: str, params: dict | None = None) -> Task:
-    """Record a `queued` job of `kind` (verify | freeze | generate) on the task and hand it to a
+    """Record a `queued` job of `kind` (verify | freeze | generate | setup) on the task and hand it to a
     django-q2 worker once the transaction commits; return the task (poll task.job).
 
     Raises InvalidInput for an unknown kind, Conflict when a job is already queued or running, and
@@ -1557,8 +1557,12 @@ def task_job_run(*, task_id: int) -> Task:
             }
             if not run.ok:
                 error = "verification failed: " + "; ".join(run.errors)
-        elif job["kind"] == "freeze":
-            task = task_freeze(task=task, override_reason=params.get("override_reason", ""), by=params.get("by", ""))
+        elif job["kind"] in ("freeze", "setup"):
+            frozen_by = {"override_reason": params.get("override_reason", ""), "by": params.get("by", "")}
+            if job["kind"] == "freeze":
+                task = task_freeze(task=task, **frozen_by)
+            else:
+                task = task_setup(task=task, method=params.get("method", "auto"), **frozen_by)
             result = {"fingerprint": task.fingerprint, "data_fingerprint": task.data_fingerprint}
         else:
             tools = task_generate(task=task, method=params.get("method", "auto"), hint=params.get("hint", ""))

@@ -177,3 +177,26 @@ def test_the_cli_waits_for_the_job_and_exits_3_when_verify_fails(queued, workspa
     with pytest.raises(CommandError, match="verify failed: verification failed: load_data returned a tuple") as err:
         call_command("dojo_task", "verify", "--domain", "lab", stdout=out)
     assert getattr(err.value, "returncode", 3) == 3 and "verify: failed" in out.getvalue()
+
+
+def test_the_cli_queues_setup_and_the_worker_generates_verifies_and_freezes(queued, workspace,
+                                                                            django_capture_on_commit_callbacks):
+    """`dojo_task setup` runs the task's code too (verify, the freeze's load_data): with
+    DOJO_INLINE_TASKS=0 it is a queued job like the others, never run in the CLI's process."""
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    domain = make_domain(workspace, data_path="sklearn:load_diabetes")
+    out = StringIO()
+    with django_capture_on_commit_callbacks(execute=True) as callbacks:
+        call_command("dojo_task", "setup", "--domain", "lab", "--with", "template", "--background", stdout=out)
+    assert len(callbacks) == 1 and "setup queued" in out.getvalue()
+    task = task_of(domain)
+    assert task.job["kind"] == "setup" and task.job["state"] == "queued" and task.job["params"]["method"] == "template"
+    assert not task.tools.exists() and not task.is_frozen  # nothing ran here
+
+    assert _run_queued(domain) == "done"
+    task = task_of(domain)
+    assert task.is_frozen and task.job["result"]["fingerprint"] == task.fingerprint
+    assert {t.name for t in task.tools.filter(is_current=True)} == {"load_data", "evaluate"}

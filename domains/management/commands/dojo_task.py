@@ -68,7 +68,7 @@ class Command(BaseCommand):
         freeze = action("freeze", help="Freeze the verified tools and write the data snapshot.")
         freeze.add_argument("--override-audit", dest="override_audit", default="", metavar="REASON",
                             help="Freeze despite severe leak-audit findings; the reason is recorded on the task.")
-        for queued in (generate, verify, freeze):
+        for queued in (setup, generate, verify, freeze):
             queued.add_argument("--background", action="store_true",
                                 help="Queue it for a worker (qcluster) and return at once; `dojo_task show` follows it.")
         unfreeze = action("unfreeze", help="Unfreeze the task (recorded, with a reason).")
@@ -102,8 +102,10 @@ class Command(BaseCommand):
     def _queued(self, task, options) -> None:
         """DOJO_INLINE_TASKS=0 or --background: a worker runs the job; wait for it unless --background."""
         kind = options["action"]
+        frozen_by = {"override_reason": options.get("override_audit", ""), "by": _cli_user()}
         params = {"generate": {"method": options.get("method", "auto"), "hint": options.get("hint", "")},
-                  "freeze": {"override_reason": options.get("override_audit", ""), "by": _cli_user()}}.get(kind, {})
+                  "freeze": frozen_by,
+                  "setup": {"method": options.get("method", "auto"), **frozen_by}}.get(kind, {})
         task = task_job_enqueue(task=task, kind=kind, params=params)
         if options["background"]:
             self._out(task, options, f"{kind} queued; follow it with `dojo_task show`.")

@@ -261,9 +261,10 @@ def snapshot_local(task: Task) -> Path:
     The folder recorded at freeze when it is here and holds this task's snapshot; otherwise a copy
     in DOJO_CACHE_DIR/snapshots/, fetched from the shared storage the first time. NotReady when the
     archive is missing, does not match its recorded sha256, or holds what may not be unpacked:
-    nothing is then run. A task frozen before snapshots were published has no archive: its recorded
-    folder is returned as it is (the ready check says what is missing) until a worker start on the
-    machine that froze it publishes it (domains.services.tasks_snapshot_publish_missing)."""
+    nothing is then run. A task frozen before snapshots were published has no archive until a worker
+    start on the machine that froze it publishes it (domains.services.tasks_snapshot_publish_missing):
+    until then its recorded folder is returned as it is where it exists (the ready check says what is
+    missing), NotReady elsewhere."""
     archive = _archive(task)
     key = (task.pk, task.snapshot_path, task.fingerprint, task.data_fingerprint, archive.get("sha256"))
     hit = _answers.get(key)
@@ -289,7 +290,13 @@ def _snapshot_find(task: Task, archive: dict) -> tuple[Path, str]:
     if task.snapshot_path and _holds(recorded, task, proof="manifest.json"):
         return recorded, "manifest.json"
     if not archive.get("name") or not archive.get("sha256"):
-        return recorded, ""
+        if task.snapshot_path and not recorded.is_dir():
+            raise NotReady(
+                f"the task was frozen before snapshots were published and its snapshot folder {recorded} is not on "
+                f"this machine ({socket.gethostname()}): it is published at the next worker start on the machine "
+                "that froze it, or run `manage.py dojo_storage publish` there; nothing was run"
+            )
+        return recorded, ""  # here but incomplete: the ready check says what is missing
     local = cache_dir() / "snapshots" / f"{task.fingerprint}-{archive['sha256']}"
     if not _holds(local, task, proof=MARKER):
         with _fetch_lock:

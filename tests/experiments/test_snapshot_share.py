@@ -10,6 +10,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from django.test import override_settings
 
 from dojo_site.errors import NotReady
 from domains import snapshot_share
@@ -420,6 +421,17 @@ def test_it_publishes_a_task_frozen_before_snapshots_were_published_when_a_worke
     task = _unpublished(domain)
     here = experiment_run(domain=domain, train_code=LINEAR)
     assert here.state == "completed", here.error
+
+    # Elsewhere it cannot run yet, and says what to do (nothing recorded).
+    with override_settings(DOJO_HOME=tmp_path / "machine-c", DOJO_CACHE_DIR=tmp_path / "machine-c" / "cache"):
+        moved = Path(task.snapshot_path).with_name("away")
+        os.rename(task.snapshot_path, moved)
+        try:
+            with pytest.raises(NotReady, match="frozen before snapshots were published.*dojo_storage publish"):
+                experiment_run(domain=domain, train_code=LINEAR)
+        finally:
+            os.rename(moved, task.snapshot_path)
+    assert Experiment.objects.count() == 1
 
     _reap_on_worker_start(sender=None)  # the machine that froze it, as its worker starts
     task.refresh_from_db()

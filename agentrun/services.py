@@ -28,6 +28,7 @@ from agentrun.models import AgentEvent, AgentRun
 from agentrun.session import EventCallback, RunSession
 from agentrun.tools import TOOL_SPECS, jsonable
 from dojo_site.errors import Conflict, InvalidInput, NotReady
+from dojo_site.queues import queue_entry_drop, queue_lost
 from dojo_site.schemas import DB_INT_MAX
 from domains.contracts import TASK_TYPES
 from domains.models import Domain
@@ -555,7 +556,7 @@ def run_stop_request(*, run: AgentRun) -> AgentRun:
 def run_reap(*, timeout_seconds: float | None = None) -> list[int]:
     """Fail runs whose heartbeat stopped ("worker lost") and their unfinished experiments; requeue
     (or fail, the second time) queued runs a dead cluster took off the queue (runs_requeue_lost)
-    and queued experiments whose worker died (experiments.services.experiments_requeue_lost).
+    and queued experiments whose worker or cluster died (experiments.services.experiments_requeue_lost).
 
     Returns the ids of the runs reaped or requeued. Safe to run anywhere, any number of times.
     """
@@ -573,8 +574,8 @@ def run_reap(*, timeout_seconds: float | None = None) -> list[int]:
             reaped.append(run.pk)
             logger.warning("reaped run %s: %s", run.pk, message)
     experiments_requeue_lost()
-    # An experiment worker's django-q2 sees only the experiments' queue and clusters: the runs'
-    # queue is judged by the run workers' reaper.
+    # In an experiment worker, django-q2's own queue and retry (what runs_requeue_lost judges) are the
+    # experiments': the runs' queue is judged by the run workers' reaper.
     return reaped + (runs_requeue_lost() if settings.DOJO_Q_ROLE == "runs" else [])
 
 
@@ -606,86 +607,24 @@ def runs_end_after_shutdown(*, run_ids: list[int]) -> list[int]:
     ]
 
 
-# A run still `queued` this long after a worker cluster took its queue entry, while no cluster alive
-# now was alive then, was taken by a cluster that died (the queue would re-deliver it only after
-# Q_CLUSTER["retry"], hours later). With the reaper running every minute, such runs move on within
-# two minutes.
-QUEUE_LOST_AFTER_SECONDS = 60
-
-
 def runs_requeue_lost(*, now=None) -> list[int]:
     """Requeue runs whose queue entry a dead cluster holds; fail those that were lost once already.
 
-    A run is lost when it is `queued`, its queue entry was taken off the queue (ORM broker: locked;
-    Redis: popped) more than QUEUE_LOST_AFTER_SECONDS ago, and no live cluster (django-q2's cluster
-    stats) can hold it: each was born after that moment, or has nothing waiting inside it (a
-    cluster holds a taken entry in its task queue until a worker starts it, and a started run is
-    `running`, not `queued`). An entry still waiting
-    in the queue is never touched: a busy lab may keep runs waiting for hours. Returns the ids of the
-    runs requeued or failed. A requeued run that is later delivered twice is still executed once
-    (run_execute claims it with a conditional update)."""
-    from django_q.brokers import get_broker
-    from django_q.status import Stat
-
-    now = now or timezone.now()
-    queued = list(AgentRun.objects.filter(status=AgentRun.Status.QUEUED).exclude(queue_task_id=""))
-    if not queued:
-        return []
-    broker = get_broker()
-    live = [stat for stat in Stat.get_all(broker=broker) if stat.tob]
-    entries = _queue_entries(broker)
-    moved = []
-    for run in queued:
-        taken_at = entries.get(run.queue_task_id, run.created_at)
-        if taken_at is None:  # still waiting in the queue
-            continue
-        if (now - taken_at).total_seconds() < QUEUE_LOST_AFTER_SECONDS:
-            continue
-        if any(_may_hold(stat, taken_at) for stat in live):
-            continue
-        if _run_requeue_or_fail(run, broker=broker):
-            moved.append(run.pk)
-    return moved
-
-
-def _may_hold(stat, taken_at) -> bool:
-    """Whether a live cluster may hold an entry taken off the queue at `taken_at`: it was alive
-    then, and tasks wait in its own task queue (its pusher prefetches while every worker is busy).
-    A cluster that reports no task queue size may hold anything."""
+    A run is lost when it is `queued` and its queue entry was taken by a cluster that died
+    (dojo_site.queues.queue_lost: taken more than QUEUE_LOST_AFTER_SECONDS ago, and no live run
+    cluster may hold it). An entry still waiting in the queue is never touched: a busy lab may keep
+    runs waiting for hours. Returns the ids of the runs requeued or failed. A requeued run that is
+    later delivered twice is still executed once (run_execute claims it with a conditional update).
+    Judges this process's own queue: call it from a run worker (DOJO_Q_ROLE=runs)."""
     from django_q.conf import Conf
 
-    if stat.tob > taken_at:
-        return False
-    size = getattr(stat, "task_q_size", None)
-    return not Conf.QSIZE or not isinstance(size, int) or size > 0
+    queued = list(AgentRun.objects.filter(status=AgentRun.Status.QUEUED).exclude(queue_task_id=""))
+    lost = set(queue_lost({run.queue_task_id: run.created_at for run in queued}, queue=Conf.CLUSTER_NAME,
+                          retry=settings.Q_CLUSTER["retry"], now=now))
+    return [run.pk for run in queued if run.queue_task_id in lost and _run_requeue_or_fail(run, queue=Conf.CLUSTER_NAME)]
 
 
-def _queue_entries(broker) -> dict[str, Any]:
-    """Queue task id → None while it waits in the queue, or when a cluster took it. Entries gone
-    from the queue (Redis pops them; the ORM broker deletes acknowledged ones) are absent."""
-    from django_q.brokers.orm import ORM
-    from django_q.models import OrmQ
-    from django_q.signing import SignedPackage
-
-    entries: dict[str, Any] = {}
-    if isinstance(broker, ORM):
-        retry = timedelta(seconds=settings.Q_CLUSTER["retry"])
-        now = timezone.now()
-        for entry in OrmQ.objects.filter(key=broker.list_key):
-            # The ORM broker locks a taken entry until now + retry; an untaken one has lock <= now.
-            entries[str(entry.task_id())] = entry.lock - retry if entry.lock and entry.lock > now else None
-        return entries
-    for payload in broker.connection.lrange(broker.list_key, 0, -1):  # Redis: what still waits
-        try:
-            entries[str(SignedPackage.loads(payload).get("id"))] = None
-        except Exception:  # noqa: BLE001 - a foreign or unreadable entry is not ours
-            continue
-    return entries
-
-
-def _run_requeue_or_fail(run: AgentRun, *, broker) -> bool:
-    from django_q.models import OrmQ
-
+def _run_requeue_or_fail(run: AgentRun, *, queue: str) -> bool:
     requeued = int((run.result or {}).get("requeued", 0))
     with transaction.atomic():
         if requeued >= 1:
@@ -702,10 +641,7 @@ def _run_requeue_or_fail(run: AgentRun, *, broker) -> bool:
                 result={**run.result, "requeued": requeued + 1}, queue_task_id=""
             )
             if claimed:
-                # The dead cluster's entry would come back after the retry delay: drop it.
-                for entry in OrmQ.objects.filter(key=broker.list_key):
-                    if str(entry.task_id()) == run.queue_task_id:
-                        entry.delete()
+                queue_entry_drop(queue=queue, task_id=run.queue_task_id)
                 run_enqueue(run=run)
     if claimed:
         logger.warning("run %s was lost in the queue: %s", run.pk, "failed" if requeued else "requeued")

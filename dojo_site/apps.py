@@ -12,7 +12,9 @@ class DojoSiteConfig(AppConfig):
         if settings.DOJO_Q_ROLE == "experiments":
             from django_q.conf import Conf
 
-            # Experiment clusters keep their stats apart: the run reaper tells a dead run cluster
-            # by the birth of the live ones (agentrun.services.runs_requeue_lost), and a
-            # long-lived experiment cluster must not count as one of them.
-            Conf.Q_STAT = f"django_q:{Conf.PREFIX}:experiments-cluster"
+            from dojo_site.queues import stats_key
+
+            # Experiment clusters keep their stats apart: each queue's lost-entry reaper judges it by
+            # the clusters serving it (dojo_site.queues), and a busy experiment cluster must not pass
+            # for a run cluster that may hold a lost run, nor the other way round.
+            Conf.Q_STAT = stats_key(settings.DOJO_EXPERIMENT_QUEUE)

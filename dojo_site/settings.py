@@ -310,6 +310,10 @@ DOJO_TRAIN_MAX_FILE_MB = env_int("DOJO_TRAIN_MAX_FILE_MB", 256)
 DOJO_ARTIFACTS_MAX_FILE_MB = env_int("DOJO_ARTIFACTS_MAX_FILE_MB", 100)
 DOJO_ARTIFACTS_MAX_TOTAL_MB = env_int("DOJO_ARTIFACTS_MAX_TOTAL_MB", 500)
 DOJO_EVALUATE_TIMEOUT_SECONDS = env_float("DOJO_EVALUATE_TIMEOUT_SECONDS", 600.0)
+# The experiment workers' django-q2 timeout and retry (below); every role knows them: the reaper, on
+# any worker, dates a taken ORM entry of the experiments' queue by its lock (taken at + retry).
+DOJO_EXPERIMENT_QUEUE_TIMEOUT = int(DOJO_TRAIN_TIMEOUT_SECONDS + DOJO_EVALUATE_TIMEOUT_SECONDS + 300)
+DOJO_EXPERIMENT_QUEUE_RETRY = DOJO_EXPERIMENT_QUEUE_TIMEOUT + 300
 if DOJO_Q_ROLE == "experiments":
     # django-q2's alternative cluster name is the queue it serves; the name (the signing salt and the
     # stats prefix) stays the installation's.
@@ -321,8 +325,8 @@ if DOJO_Q_ROLE == "experiments":
     # worker's claim refuses an experiment that is no longer pending. Each queued experiment also
     # carries its own timeout from its task's limits. queue_limit 1: a busy machine holds as few
     # experiments back from idle ones as django-q2 allows.
-    Q_CLUSTER["timeout"] = int(DOJO_TRAIN_TIMEOUT_SECONDS + DOJO_EVALUATE_TIMEOUT_SECONDS + 300)
-    Q_CLUSTER["retry"] = Q_CLUSTER["timeout"] + 300
+    Q_CLUSTER["timeout"] = DOJO_EXPERIMENT_QUEUE_TIMEOUT
+    Q_CLUSTER["retry"] = DOJO_EXPERIMENT_QUEUE_RETRY
     Q_CLUSTER["queue_limit"] = 1
 # Sandbox: "auto" or empty (bwrap when installed, else the weaker fallback), "bwrap" or "fallback".
 DOJO_SANDBOX = env_str("DOJO_SANDBOX", "")  # empty means auto

@@ -59,7 +59,7 @@ class ExperimentAdmin(DomainScopedAdmin):
         "data_fingerprint", "task_fingerprint", "environment", "isolation", "created_at", "started_at",
         "finished_at", "cv_value", "cv_rows", "rank_value", "seed_spread", "seed_count", "validation_ci",
         "holdout_ci", "probe_of", "probe_rows", "quarantine_state", "quarantine_reasons", "quarantine_review",
-        "code_flags", "audit_trail", "worker_host", "worker_pid", "heartbeat_at", "attempts", "stop_requested",
+        "code_flags", "audit_trail", "worker_host", "worker_pid", "heartbeat_at", "attempts", "queue_task_id", "stop_requested",
     ]
 
     def save_model(self, request: HttpRequest, obj: Experiment, form, change: bool) -> None:

@@ -119,7 +119,13 @@ class Experiment(models.Model):
         null=True, blank=True,
         help_text="Last sign of life of a queued experiment's worker; the reaper requeues it when this stops.",
     )
-    attempts = models.IntegerField(default=0, help_text="Times a worker took it (2: its first worker died).")
+    attempts = models.IntegerField(
+        default=0, help_text="Times a worker took it, or a dead cluster lost it (2: it was retried once)."
+    )
+    queue_task_id = models.CharField(
+        max_length=64, blank=True, default="",
+        help_text="Its entry on the experiments' queue; the reaper requeues it when a dead cluster took it.",
+    )
     stop_requested = models.BooleanField(
         default=False, help_text="Asks the worker executing it to kill its trainer and end it `stopped`."
     )

@@ -37,6 +37,7 @@ from django.db.models import F, QuerySet
 from django.utils import timezone
 
 from dojo_site.errors import InvalidInput, NotFound, NotReady
+from dojo_site.queues import queue_entry_drop, queue_lost
 from dojo_site.schemas import DB_INT_MAX
 from domains import contracts, safe_read
 from domains.audit import bundled_data_paths
@@ -1226,8 +1227,10 @@ def _enqueue_pending(experiment_id: int, *, timeout: float | None = None) -> Non
     options: dict = {"timeout": int(timeout)} if timeout else {}
     if settings.DOJO_DISPATCH == "queue":
         options["cluster"] = settings.DOJO_EXPERIMENT_QUEUE
-    async_task("experiments.tasks.experiment_run_pending_task", experiment_id,
-               task_name=f"dojo-experiment-{experiment_id}", **options)
+    task_id = async_task("experiments.tasks.experiment_run_pending_task", experiment_id,
+                         task_name=f"dojo-experiment-{experiment_id}", **options)
+    if settings.DOJO_DISPATCH == "queue":  # the reaper watches the experiments' queue (experiments_requeue_lost)
+        Experiment.objects.filter(pk=experiment_id).update(queue_task_id=str(task_id or ""))
 
 
 def experiment_run_pending(*, experiment_id: int, should_stop=None) -> Experiment:
@@ -1409,17 +1412,31 @@ def _worker_gone(exp: Experiment) -> bool:
 
 
 def experiments_requeue_lost(*, now=None) -> list[int]:
-    """Requeue queued experiments whose worker died (no heartbeat for DOJO_HEARTBEAT_TIMEOUT_SECONDS,
-    or, on this host, its process is gone); fail with DIED_TWICE those whose worker died once
-    already; end `stopped` those that were asked to stop. Returns their ids. Safe to run
-    anywhere, any number of times: each row moves with a conditional update."""
+    """Requeue queued experiments whose worker died, or whose queue entry a dead cluster took; return
+    their ids. Safe to run anywhere, any number of times: each row moves with a conditional update.
+
+    - `running`, its worker dead (no heartbeat for DOJO_HEARTBEAT_TIMEOUT_SECONDS, or, on this host,
+      its process gone): requeued (_experiment_requeue).
+    - `pending`, its entry taken off the experiments' queue by an experiment cluster that died before a
+      worker claimed it (dojo_site.queues.queue_lost: taken more than QUEUE_LOST_AFTER_SECONDS ago, no
+      live experiment cluster may hold it): requeued with a new entry, the dead cluster's entry
+      dropped (_experiment_requeue_lost). One still waiting in the queue is never touched.
+
+    Both count as an attempt (`attempts`: a worker's claim adds one, a loss in the queue adds one),
+    and both follow one rule: retried once, then failed with DIED_TWICE and what happened last; one
+    asked to stop ends `stopped` instead. A lost entry that a live cluster held after all is harmless:
+    the worker's claim takes a row only while it is pending, so a duplicate delivery does nothing."""
     now = now or timezone.now()
     cutoff = now - timedelta(seconds=settings.DOJO_HEARTBEAT_TIMEOUT_SECONDS)
     running = Experiment.objects.filter(state=Experiment.State.RUNNING, heartbeat_at__isnull=False)
-    return [
+    moved = [
         exp.pk for exp in running
         if (exp.heartbeat_at < cutoff or _worker_gone(exp)) and _experiment_requeue(exp, now=now, died=True)
     ]
+    pending = list(Experiment.objects.filter(state=Experiment.State.PENDING).exclude(queue_task_id=""))
+    lost = set(queue_lost({exp.queue_task_id: exp.created_at for exp in pending}, queue=settings.DOJO_EXPERIMENT_QUEUE,
+                          retry=settings.DOJO_EXPERIMENT_QUEUE_RETRY, now=now))
+    return moved + [exp.pk for exp in pending if exp.queue_task_id in lost and _experiment_requeue_lost(exp, now=now)]
 
 
 def experiments_requeue_after_shutdown(*, worker_pids: set[int]) -> list[int]:
@@ -1451,14 +1468,49 @@ def _experiment_requeue(exp: Experiment, *, now, died: bool) -> bool:
     else:
         outcome = "requeued"
         moved = same.update(state=Experiment.State.PENDING, heartbeat_at=None, worker_pid=None, worker_host="",
-                            attempts=exp.attempts if died else exp.attempts - 1)
+                            attempts=exp.attempts if died else exp.attempts - 1, queue_task_id="")
         if moved:
-            task = Task.objects.filter(domain_id=exp.domain_id).first()
-            timeout = _queue_timeout(task) if task is not None else None
-            transaction.on_commit(partial(_enqueue_pending, exp.pk, timeout=timeout))
+            _enqueue_again(exp)
     if moved:
         log.warning("experiment %s: its worker (%s) %s; %s", exp.pk, where, "died" if died else "was shut down",
                     outcome)
+    return bool(moved)
+
+
+def _enqueue_again(exp: Experiment) -> None:
+    """Queue a requeued experiment once the transaction commits, with its task's queue timeout."""
+    task = Task.objects.filter(domain_id=exp.domain_id).first()
+    timeout = _queue_timeout(task) if task is not None else None
+    transaction.on_commit(partial(_enqueue_pending, exp.pk, timeout=timeout))
+
+
+LOST_IN_QUEUE = "the experiment cluster that took it off the queue died before a worker started it"
+
+
+def _experiment_requeue_lost(exp: Experiment, *, now) -> bool:
+    """Queue a pending experiment again whose entry a dead cluster took (or end it: stopped when asked
+    to stop, failed when this is its second attempt); True when this call moved it."""
+    # Unchanged since it was read: not claimed by a worker, not moved by another reaper.
+    same = Experiment.objects.filter(
+        pk=exp.pk, state=Experiment.State.PENDING, queue_task_id=exp.queue_task_id, attempts=exp.attempts
+    )
+    with transaction.atomic():
+        if exp.stop_requested:
+            outcome = "stopped"
+            moved = same.update(state=Experiment.State.STOPPED, error="stopped before it started", finished_at=now)
+        elif exp.attempts >= 1:
+            outcome = "failed"
+            moved = same.update(state=Experiment.State.FAILED, error=f"{DIED_TWICE} (last: {LOST_IN_QUEUE})",
+                                finished_at=now)
+        else:
+            outcome = "requeued"
+            moved = same.update(attempts=exp.attempts + 1, queue_task_id="")
+            if moved:
+                _enqueue_again(exp)
+        if moved:  # django-q2 would deliver the dead cluster's entry again after `retry`
+            queue_entry_drop(queue=settings.DOJO_EXPERIMENT_QUEUE, task_id=exp.queue_task_id)
+    if moved:
+        log.warning("experiment %s: %s; %s", exp.pk, LOST_IN_QUEUE, outcome)
     return bool(moved)
 
 

@@ -9,10 +9,11 @@ from django.utils import timezone
 from django_q.brokers import get_broker
 from django_q.conf import Conf
 from django_q.models import OrmQ
-from django_q.status import Stat
 
 from agentrun.models import AgentRun
-from agentrun.services import QUEUE_LOST_AFTER_SECONDS, run_reap, run_start
+from agentrun.services import run_reap, run_start
+from dojo_site import queues
+from dojo_site.queues import QUEUE_LOST_AFTER_SECONDS
 
 
 @pytest.fixture
@@ -73,10 +74,10 @@ class _LiveCluster:
 def test_it_leaves_a_run_held_by_a_cluster_that_is_still_alive(queued_run, monkeypatch):
     _taken_by_a_cluster(QUEUE_LOST_AFTER_SECONDS + 30)
     # The queue boundary: a cluster born an hour ago is alive and may hold the entry (all workers busy).
-    monkeypatch.setattr(Stat, "get_all", staticmethod(lambda broker=None: [_LiveCluster(timezone.now() - timedelta(hours=1))]))
+    monkeypatch.setattr(queues, "cluster_stats", lambda queue: [_LiveCluster(timezone.now() - timedelta(hours=1))])
     assert run_reap() == []
     # A cluster born after the entry was taken (the crashed one restarted) cannot hold it.
-    monkeypatch.setattr(Stat, "get_all", staticmethod(lambda broker=None: [_LiveCluster(timezone.now())]))
+    monkeypatch.setattr(queues, "cluster_stats", lambda queue: [_LiveCluster(timezone.now())])
     assert run_reap() == [queued_run.pk]
 
 
@@ -86,10 +87,10 @@ def test_it_requeues_a_run_lost_by_a_dead_cluster_while_an_older_cluster_lives_w
     _taken_by_a_cluster(QUEUE_LOST_AFTER_SECONDS + 30)
     an_hour_ago = timezone.now() - timedelta(hours=1)
     # The older live cluster holds a prefetched entry: it may be ours, so the run is left alone.
-    monkeypatch.setattr(Stat, "get_all", staticmethod(lambda broker=None: [_LiveCluster(an_hour_ago, task_q_size=1)]))
+    monkeypatch.setattr(queues, "cluster_stats", lambda queue: [_LiveCluster(an_hour_ago, task_q_size=1)])
     assert run_reap() == []
     # Nothing waits inside it: it cannot hold the run, which is requeued.
-    monkeypatch.setattr(Stat, "get_all", staticmethod(lambda broker=None: [_LiveCluster(an_hour_ago, task_q_size=0)]))
+    monkeypatch.setattr(queues, "cluster_stats", lambda queue: [_LiveCluster(an_hour_ago, task_q_size=0)])
     assert run_reap() == [queued_run.pk]
     queued_run.refresh_from_db()
     assert queued_run.status == "queued" and queued_run.result.get("requeued") == 1

@@ -9,9 +9,9 @@ from pathlib import Path
 from tests.dburl import subprocess_database_url
 
 
-def experiment_workers_start(dojo_home, settings, workers: int = 2) -> subprocess.Popen:
-    """A real experiments-role qcluster, sharing this test's database."""
-    env = os.environ | {
+def experiment_workers_start(dojo_home, settings, workers: int = 2, broker: dict | None = None) -> subprocess.Popen:
+    """A real experiments-role qcluster, sharing this test's database (and queue: the `broker` fixture)."""
+    env = os.environ | (broker or {}) | {
         "DATABASE_URL": subprocess_database_url(), "SECRET_KEY": settings.SECRET_KEY,
         "DOJO_HOME": str(dojo_home), "DOJO_Q_ROLE": "experiments", "DOJO_DISPATCH": "queue",
         "DOJO_EXPERIMENT_WORKERS": str(workers),

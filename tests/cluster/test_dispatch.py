@@ -13,12 +13,15 @@ from datetime import timedelta
 import pytest
 from django.db import connections
 from django.utils import timezone
+from django_q.brokers import get_broker
 from django_q.conf import Conf
 from django_q.models import OrmQ
 
 from agentrun.models import AgentRun
 from agentrun.services import run_create, run_execute, run_start
+from dojo_site import queues
 from dojo_site.errors import InvalidInput
+from dojo_site.procs import process_tree
 from experiments.harness import pool
 from experiments.models import Experiment
 from experiments.services import DIED_TWICE, experiment_dispatch, experiments_requeue_lost
@@ -307,3 +310,59 @@ def test_a_run_worker_with_one_slot_and_an_experiment_worker_complete_a_run_on_e
     done = list(run.experiments.all())
     assert len(done) == 3 and {e.state for e in done} == {"completed"}, [(e.state, e.error) for e in done]
     assert run.worker_pid not in {e.worker_pid for e in done} and os.getpid() not in {e.worker_pid for e in done}
+
+
+@pytest.mark.slow
+def test_an_experiment_prefetched_by_a_cluster_killed_with_sigkill_runs_on_the_next_one(
+    domain, dojo_home, settings, broker, monkeypatch
+):
+    """The pusher of a cluster whose one worker is busy takes the next experiment off the queue and
+    holds it; the whole cluster is then killed -9. The reaper queues it again, the next cluster runs it."""
+    queue = settings.DOJO_EXPERIMENT_QUEUE = f"{broker['DOJO_QUEUE_NAME']}-experiments"
+    # The clusters' stats with the ORM broker: the workers' file cache under their DOJO_HOME.
+    settings.CACHES = {**settings.CACHES, "djangoq": {**settings.CACHES["djangoq"], "LOCATION": str(dojo_home / "cache" / "qcache")}}
+    stop_busy = threading.Event()
+    busy, busy_out = _dispatch_in_thread(domain, SLEEPY_TRAIN.format(seconds=120), stop_busy)
+    first = experiment_workers_start(dojo_home, settings, workers=1, broker=broker)
+    try:
+        wait_for(_running(), timeout=90, what="the worker to take the first experiment")
+        held, held_out = _dispatch_in_thread(domain, MEAN_TRAIN)
+        wait_for(lambda: Experiment.objects.exclude(queue_task_id="").count() == 2
+                 and get_broker(queue).queue_size() == 0, timeout=30, what="the pusher to take the second")
+
+        def holding() -> bool:
+            return any(stat.task_q_size >= 1 for stat in queues.cluster_stats(queue))
+
+        wait_for(holding, timeout=30, what="the cluster's stats to show the experiment it holds")
+        prefetched = Experiment.objects.get(state="pending")
+        monkeypatch.setattr(queues, "QUEUE_LOST_AFTER_SECONDS", 1)
+        time.sleep(1.5)
+        assert experiments_requeue_lost() == []  # its live cluster may hold it: left alone
+        dead = process_tree(first.pid)
+        for pid in dead:  # the whole cluster dies at once, as with kill -9 of its process groups
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        first.wait(10)
+    finally:
+        process_group_stop(first)
+    second = experiment_workers_start(dojo_home, settings, workers=2, broker=broker)
+    try:
+        def requeued() -> bool:
+            experiments_requeue_lost()  # the reaper's minute tick, faster
+            time.sleep(0.5)
+            return Experiment.objects.filter(pk=prefetched.pk, attempts__gte=1).exists()
+
+        wait_for(requeued, timeout=60, what="the reaper to queue the prefetched experiment again")
+        held.join(120)
+        assert not held.is_alive() and "error" not in held_out, held_out
+        stop_busy.set()
+        busy.join(60)
+    finally:
+        process_group_stop(second)
+    exp = held_out["experiment"]
+    # One attempt lost with the dead cluster, one run by the next cluster.
+    assert exp.state == "completed" and exp.attempts == 2, (exp.state, exp.error)
+    assert exp.primary_value is not None and exp.worker_pid not in dead
+    assert not busy.is_alive() and busy_out["experiment"].state == "stopped"

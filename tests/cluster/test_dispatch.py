@@ -356,13 +356,13 @@ def test_an_experiment_prefetched_by_a_cluster_killed_with_sigkill_runs_on_the_n
 
         wait_for(requeued, timeout=60, what="the reaper to queue the prefetched experiment again")
         held.join(120)
-        assert not held.is_alive() and "error" not in held_out, held_out
+        assert not held.is_alive() and "error" not in held_out, (held_out, _diagnosis(dojo_home))
         stop_busy.set()
         busy.join(60)
     finally:
         process_group_stop(second)
     exp = held_out["experiment"]
     # One attempt lost with the dead cluster, one run by the next cluster.
-    assert exp.state == "completed" and exp.attempts == 2, (exp.state, exp.error)
+    assert exp.state == "completed" and exp.attempts == 2, (exp.state, exp.error, _diagnosis(dojo_home))
     assert exp.primary_value is not None and exp.worker_pid not in dead
     assert not busy.is_alive() and busy_out["experiment"].state == "stopped"

@@ -1299,6 +1299,7 @@ def _worker_host() -> str:
 
 WORKER_HOST = _worker_host()
 DISPATCH_POLL_SECONDS = 0.2
+DISPATCH_WORKER_CHECK_SECONDS = 2.0
 WORKER_STOP_POLL_SECONDS = 0.5
 # After a stop request, how long the run waits for the worker to confirm before ending it itself.
 DISPATCH_STOP_GRACE_SECONDS = 30.0
@@ -1367,12 +1368,14 @@ def experiment_dispatch(
     `should_stop` answers True the experiment is asked to stop: it ends `stopped` (at once when no
     worker took it yet; else when its worker has killed the trainer, or after
     DISPATCH_STOP_GRACE_SECONDS when the worker does not answer). A retry after its worker died
-    (experiments_requeue_lost) is waited for like the first attempt."""
+    (experiments_requeue_lost, or this wait itself: it applies the reaper's rule to its own
+    experiment every DISPATCH_WORKER_CHECK_SECONDS) is waited for like the first attempt."""
     task, fields = _new_experiment_fields(domain, train_code, hypothesis, variables, parent, seed)
     exp = Experiment.objects.create(**fields, run=run, state=Experiment.State.PENDING)
     transaction.on_commit(partial(_enqueue_pending, exp.pk, timeout=_queue_timeout(task)))
     ended = {Experiment.State.COMPLETED, Experiment.State.FAILED, Experiment.State.STOPPED, Experiment.State.ARCHIVED}
     stop_asked_at: float | None = None
+    next_worker_check = 0.0
     row = Experiment.objects.filter(pk=exp.pk)
     while True:
         state = row.values_list("state", flat=True).first()
@@ -1394,6 +1397,12 @@ def experiment_dispatch(
                 error="stopped (its worker did not confirm the stop in time)",
             )
             continue
+        if state == Experiment.State.RUNNING and time.monotonic() >= next_worker_check:
+            # The waiting run watches its own experiment's worker too, with the reaper's rule (the
+            # same conditional update, so the two never both move it): a worker of this host that
+            # died is seen within seconds, not at the reaper's next minute.
+            next_worker_check = time.monotonic() + DISPATCH_WORKER_CHECK_SECONDS
+            _requeue_dead_workers(row, now=timezone.now())
         time.sleep(DISPATCH_POLL_SECONDS)
     return Experiment.objects.select_related("domain").get(pk=exp.pk)
 
@@ -1427,16 +1436,22 @@ def experiments_requeue_lost(*, now=None) -> list[int]:
     asked to stop ends `stopped` instead. A lost entry that a live cluster held after all is harmless:
     the worker's claim takes a row only while it is pending, so a duplicate delivery does nothing."""
     now = now or timezone.now()
-    cutoff = now - timedelta(seconds=settings.DOJO_HEARTBEAT_TIMEOUT_SECONDS)
-    running = Experiment.objects.filter(state=Experiment.State.RUNNING, heartbeat_at__isnull=False)
-    moved = [
-        exp.pk for exp in running
-        if (exp.heartbeat_at < cutoff or _worker_gone(exp)) and _experiment_requeue(exp, now=now, died=True)
-    ]
+    moved = _requeue_dead_workers(Experiment.objects.all(), now=now)
     pending = list(Experiment.objects.filter(state=Experiment.State.PENDING).exclude(queue_task_id=""))
     lost = set(queue_lost({exp.queue_task_id: exp.created_at for exp in pending}, queue=settings.DOJO_EXPERIMENT_QUEUE,
                           retry=settings.DOJO_EXPERIMENT_QUEUE_RETRY, now=now))
     return moved + [exp.pk for exp in pending if exp.queue_task_id in lost and _experiment_requeue_lost(exp, now=now)]
+
+
+def _requeue_dead_workers(experiments: QuerySet, *, now) -> list[int]:
+    """Of these experiments, requeue (or end) the `running` ones whose worker died: no heartbeat for
+    DOJO_HEARTBEAT_TIMEOUT_SECONDS, or, on this host, its process is gone. Returns their ids."""
+    cutoff = now - timedelta(seconds=settings.DOJO_HEARTBEAT_TIMEOUT_SECONDS)
+    running = experiments.filter(state=Experiment.State.RUNNING, heartbeat_at__isnull=False)
+    return [
+        exp.pk for exp in running
+        if (exp.heartbeat_at < cutoff or _worker_gone(exp)) and _experiment_requeue(exp, now=now, died=True)
+    ]
 
 
 def experiments_requeue_after_shutdown(*, worker_pids: set[int]) -> list[int]:

@@ -124,6 +124,27 @@ def test_it_queues_on_the_experiments_queue_and_a_stop_before_any_worker_took_it
     assert exp.state == "stopped" and exp.stop_requested and exp.attempts == 0
 
 
+def test_the_waiting_run_requeues_its_experiment_when_its_worker_on_this_host_is_gone(domain):
+    from experiments.services import WORKER_HOST
+
+    stop = threading.Event()
+    thread, out = _dispatch_in_thread(domain, MEAN_TRAIN, stop)
+    wait_for(lambda: OrmQ.objects.exists(), what="the experiment to be queued")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # reaped: its pid names no process now
+    # As a worker of this host claims it, then dies before its first missed heartbeat.
+    Experiment.objects.update(state="running", attempts=1, worker_host=WORKER_HOST, worker_pid=dead.pid,
+                              heartbeat_at=timezone.now(), started_at=timezone.now())
+    # No reaper runs here: the waiting run itself puts it back in the queue.
+    wait_for(lambda: Experiment.objects.filter(state="pending", attempts=1, worker_pid__isnull=True).exists(),
+             timeout=15, what="the waiting run to requeue its experiment")
+    assert OrmQ.objects.count() == 2  # a new entry beside the one the "dead worker" took
+    stop.set()
+    thread.join(10)
+    assert not thread.is_alive() and "error" not in out, out
+    assert out["experiment"].state == "stopped"
+
+
 def test_the_reaper_requeues_an_experiment_whose_worker_stopped_beating_once_then_fails_it(domain, settings):
     exp = Experiment.objects.create(
         domain=domain, train_code=MEAN_TRAIN, code_sha256="0" * 64, state="running", attempts=1,

@@ -88,3 +88,14 @@ def add_actions(parser: ArgumentParser, *, domain: bool = True):
         return sub
 
     return add
+
+
+class ActionCommand(BaseCommand):
+    """A command with sub-commands (add_actions), each a method `_<action>(self, options)`; a
+    DojoError it raises becomes command_error's one line and exit code."""
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        try:
+            getattr(self, f"_{options['action']}")(options)
+        except DojoError as exc:
+            raise command_error(exc) from None

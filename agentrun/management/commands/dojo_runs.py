@@ -1,6 +1,6 @@
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 from django.db.models import Count, Q
 from rich.markup import escape
 from rich.table import Table
@@ -8,19 +8,18 @@ from rich.table import Table
 from agentrun.management.commands.dojo_run import run_json
 from agentrun.models import AgentRun
 from dojo_site.cli import (
+    ActionCommand,
     add_actions,
     add_domain_argument,
     add_json_argument,
-    command_error,
     console_for,
     limit_checked,
     print_json,
 )
-from dojo_site.errors import DojoError
 from domains.services import domain_resolve
 
 
-class Command(BaseCommand):
+class Command(ActionCommand):
     help = "List agent runs and show one: ls [--all] [--status S] | show RUN [--events]."
 
     def add_arguments(self, parser) -> None:
@@ -34,12 +33,6 @@ class Command(BaseCommand):
         show = action("show", help="Show one run (default: the domain's latest).")
         show.add_argument("run", nargs="?", type=int)
         show.add_argument("--events", action="store_true", help="List its events too.")
-
-    def handle(self, *args: Any, **options: Any) -> None:
-        try:
-            getattr(self, f"_{options['action']}")(options)
-        except DojoError as exc:
-            raise command_error(exc) from None
 
     def _ls(self, options: dict[str, Any]) -> None:
         runs = AgentRun.objects.select_related("domain").annotate(

@@ -1,15 +1,14 @@
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 from rich.table import Table
 
 from dojo_site.cli import (
+    ActionCommand,
     add_actions,
     add_domain_argument,
     add_json_argument,
-    command_error,
     console_for,
     print_json,
 )
-from dojo_site.errors import DojoError
 from domains.models import Domain
 from domains.services import (
     domain_current,
@@ -24,7 +23,7 @@ from domains.services import (
 )
 
 
-class Command(BaseCommand):
+class Command(ActionCommand):
     help = ("List domains, show one, choose the current domain and change its settings: "
             "ls | use NAME | current | show [NAME] | set | setup | scan | status | sync.")
 
@@ -61,12 +60,6 @@ class Command(BaseCommand):
         holdout.add_argument("--show-holdout", action="store_true", help="Viewers see holdout values.")
         sync = action("sync", help="Fetch the domain's git workspace and check out --ref (default: its recorded ref).")
         sync.add_argument("--ref", default=None, help="Branch, tag or commit to move to.")
-
-    def handle(self, *args, **options) -> None:
-        try:
-            getattr(self, f"_{options['action']}")(options)
-        except DojoError as exc:
-            raise command_error(exc) from None
 
     def _ls(self, options) -> None:
         domains = list(Domain.objects.select_related("task"))

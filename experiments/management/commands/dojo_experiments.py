@@ -1,12 +1,12 @@
 import time
 from pathlib import Path
 
-from django.core.management.base import BaseCommand
 from rich.syntax import Syntax
 from rich.table import Table
 from rich.text import Text
 
 from dojo_site.cli import (
+    ActionCommand,
     add_actions,
     add_domain_argument,
     add_json_argument,
@@ -15,7 +15,7 @@ from dojo_site.cli import (
     limit_checked,
     print_json,
 )
-from dojo_site.errors import DojoError, InvalidInput
+from dojo_site.errors import InvalidInput
 from domains.sandbox import ISOLATION_HINT, sandbox_isolation
 from domains.services import domain_resolve, tasks_inline
 from experiments.analysis import (
@@ -52,7 +52,7 @@ def _cell(value) -> str:
     return str(value)
 
 
-class Command(BaseCommand):
+class Command(ActionCommand):
     help = ("A domain's experiments: ls | best | show ID | compare ID ID… | run --code-file F --hypothesis H | "
             "reproduce ID.")
 
@@ -82,12 +82,6 @@ class Command(BaseCommand):
                          help="Queue it for a worker (qcluster) and return at once with its ID.")
         reproduce = add("reproduce", "Re-run an experiment's stored code; show both metric sets.")
         reproduce.add_argument("experiment_id", metavar="ID")
-
-    def handle(self, *args, **options) -> None:
-        try:
-            getattr(self, f"_{options['action']}")(options)
-        except DojoError as exc:
-            raise command_error(exc) from None
 
     def _ls(self, options) -> None:
         domain = domain_resolve(name=options["domain"])

@@ -1,15 +1,19 @@
 from datetime import timedelta
 
-from django.core.management.base import BaseCommand
 from rich.table import Table
 
-from dojo_site.cli import add_actions, add_json_argument, command_error, console_for, print_json
-from dojo_site.errors import DojoError
+from dojo_site.cli import (
+    ActionCommand,
+    add_actions,
+    add_json_argument,
+    console_for,
+    print_json,
+)
 from domains.services import tasks_snapshot_publish_missing
 from experiments.services import STORAGE_GC_MIN_AGE, storage_gc
 
 
-class Command(BaseCommand):
+class Command(ActionCommand):
     help = ("The shared storage (STORAGES['dojo']): publish (the snapshots of tasks frozen on this machine "
             "before snapshots were published) | gc (remove the objects no row records any more).")
 
@@ -25,12 +29,6 @@ class Command(BaseCommand):
         gc.add_argument("--min-age-hours", type=float, default=STORAGE_GC_MIN_AGE.total_seconds() / 3600,
                         metavar="N", help="Grace period: keep anything written less than N hours ago, so a write "
                                           "whose row is not committed yet is never removed (default 24, at least 1).")
-
-    def handle(self, *args, **options) -> None:
-        try:
-            getattr(self, f"_{options['action']}")(options)
-        except DojoError as exc:
-            raise command_error(exc) from None
 
     def _publish(self, options) -> None:
         done = tasks_snapshot_publish_missing()

@@ -1,8 +1,8 @@
-from django.core.management.base import BaseCommand
 from rich.table import Table
 from rich.text import Text
 
 from dojo_site.cli import (
+    ActionCommand,
     add_actions,
     add_domain_argument,
     add_json_argument,
@@ -11,7 +11,7 @@ from dojo_site.cli import (
     limit_checked,
     print_json,
 )
-from dojo_site.errors import DojoError, NotFound
+from dojo_site.errors import NotFound
 from domains.services import domain_resolve
 from knowledge.models import KnowledgeAtom
 from knowledge.services import atom_search
@@ -19,7 +19,7 @@ from knowledge.services import atom_search
 STATUSES = [*KnowledgeAtom.Status.values, "all"]
 
 
-class Command(BaseCommand):
+class Command(ActionCommand):
     help = "What the lab has learned: ls | search QUERY | show ID."
 
     def add_arguments(self, parser) -> None:
@@ -35,12 +35,6 @@ class Command(BaseCommand):
         search.add_argument("--limit", type=int, default=10)
         show = add("show", "One atom with its evidence and version history.")
         show.add_argument("atom_id", metavar="ID", type=int)
-
-    def handle(self, *args, **options) -> None:
-        try:
-            getattr(self, f"_{options['action']}")(options)
-        except DojoError as exc:
-            raise command_error(exc) from None
 
     def _ls(self, options) -> None:
         domain = domain_resolve(name=options["domain"])

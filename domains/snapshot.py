@@ -20,8 +20,10 @@ import shutil
 import socket
 import stat
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from django.conf import settings
 from django.utils import timezone
@@ -225,11 +227,17 @@ def _pid_alive(pid: int) -> bool:
 
 
 def data_fingerprint_compute(root: Path) -> str:
-    """sha256 over the data files of a snapshot, read in 1 MB blocks (memory stays flat)."""
+    """sha256 over the data files of a snapshot folder, read in 1 MB blocks (memory stays flat)."""
+    return data_fingerprint_of(lambda rel: open(root / rel, "rb"))  # noqa: SIM115 - closed by data_fingerprint_of
+
+
+def data_fingerprint_of(open_file: Callable[[str], BinaryIO]) -> str:
+    """The data fingerprint over the data files `open_file(relative name)` opens (from a folder, or the
+    members of a packed snapshot), each closed once read."""
     digest = hashlib.sha256()
     for rel in DATA_FILES:
         digest.update(f"{rel}\n".encode())
-        with open(root / rel, "rb") as handle:
+        with open_file(rel) as handle:
             while block := handle.read(1 << 20):
                 digest.update(block)
     return digest.hexdigest()

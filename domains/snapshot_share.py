@@ -35,7 +35,13 @@ from django.core.files.storage import FileSystemStorage, storages
 
 from dojo_site.errors import InvalidInput, NotReady
 from domains.models import Task
-from domains.snapshot import DATA_FILES, data_fingerprint_compute, snapshot_remove, snapshot_seal
+from domains.snapshot import (
+    DATA_FILES,
+    data_fingerprint_compute,
+    data_fingerprint_of,
+    snapshot_remove,
+    snapshot_seal,
+)
 from domains.workspaces import git_clone, git_head
 
 STORAGE_ALIAS = "dojo"
@@ -154,13 +160,7 @@ def _snapshot_archive_check(task: Task, codes: dict[str, str], packed: Path) -> 
         members = {member.name: member for member in tar.getmembers()}
         if sorted(members) != sorted(SNAPSHOT_FILES) or not all(m.isreg() for m in members.values()):
             raise refuse("a file changed into a link or a folder while it was packed")
-        digest = hashlib.sha256()  # as data_fingerprint_compute, over the packed bytes
-        for rel in DATA_FILES:
-            digest.update(f"{rel}\n".encode())
-            source = tar.extractfile(members[rel])
-            while block := source.read(1 << 20):
-                digest.update(block)
-        if digest.hexdigest() != task.data_fingerprint:
+        if data_fingerprint_of(lambda rel: tar.extractfile(members[rel])) != task.data_fingerprint:  # the packed bytes
             raise refuse("its data does not match the task's data fingerprint")
         for name, code in codes.items():
             if tar.extractfile(members[f"tools/{name}.py"]).read() != code.encode("utf-8"):
